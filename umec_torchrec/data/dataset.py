@@ -1,0 +1,119 @@
+"""In-memory CTR datasets (one id per categorical feature per row) and their batching
+into TorchRec ``Batch`` objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+
+@dataclass
+class CTRData:
+    """Encoded click-log rows.
+
+    Args:
+        dense: ``float32 [N, n_dense]``, already transformed (``log(1 + max(x, 0))``).
+            Sources without dense features carry one all-zero column named ``"none"``,
+            so that every model has a dense arch.
+        sparse: ``int64 [N, n_sparse]``, the embedding row of each categorical feature,
+            in ``[0, table_sizes[j])``.
+        labels: ``float32 [N]`` in {0, 1}.
+        dense_names / feature_names: column names.
+        table_sizes: rows of each feature's table.
+        info: provenance (source, vocabulary mode, bad-line counts, ...).
+    """
+
+    dense: torch.Tensor
+    sparse: torch.Tensor
+    labels: torch.Tensor
+    dense_names: List[str]
+    feature_names: List[str]
+    table_sizes: List[int]
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.labels.shape[0]
+        if self.dense.shape != (n, len(self.dense_names)):
+            raise ValueError(f"dense shape {tuple(self.dense.shape)} != ({n}, {len(self.dense_names)})")
+        if self.sparse.shape != (n, len(self.feature_names)):
+            raise ValueError(f"sparse shape {tuple(self.sparse.shape)} != ({n}, {len(self.feature_names)})")
+        if len(self.table_sizes) != len(self.feature_names):
+            raise ValueError("one table size per feature is required")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> "CTRData":
+        """Rows ``index`` (a LongTensor or bool mask), same vocabulary."""
+        return CTRData(
+            self.dense[index], self.sparse[index], self.labels[index],
+            list(self.dense_names), list(self.feature_names), list(self.table_sizes), dict(self.info),
+        )
+
+    def split(self, test_fraction: float, seed: int = 0, time_ordered: bool = False) -> Tuple["CTRData", "CTRData"]:
+        """(train, test). Seeded random split, or the first rows train when ``time_ordered``."""
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        n = len(self)
+        n_test = max(1, int(round(n * test_fraction)))
+        if time_ordered:
+            order = torch.arange(n)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return self.subset(order[: n - n_test]), self.subset(order[n - n_test:])
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        n = len(self)
+        return n // batch_size if drop_last else -(-n // batch_size)
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        start: int = 0,
+    ) -> Iterator[Batch]:
+        """Yield ``Batch`` objects of global size ``batch_size``.
+
+        With ``world_size > 1`` each rank gets its contiguous ``1/world_size`` slice of
+        every global batch, so the union over ranks of step ``i`` is exactly the global
+        batch ``i`` of a single process (``batch_size`` must divide by ``world_size``).
+        The order depends only on ``(seed, epoch)``; ``start`` skips the first batches.
+        """
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} does not divide by world size {world_size}")
+        n = len(self)
+        if shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        else:
+            order = torch.arange(n)
+        local = batch_size // world_size
+        for b in range(start, self.num_batches(batch_size, drop_last)):
+            idx = order[b * batch_size: (b + 1) * batch_size]
+            if world_size > 1:
+                if idx.numel() < batch_size:  # last partial batch: split as evenly as possible
+                    idx = idx.tensor_split(world_size)[rank]
+                else:
+                    idx = idx[rank * local: (rank + 1) * local]
+            if idx.numel() == 0:
+                continue
+            yield self.make_batch(idx)
+
+    def make_batch(self, idx: torch.Tensor) -> Batch:
+        """A ``Batch`` of rows ``idx``: KJT keys = ``feature_names``, one id per row."""
+        ids = self.sparse[idx]  # [B, F]
+        b, f = ids.shape
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=list(self.feature_names),
+            values=ids.t().reshape(-1),
+            lengths=torch.ones(b * f, dtype=torch.int32),
+        )
+        return Batch(dense_features=self.dense[idx], sparse_features=kjt, labels=self.labels[idx])

@@ -1,0 +1,223 @@
+"""DLRM-family models built from TorchRec modules, sized from data and arch flags.
+
+Three interaction layouts are supported, named by ``ModelConfig.kind``:
+
+* ``"dot"``: :class:`torchrec.models.dlrm.DLRM` (pairwise dot products, upper triangle);
+* ``"dcn"``: :class:`torchrec.models.dlrm.DLRM_DCN` (low-rank DCN cross layers);
+* ``"cat"``: :class:`DLRMConcat`, the concatenation layout of the UMEC paper: the over-arch
+  input is the dense-arch output followed by each sparse feature's pooled embedding.
+
+Each feature has its own table named ``t_<feature>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain, OverArch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+MODEL_KINDS = ("dot", "dcn", "cat")
+
+
+class ConcatInteractionArch(nn.Module):
+    r"""Concatenation interaction: ``[dense | e_1 | ... | e_F]``.
+
+    .. math::
+        x = \mathrm{cat}(d, e_1, \dots, e_F) \in \mathbb{R}^{B \times (F+1) D}
+
+    so sparse feature ``k`` (0-based) owns the contiguous over-arch input columns
+    ``[(k+1) D, (k+2) D)`` and the dense-arch output owns ``[0, D)``.
+
+    Args:
+        num_sparse_features (int): F.
+
+    Example::
+
+        inter = ConcatInteractionArch(num_sparse_features=3)
+        out = inter(torch.randn(2, 8), torch.randn(2, 3, 8))  # (2, 32)
+    """
+
+    def __init__(self, num_sparse_features: int) -> None:
+        super().__init__()
+        self.F = num_sparse_features
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
+        if self.F <= 0:
+            return dense_features
+        return torch.cat((dense_features, sparse_features.flatten(1)), dim=1)
+
+
+class DLRMConcat(DLRM):
+    """DLRM with the concatenation interaction (:class:`ConcatInteractionArch`).
+
+    Same arguments as :class:`torchrec.models.dlrm.DLRM`; the over-arch input width is
+    ``(F + 1) * D``.
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        dense_in_features: int,
+        dense_arch_layer_sizes: List[int],
+        over_arch_layer_sizes: List[int],
+        dense_device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__(
+            embedding_bag_collection,
+            dense_in_features,
+            dense_arch_layer_sizes,
+            over_arch_layer_sizes,
+            dense_device,
+        )
+        num_sparse = len(self.sparse_arch.sparse_feature_names)
+        dim = embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
+        self.inter_arch = ConcatInteractionArch(num_sparse)
+        self.over_arch = OverArch(
+            in_features=(num_sparse + 1) * dim,
+            layer_sizes=over_arch_layer_sizes,
+            device=dense_device,
+        )
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in a run's ``config.json``.
+
+    Args:
+        kind: ``"dot"``, ``"dcn"`` or ``"cat"``.
+        feature_names: sparse feature names, in model order.
+        table_sizes: rows of each feature's table (same order).
+        dense_in_features: number of dense input features.
+        embedding_dim: D, shared by all tables; also the bottom MLP's output width.
+        bottom: bottom (dense-arch) layer sizes; the last must equal ``embedding_dim``.
+        top: top (over-arch) layer sizes, ending with 1.
+        dcn_num_layers / dcn_low_rank_dim: cross-net shape for ``kind="dcn"``.
+    """
+
+    kind: str
+    feature_names: List[str]
+    table_sizes: List[int]
+    dense_in_features: int
+    embedding_dim: int = 16
+    bottom: List[int] = field(default_factory=lambda: [512, 256, 64, 16])
+    top: List[int] = field(default_factory=lambda: [512, 256, 1])
+    dcn_num_layers: int = 2
+    dcn_low_rank_dim: int = 16
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; expected one of {MODEL_KINDS}")
+        if len(self.feature_names) != len(self.table_sizes):
+            raise ValueError(
+                f"{len(self.feature_names)} feature names but {len(self.table_sizes)} table sizes"
+            )
+        if not self.feature_names:
+            raise ValueError("a DLRM needs at least one sparse feature")
+        if self.bottom[-1] != self.embedding_dim:
+            raise ValueError(
+                f"the last bottom layer size ({self.bottom[-1]}) must equal the embedding dim "
+                f"({self.embedding_dim})"
+            )
+        if len(self.top) < 2 or self.top[-1] != 1:
+            raise ValueError(f"top layer sizes must have at least 2 entries ending in 1, got {self.top}")
+        if min(self.table_sizes) < 1:
+            raise ValueError(f"table sizes must be positive, got {self.table_sizes}")
+
+    def table_name(self, feature: str) -> str:
+        return f"t_{feature}"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def table_configs(cfg: ModelConfig) -> List[EmbeddingBagConfig]:
+    """One ``EmbeddingBagConfig`` per sparse feature, in model order."""
+    return [
+        EmbeddingBagConfig(
+            name=cfg.table_name(f),
+            embedding_dim=cfg.embedding_dim,
+            num_embeddings=n,
+            feature_names=[f],
+        )
+        for f, n in zip(cfg.feature_names, cfg.table_sizes)
+    ]
+
+
+def build_dlrm(cfg: ModelConfig, device: Optional[torch.device] = None, tables_device: Optional[torch.device] = None) -> DLRM:
+    """Build the DLRM of ``cfg`` (without the loss wrapper).
+
+    Args:
+        cfg: the model config.
+        device: device of the dense modules.
+        tables_device: device of the EmbeddingBagCollection; ``torch.device("meta")``
+            defers table allocation to sharding (the DistributedModelParallel pattern).
+    """
+    ebc = EmbeddingBagCollection(tables=table_configs(cfg), device=tables_device or device)
+    common = dict(
+        embedding_bag_collection=ebc,
+        dense_in_features=cfg.dense_in_features,
+        dense_arch_layer_sizes=list(cfg.bottom),
+        over_arch_layer_sizes=list(cfg.top),
+        dense_device=device,
+    )
+    if cfg.kind == "dot":
+        return DLRM(**common)
+    if cfg.kind == "cat":
+        return DLRMConcat(**common)
+    return DLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
+
+
+def build_model(cfg: ModelConfig, device: Optional[torch.device] = None, tables_device: Optional[torch.device] = None) -> DLRMTrain:
+    """Build ``DLRMTrain(build_dlrm(cfg))``: ``forward(batch) -> (loss, (loss, logits, labels))``."""
+    return DLRMTrain(build_dlrm(cfg, device=device, tables_device=tables_device))
+
+
+def find_dlrm(module: nn.Module) -> DLRM:
+    """Return the (first) ``DLRM`` inside ``module``: a DLRM, a DLRMTrain, a DMP, DDP..."""
+    for m in module.modules():
+        if isinstance(m, DLRM):
+            return m
+    raise TypeError(
+        f"no torchrec DLRM found inside {type(module).__name__}; found modules: "
+        f"{sorted({type(m).__name__ for m in module.modules()})[:20]}"
+    )
+
+
+def model_kind(dlrm: DLRM) -> str:
+    """``"dot"``, ``"dcn"`` or ``"cat"`` for a DLRM instance."""
+    if isinstance(dlrm, DLRMConcat):
+        return "cat"
+    if isinstance(dlrm, DLRM_DCN):
+        return "dcn"
+    return "dot"
+
+
+__all__ = [
+    "MODEL_KINDS",
+    "ConcatInteractionArch",
+    "DLRMConcat",
+    "ModelConfig",
+    "table_configs",
+    "build_dlrm",
+    "build_model",
+    "find_dlrm",
+    "model_kind",
+]
