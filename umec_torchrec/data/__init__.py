@@ -1,5 +1,29 @@
-"""Click-log readers and batching (see :mod:`umec_torchrec.data.dataset`)."""
+"""Click-log readers and batching into TorchRec ``Batch`` objects.
 
+* :func:`load_data` (``spec`` string -> :class:`DataBundle` of train/test :class:`CTRData`);
+  the spec grammar is documented in :mod:`umec_torchrec.data.spec`;
+* sources: :mod:`~umec_torchrec.data.criteo` (TSV), :mod:`~umec_torchrec.data.criteo_npy`,
+  :mod:`~umec_torchrec.data.libsvm`, :mod:`~umec_torchrec.data.delimited`,
+  :mod:`~umec_torchrec.data.synthetic`;
+* :class:`DataOptions` (split, vocabulary, bad-line policy, csv schema), :class:`DataError`.
+"""
+
+from umec_torchrec.data.bundle import DataBundle
 from umec_torchrec.data.dataset import CTRData
+from umec_torchrec.data.errors import DataError
+from umec_torchrec.data.loader import encode, load_data
+from umec_torchrec.data.options import DataOptions
+from umec_torchrec.data.spec import DataSpec, parse_spec
+from umec_torchrec.data.vocab import Vocabulary
 
-__all__ = ["CTRData"]
+__all__ = [
+    "CTRData",
+    "DataBundle",
+    "DataError",
+    "DataOptions",
+    "DataSpec",
+    "Vocabulary",
+    "encode",
+    "load_data",
+    "parse_spec",
+]

@@ -1,0 +1,70 @@
+""":class:`DataOptions`: how a source is split, encoded and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+VOCAB_MODES = ("min_count", "hash")
+
+
+@dataclass
+class DataOptions:
+    """Options of :func:`umec_torchrec.data.load_data`; inline spec options override them.
+
+    Args:
+        test_fraction: share of rows in the test split, in (0, 1).
+        split_seed: seed of the random split (ignored when ``time_ordered``).
+        time_ordered: the first rows train, the later rows test (file order = time order).
+        vocab: ``"min_count"`` (a vocabulary built on the training split; values seen fewer
+            than ``min_count`` times in train, and test values unseen in train, go to the
+            out-of-vocabulary row 0) or ``"hash"`` (a stable 64-bit hash of each value, mod
+            ``hash_size``; no OOV row).
+        min_count: minimum training count of a value to get its own row.
+        hash_size: table size of every feature for ``vocab="hash"`` (required there).
+        skip_bad_lines: skip malformed lines (counted in ``info["bad_lines"]``) instead of
+            raising :class:`DataError`. File-level errors (missing, empty or truncated file)
+            still raise.
+        max_rows: read at most this many rows (``None``: all).
+        label / dense / categorical / delimiter / header: the schema of ``csv:`` sources:
+            column names (``header=True``) or 0-based column indices given as strings
+            (``header=False``).
+    """
+
+    test_fraction: float = 0.23
+    split_seed: int = 0
+    time_ordered: bool = False
+    vocab: str = "min_count"
+    min_count: int = 1
+    hash_size: Optional[int] = None
+    skip_bad_lines: bool = False
+    max_rows: Optional[int] = None
+    label: str = "label"
+    dense: List[str] = field(default_factory=list)
+    categorical: List[str] = field(default_factory=list)
+    delimiter: str = ","
+    header: bool = True
+
+    def validate(self, where: str = "options") -> None:
+        """Raise :class:`DataError` (naming ``where`` and the field) on an invalid value."""
+        from umec_torchrec.data.errors import DataError
+
+        if not 0.0 < float(self.test_fraction) < 1.0:
+            raise DataError(where, None, "test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        if self.vocab not in VOCAB_MODES:
+            raise DataError(where, None, "vocab", f"unknown vocabulary mode {self.vocab!r}; expected one of {VOCAB_MODES}")
+        if self.vocab == "hash" and (self.hash_size is None or int(self.hash_size) < 1):
+            raise DataError(where, None, "hash_size", f"vocab='hash' needs a positive hash_size, got {self.hash_size}")
+        if int(self.min_count) < 1:
+            raise DataError(where, None, "min_count", f"must be >= 1, got {self.min_count}")
+        if self.max_rows is not None and int(self.max_rows) < 1:
+            raise DataError(where, None, "max_rows", f"must be >= 1, got {self.max_rows}")
+        if len(self.delimiter) != 1:
+            raise DataError(where, None, "delimiter", f"must be one character, got {self.delimiter!r}")
+
+    def replace(self, **changes: Any) -> "DataOptions":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,81 @@
+"""Line-oriented file access shared by the text readers: plain or gzip (detected by magic
+bytes), errors as :class:`DataError` with the line, and the bad-line policy."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zlib
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from umec_torchrec.data.errors import DataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def check_file(path: str) -> str:
+    """``path`` as str if it is a readable regular file, else :class:`DataError`."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise DataError(p, None, None, "no such file")
+    if os.path.isdir(p):
+        raise DataError(p, None, None, "is a directory, expected a file")
+    return p
+
+
+def is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def iter_lines(path: str, skip: int = 0) -> Iterator[Tuple[int, str]]:
+    """Yield ``(line_number, line)`` (1-based, without the line end) of a text or gzip file.
+
+    Raises:
+        DataError: missing file, empty file (line 1), a truncated or corrupt gzip stream
+            or invalid UTF-8 (naming the line where reading failed).
+    """
+    p = check_file(path)
+    raw = gzip.open(p, "rb") if is_gzip(p) else open(p, "rb")
+    n = 0
+    try:
+        with io.TextIOWrapper(raw, encoding="utf-8", newline=None) as f:
+            for n, line in enumerate(f, start=1):
+                if n <= skip:
+                    continue
+                yield n, line.rstrip("\n")
+    except EOFError:
+        raise DataError(p, n + 1, None, "truncated gzip file (compressed stream ended early)") from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise DataError(p, n + 1, None, f"corrupt gzip data ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(p, n + 1, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if n == 0:
+        raise DataError(p, 1, None, "empty file: no rows")
+
+
+class BadLines:
+    """The bad-line policy: raise (default) or skip, count and keep a few examples."""
+
+    def __init__(self, skip: bool, max_examples: int = 5) -> None:
+        self.skip = bool(skip)
+        self.count = 0
+        self.examples: List[str] = []
+        self.max_examples = max_examples
+
+    def __call__(self, err: DataError) -> None:
+        """Handle one bad line: raise ``err`` unless skipping."""
+        if not self.skip:
+            raise err
+        self.count += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(str(err))
+
+    def info(self) -> Dict[str, Any]:
+        return {"bad_lines": self.count, "bad_line_examples": list(self.examples)}
+
+    def check_rows(self, path: str, n_rows: int) -> None:
+        """Raise when nothing usable was read."""
+        if n_rows == 0:
+            raise DataError(path, None, None, f"no valid rows ({self.count} bad lines skipped)")
