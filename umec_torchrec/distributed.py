@@ -1,0 +1,117 @@
+"""Process-group set-up: one code path for single- and multi-process runs.
+
+``init_distributed()`` reads the torchrun environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``). When the process was not launched
+distributed it still creates a 1-rank group (a ``FileStore`` in a temp dir), so that
+``DistributedModelParallel``, collectives and ``torch.distributed.checkpoint`` work the same
+way for world size 1 and N. Backend: ``gloo`` on CPU, ``nccl`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+_OWNED: dict = {"initialised_here": False, "store_dir": None}
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in the job.
+
+    Args:
+        rank / world_size / local_rank: as set by torchrun (0 / 1 / 0 otherwise).
+        device: ``cuda:<local_rank>`` with the nccl backend, else ``cpu``.
+        pg: the default (WORLD) process group.
+        backend: ``"gloo"`` or ``"nccl"``.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    pg: Optional[dist.ProcessGroup]
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (the rank that writes files and prints)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Barrier over all ranks (no-op without a process group)."""
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={v!r} is not an integer") from None
+
+
+def default_backend() -> str:
+    """``nccl`` when CUDA is available, else ``gloo``."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(backend: Optional[str] = None) -> DistContext:
+    """Initialise (or reuse) the default process group and describe this process.
+
+    Args:
+        backend: ``"gloo"`` or ``"nccl"``; default :func:`default_backend`.
+
+    Returns:
+        a :class:`DistContext`. Calling it again while a group exists reuses that group.
+    """
+    if dist.is_initialized():
+        backend = dist.get_backend()
+    else:
+        backend = backend or default_backend()
+        if backend not in ("gloo", "nccl"):
+            raise ValueError(f"unknown backend {backend!r}; expected 'gloo' or 'nccl'")
+        if backend == "nccl" and not torch.cuda.is_available():
+            raise ValueError("backend 'nccl' needs CUDA, but torch.cuda.is_available() is False")
+        launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        if launched:
+            os.environ.setdefault("MASTER_ADDR", "localhost")
+            if "MASTER_PORT" not in os.environ:
+                raise ValueError("RANK/WORLD_SIZE are set but MASTER_PORT is not; launch with torchrun")
+            if backend == "nccl":
+                torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+            dist.init_process_group(backend=backend)
+        else:
+            d = tempfile.mkdtemp(prefix="umec-pg-")
+            store = dist.FileStore(os.path.join(d, "store"), 1)
+            if backend == "nccl":
+                torch.cuda.set_device(0)
+            dist.init_process_group(backend=backend, store=store, rank=0, world_size=1)
+            _OWNED["store_dir"] = d
+        _OWNED["initialised_here"] = True
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = _env_int("LOCAL_RANK", rank if world == 1 else rank)
+    device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
+    return DistContext(rank, world, local_rank, device, dist.GroupMember.WORLD, backend)
+
+
+def destroy() -> None:
+    """Destroy the process group created by :func:`init_distributed` (no-op otherwise)."""
+    if dist.is_initialized() and _OWNED["initialised_here"]:
+        dist.destroy_process_group()
+    _OWNED["initialised_here"] = False
+    if _OWNED["store_dir"]:
+        shutil.rmtree(_OWNED["store_dir"], ignore_errors=True)
+        _OWNED["store_dir"] = None
+
+
+__all__ = ["DistContext", "init_distributed", "destroy", "default_backend"]

@@ -1,0 +1,190 @@
+"""The training loop: forward, backward, ``optimizer.step()``, ``optimizer.zero_grad()``.
+
+An equivalent of ``TrainPipelineSparseDist`` without the input-dist overlap (which buys
+nothing on CPU). It only calls ``.step()`` / ``.zero_grad()`` on the optimizer, so any
+wrapper (e.g. the UMEC optimizer around the ``CombinedOptimizer``) can be passed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.datasets.utils import Batch
+
+from umec_torchrec.data.dataset import CTRData
+
+StepCallback = Callable[[int, float], None]
+BatchTransform = Callable[[Batch], Batch]
+
+
+def _rank_world() -> tuple:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _global_mean(x: float) -> float:
+    _, world = _rank_world()
+    if world == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / world
+
+
+def train_steps(
+    model: nn.Module,
+    optimizer: Any,
+    batches: Iterable[Batch],
+    *,
+    on_step: Optional[StepCallback] = None,
+    batch_transform: Optional[BatchTransform] = None,
+    progress: bool = True,
+    log_every: int = 50,
+    scheduler: Optional[Any] = None,
+    total: Optional[int] = None,
+    device: Optional[torch.device] = None,
+    log: Optional[Callable[[str], None]] = None,
+    desc: str = "train",
+) -> Dict[str, float]:
+    """Train ``model`` on ``batches``; every rank must get the same number of batches.
+
+    Args:
+        model: a ``DLRMTrain`` or a DMP around one: ``model(batch) -> (loss, ...)``.
+        optimizer: anything with ``step()`` and ``zero_grad()``.
+        batches: this rank's batches (e.g. :func:`train_batches`).
+        on_step: called after each step with ``(step, local loss)`` (0-based step).
+        batch_transform: applied to each batch before the model (e.g. a feature mask).
+        progress: show a tqdm bar on rank 0 (stderr).
+        log_every: every this many steps rank 0 logs ``step, loss (mean over ranks and the
+            window), steps/s, samples/s``; 0 disables.
+        scheduler: optional object with ``step()`` called after each optimizer step.
+        total: number of batches, for the progress bar.
+        device: move batches here (default: stay where they are).
+        log: line logger (default: print to stderr on rank 0).
+        desc: progress-bar label.
+
+    Returns:
+        ``{"steps", "samples" (global), "loss" (mean of the last window, over ranks),
+        "mean_loss" (this rank, all steps), "seconds", "steps_per_s", "samples_per_s"}``.
+    """
+    rank, world = _rank_world()
+    if log is None:
+        def log(msg: str) -> None:
+            if rank == 0:
+                print(msg, file=sys.stderr, flush=True)
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+    model.train()
+    t0 = time.perf_counter()
+    t_win, win_loss, win_n, win_steps = t0, 0.0, 0, 0
+    loss_sum, steps, samples = 0.0, 0, 0
+    last_window_loss = float("nan")
+    try:
+        for batch in batches:
+            if device is not None:
+                batch = batch.to(device)
+            if batch_transform is not None:
+                batch = batch_transform(batch)
+            loss, _ = model(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if scheduler is not None:
+                scheduler.step()
+            lv = float(loss.detach().item())
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"training loss became {lv} at step {steps}; lower the learning rates")
+            n = int(batch.labels.shape[0])
+            loss_sum += lv
+            win_loss += lv
+            win_n += 1
+            win_steps += 1
+            samples += n * world
+            if on_step is not None:
+                on_step(steps, lv)
+            steps += 1
+            if bar is not None:
+                bar.update(1)
+                if steps % 10 == 0:
+                    bar.set_postfix(loss=f"{lv:.4f}")
+            if log_every and steps % log_every == 0:
+                last_window_loss = _global_mean(win_loss / win_n)
+                now = time.perf_counter()
+                sps = win_steps / max(now - t_win, 1e-9)
+                log(f"step {steps}: loss {last_window_loss:.4f}, {sps:.2f} steps/s, {sps * n * world:.0f} samples/s")
+                t_win, win_loss, win_n, win_steps = now, 0.0, 0, 0
+    finally:
+        if bar is not None:
+            bar.close()
+    if win_n:
+        last_window_loss = _global_mean(win_loss / win_n)
+    secs = time.perf_counter() - t0
+    return {
+        "steps": steps,
+        "samples": samples,
+        "loss": last_window_loss,
+        "mean_loss": loss_sum / max(steps, 1),
+        "seconds": secs,
+        "steps_per_s": steps / max(secs, 1e-9),
+        "samples_per_s": samples / max(secs, 1e-9),
+    }
+
+
+def train_batches(
+    data: CTRData,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    epochs: int = 1,
+    steps: Optional[int] = None,
+    seed: int = 0,
+    shuffle: bool = True,
+):
+    """This rank's share of the global training batches, for ``epochs`` passes (or
+    exactly ``steps`` batches when given, cycling epochs as needed).
+
+    Global batch ``i`` is the same for every world size; a final partial batch too small
+    to give every rank a row is dropped, so all ranks take the same number of steps.
+    """
+    n = len(data)
+    if n == 0:
+        raise ValueError("the training split is empty")
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} does not divide by world size {world_size}")
+    rem = n % batch_size
+    drop_last = 0 < rem < world_size
+    per_epoch = data.num_batches(batch_size, drop_last)
+    if per_epoch == 0:
+        raise ValueError(f"the training split ({n} rows) is smaller than the number of ranks ({world_size})")
+    count = steps if steps is not None else per_epoch * epochs
+    done, epoch = 0, 0
+    while done < count:
+        for b in data.batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
+                              world_size=world_size, drop_last=drop_last):
+            if done >= count:
+                return
+            yield b
+            done += 1
+        epoch += 1
+
+
+def num_train_steps(data: CTRData, batch_size: int, world_size: int = 1, epochs: int = 1, steps: Optional[int] = None) -> int:
+    """Number of batches :func:`train_batches` yields."""
+    if steps is not None:
+        return steps
+    rem = len(data) % batch_size
+    return data.num_batches(batch_size, 0 < rem < world_size) * epochs
+
+
+__all__ = ["train_steps", "train_batches", "num_train_steps", "StepCallback", "BatchTransform"]

@@ -1,0 +1,114 @@
+"""Shard a ``DLRMTrain`` with ``DistributedModelParallel`` (any world size, CPU or CUDA)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import logging
+import warnings
+from typing import Dict, Iterator, Optional
+
+import torch
+from torch import nn
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.sharding_plan import get_default_sharders
+from torchrec.distributed.types import ShardingType
+
+from umec_torchrec.distributed import DistContext
+from umec_torchrec.models import find_dlrm
+from umec_torchrec.train.optim import SHARDING_TYPES
+
+_KERNELS = {"data_parallel": ["dense"]}
+
+
+def _constraints(model: nn.Module, sharding_type: str, world_size: int) -> Dict[str, ParameterConstraints]:
+    ebc = find_dlrm(model).sparse_arch.embedding_bag_collection
+    out: Dict[str, ParameterConstraints] = {}
+    for cfg in ebc.embedding_bag_configs():
+        kw = {}
+        if sharding_type in ("column_wise", "table_column_wise"):
+            # one column block per rank when D divides evenly, else blocks of 4 columns
+            d = cfg.embedding_dim
+            kw["min_partition"] = d // world_size if d % world_size == 0 and d >= 4 * world_size else 4
+        out[cfg.name] = ParameterConstraints(
+            sharding_types=[ShardingType(sharding_type).value],
+            compute_kernels=_KERNELS.get(sharding_type),
+            **kw,
+        )
+    return out
+
+
+@contextlib.contextmanager
+def quiet_torchrec(enabled: bool = True) -> Iterator[None]:
+    """Silence TorchRec's planner/DMP warnings (topology, dry-run estimates, ...)."""
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(), logging.getLogger("torchrec")]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, old):
+            lg.setLevel(lv)
+
+
+def _tables_on_meta(model: nn.Module) -> bool:
+    ebc = find_dlrm(model).sparse_arch.embedding_bag_collection
+    return any(p.is_meta for p in ebc.parameters())
+
+
+def shard_model(
+    model: nn.Module,
+    ctx: DistContext,
+    sharding_type: Optional[str] = None,
+    batch_size: int = 512,
+    quiet: bool = True,
+) -> DistributedModelParallel:
+    """Wrap an (unsharded) ``DLRMTrain`` in ``DistributedModelParallel``.
+
+    Tag the tables with a fused optimizer first
+    (:func:`umec_torchrec.train.optim.apply_embedding_optimizer`).
+
+    Args:
+        model: the model; tables on the ``meta`` device are initialised by DMP per shard,
+            otherwise their current values are copied into the shards (so a seeded model
+            gets the same weights on any world size).
+        ctx: from :func:`umec_torchrec.distributed.init_distributed`.
+        sharding_type: ``None`` = planner's choice, or one of ``"table_wise"``,
+            ``"column_wise"``, ``"table_column_wise"``, ``"data_parallel"`` for every table.
+        batch_size: per-rank batch size hint for the planner.
+        quiet: silence TorchRec's planner warnings.
+    """
+    if sharding_type is not None and sharding_type not in SHARDING_TYPES:
+        raise ValueError(f"unknown sharding type {sharding_type!r}; expected one of {SHARDING_TYPES}")
+    full_state = None if _tables_on_meta(model) else {k: v.detach().clone() for k, v in model.state_dict().items()}
+    constraints = _constraints(model, sharding_type, ctx.world_size) if sharding_type else None
+    sharders = get_default_sharders()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+    with quiet_torchrec(quiet):
+        topology = Topology(world_size=ctx.world_size, compute_device=ctx.device.type, local_world_size=local_world)
+        planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints)
+        plan = planner.collective_plan(model, sharders, ctx.pg)
+        dmp = DistributedModelParallel(module=model, device=ctx.device, plan=plan, sharders=sharders)
+        if full_state is not None:
+            dmp.load_state_dict(full_state)
+    return dmp
+
+
+def plan_summary(dmp: DistributedModelParallel) -> Dict[str, str]:
+    """``{table name: "sharding_type/compute_kernel ranks=[...]"}`` from the DMP plan."""
+    out: Dict[str, str] = {}
+    for _, module_plan in dmp.plan.plan.items():
+        for name, ps in module_plan.items():  # type: ignore[union-attr]
+            out[name] = f"{ps.sharding_type}/{ps.compute_kernel} ranks={ps.ranks}"
+    return out
+
+
+__all__ = ["shard_model", "plan_summary", "quiet_torchrec"]
