@@ -16,11 +16,14 @@ class DataError(ValueError):
         reason: the bare reason, without the location prefix.
 
     ``str(err)`` reads like ``"criteo_sample.tsv.gz line 17, field I3: 'x1' is not an integer"``
-    (the file's base name; ``err.path`` keeps the full path).
+    (the file's base name; ``err.path`` keeps the full path). Spec errors show the whole
+    spec string (``full_path=True``).
     """
 
-    def __init__(self, path: Optional[str], line: Optional[int], field: Optional[str], reason: str) -> None:
+    def __init__(self, path: Optional[str], line: Optional[int], field: Optional[str], reason: str,
+                 full_path: bool = False) -> None:
         self.path = None if path is None else str(path)
+        self.full_path = full_path
         self.line = line
         self.field = field
         self.reason = reason
@@ -29,7 +32,7 @@ class DataError(ValueError):
     def _format(self) -> str:
         where = []
         if self.path is not None:
-            where.append(os.path.basename(self.path) or self.path)
+            where.append(self.path if self.full_path else (os.path.basename(self.path) or self.path))
         if self.line is not None:
             where.append(f"line {self.line}")
         loc = " ".join(where)
@@ -38,4 +41,4 @@ class DataError(ValueError):
         return f"{loc}: {self.reason}" if loc else self.reason
 
     def __reduce__(self):  # picklable across worker processes
-        return (DataError, (self.path, self.line, self.field, self.reason))
+        return (DataError, (self.path, self.line, self.field, self.reason, self.full_path))

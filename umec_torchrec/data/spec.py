@@ -105,7 +105,7 @@ def _convert(spec: str, key: str, value: str, how: Any) -> Any:
             return _DELIMS.get(value.lower(), value)
         return how(value)
     except ValueError as e:
-        raise DataError(spec, None, key, f"bad value {value!r} ({e})") from None
+        raise DataError(spec, None, key, full_path=True, reason=f"bad value {value!r} ({e})") from None
 
 
 def parse_spec(spec: str) -> DataSpec:
@@ -116,17 +116,17 @@ def parse_spec(spec: str) -> DataSpec:
             unknown key, bad value).
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise DataError(str(spec), None, None, "empty data spec; expected e.g. 'synthetic' or 'criteo:PATH'")
+        raise DataError(str(spec), None, None, full_path=True, reason="empty data spec; expected e.g. 'synthetic' or 'criteo:PATH'")
     text = spec.strip()
     kind, sep, body = text.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise DataError(text, None, None, f"unknown data source {kind!r}; expected one of {', '.join(KINDS)}")
+        raise DataError(text, None, None, full_path=True, reason=f"unknown data source {kind!r}; expected one of {', '.join(KINDS)}")
     items = [s for s in body.split(",")] if sep else []
     out = DataSpec(text=text, kind=kind)
     if kind in FILE_KINDS:
         if not items or not items[0].strip():
-            raise DataError(text, None, None, f"'{kind}' needs a path: '{kind}:PATH'")
+            raise DataError(text, None, None, full_path=True, reason=f"'{kind}' needs a path: '{kind}:PATH'")
         out.path = items[0].strip()
         items = items[1:]
     for item in items:
@@ -136,7 +136,7 @@ def parse_spec(spec: str) -> DataSpec:
         key, eq, value = item.partition("=")
         key = key.strip().lower()
         if not eq:
-            raise DataError(text, None, None, f"expected KEY=VALUE, got {item!r}")
+            raise DataError(text, None, None, full_path=True, reason=f"expected KEY=VALUE, got {item!r}")
         value = value.strip()
         if key in _PARAM_KEYS[kind]:
             out.params[key] = _convert(text, key, value, _PARAM_KEYS[kind][key])
@@ -144,5 +144,5 @@ def parse_spec(spec: str) -> DataSpec:
             out.options[key] = _convert(text, key, value, _OPTION_KEYS[key])
         else:
             allowed = sorted(set(_PARAM_KEYS[kind]) | {k for k in _OPTION_KEYS if kind == "csv" or k not in _CSV_ONLY})
-            raise DataError(text, None, key, f"unknown option for '{kind}'; expected one of {', '.join(allowed)}")
+            raise DataError(text, None, key, full_path=True, reason=f"unknown option for '{kind}'; expected one of {', '.join(allowed)}")
     return out

@@ -18,9 +18,9 @@ def check_file(path: str) -> str:
     """``path`` as str if it is a readable regular file, else :class:`DataError`."""
     p = os.fspath(path)
     if not os.path.exists(p):
-        raise DataError(p, None, None, "no such file")
+        raise DataError(p, None, None, f"no such file: {p}")
     if os.path.isdir(p):
-        raise DataError(p, None, None, "is a directory, expected a file")
+        raise DataError(p, None, None, f"{p} is a directory, expected a file")
     return p
 
 

@@ -1,0 +1,91 @@
+"""TorchRec's preprocessed Criteo day files (full-size Criteo Kaggle / 1TB data).
+
+A directory of ``day_{d}_dense.npy`` (``float32 [N, 13]``, already log-transformed by
+:meth:`torchrec.datasets.criteo.BinaryCriteoUtils.tsv_to_npys`; integer arrays are taken
+as raw counts and transformed here), ``day_{d}_sparse.npy`` (integer ``[N, 26]``: raw
+hex-derived ids, or contiguous ids after ``sparse_to_contiguous``) and
+``day_{d}_labels.npy`` (``[N, 1]`` or ``[N]``, 0/1). Files are opened with
+``np.load(mmap_mode="r")`` and only the first ``max_rows`` rows (over the days, in
+order) are copied into memory. Ids are mapped to tables by the vocabulary (``min_count``)
+or hashed (``vocab="hash"``, the practical choice at full size).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional, Sequence
+
+import numpy as np
+from torchrec.datasets.criteo import CAT_FEATURE_COUNT, INT_FEATURE_COUNT
+
+from umec_torchrec.data.criteo import CAT_NAMES, DENSE_NAMES
+from umec_torchrec.data.errors import DataError
+from umec_torchrec.data.raw import RawTable
+
+_DAY = re.compile(r"day_(\d+)_dense\.npy")
+
+
+def day_files(directory: str, day: int) -> List[str]:
+    """The dense, sparse and labels file of ``day`` in ``directory`` (TorchRec's names)."""
+    return [os.path.join(directory, f"day_{day}_{kind}.npy") for kind in ("dense", "sparse", "labels")]
+
+
+def _load(path: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise DataError(path, None, None, f"no such file: {path}")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(path, None, None, f"not a readable .npy file ({e})") from None
+
+
+def read_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_rows: Optional[int] = None) -> RawTable:
+    """Read TorchRec's ``day_*`` .npy files from ``directory`` (see module docstring)."""
+    if not os.path.isdir(directory):
+        raise DataError(directory, None, None, full_path=True, reason="no such directory (expected TorchRec's day_X_{dense,sparse,labels}.npy)")
+    if days is None:
+        days = sorted(int(m.group(1)) for m in map(_DAY.fullmatch, os.listdir(directory)) if m)
+        if not days:
+            raise DataError(directory, None, None, "no day_X_dense.npy files found")
+    dense_parts, sparse_parts, label_parts = [], [], []
+    remaining = max_rows
+    transformed = None
+    for d in days:
+        fd, fs, fl = day_files(directory, d)
+        dense, sparse, labels = _load(fd), _load(fs), _load(fl)
+        n = dense.shape[0]
+        if dense.ndim != 2 or dense.shape[1] != INT_FEATURE_COUNT:
+            raise DataError(fd, None, None, f"expected shape [N, {INT_FEATURE_COUNT}], got {list(dense.shape)}")
+        if sparse.ndim != 2 or sparse.shape != (n, CAT_FEATURE_COUNT):
+            raise DataError(fs, None, None, f"expected shape [{n}, {CAT_FEATURE_COUNT}], got {list(sparse.shape)}")
+        if labels.reshape(labels.shape[0], -1).shape != (n, 1):
+            raise DataError(fl, None, "label", f"expected shape [{n}, 1], got {list(labels.shape)}")
+        if not np.issubdtype(sparse.dtype, np.integer):
+            raise DataError(fs, None, None, f"sparse ids must be integers, got dtype {sparse.dtype}")
+        take = n if remaining is None else min(n, remaining)
+        is_float = np.issubdtype(dense.dtype, np.floating)
+        if transformed is None:
+            transformed = is_float
+        elif transformed != is_float:
+            raise DataError(fd, None, None, "dense dtype differs between days (float = log-transformed, int = raw)")
+        lab = np.asarray(labels[:take]).reshape(-1)
+        ok = (lab == 0) | (lab == 1)
+        if not ok.all():
+            r = int(np.flatnonzero(~ok)[0])
+            raise DataError(fl, r + 1, "label", f"{lab[r]!r} is not a 0/1 label (row {r + 1})")
+        dense_parts.append(np.asarray(dense[:take]))
+        sparse_parts.append(np.asarray(sparse[:take]).astype(np.int64))
+        label_parts.append(lab.astype(np.int64))
+        if remaining is not None:
+            remaining -= take
+            if remaining <= 0:
+                break
+    dense_arr = np.concatenate(dense_parts)
+    if transformed:
+        dense_arr = dense_arr.astype(np.float32)
+    else:
+        dense_arr = dense_arr.astype(np.float64)
+    info = {"format": "criteo-npy", "path": str(directory), "days": [int(d) for d in days], "bad_lines": 0}
+    return RawTable(dense_arr, np.concatenate(sparse_parts), np.concatenate(label_parts), list(DENSE_NAMES),
+                    list(CAT_NAMES), info, dense_transformed=bool(transformed))

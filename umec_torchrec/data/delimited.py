@@ -1,0 +1,133 @@
+"""Generic delimited click logs (CSV, TSV, ...) with a declared schema.
+
+The schema names the label column (0/1), the dense columns (numbers; empty, ``NA``,
+``NaN`` or ``null`` = missing) and the categorical columns (any text; empty = missing;
+values are hashed to stable int64 ids). Columns are header names (``header=True``) or
+0-based indices (``header=False``; the features are then named ``col<i>``). Plain or gzip;
+rows are split by Python's C ``csv`` reader, columns are converted with numpy.
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from umec_torchrec.data.errors import DataError
+from umec_torchrec.data.raw import MISSING, RawTable
+from umec_torchrec.data.textio import BadLines, iter_lines
+from umec_torchrec.data.vocab import hash_strings
+
+_NA = {"", "na", "nan", "null", "none"}
+
+
+def _resolve(path: str, header: Optional[List[str]], col: str, role: str) -> int:
+    if header is not None:
+        if col not in header:
+            raise DataError(path, 1, col, f"{role} column {col!r} is not in the header ({', '.join(header[:20])})")
+        return header.index(col)
+    try:
+        i = int(col)
+    except ValueError:
+        raise DataError(path, None, col, f"{role} column must be a 0-based index without a header, got {col!r}") from None
+    if i < 0:
+        raise DataError(path, None, col, f"{role} column index must be >= 0")
+    return i
+
+
+def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), categorical: Sequence[str] = (),
+                   delimiter: str = ",", header: bool = True, skip_bad_lines: bool = False,
+                   max_rows: Optional[int] = None) -> RawTable:
+    """Read a delimited file with the given schema into a :class:`RawTable`.
+
+    Raises:
+        DataError: naming file, line and field: wrong field count, a label other than 0/1,
+            a non-numeric dense value, a schema column absent from the header, no
+            categorical column, a missing or empty file.
+    """
+    if not categorical:
+        raise DataError(path, None, "categorical", "the csv schema needs at least one categorical column")
+    state = {"line": 0}
+    lines = iter_lines(path)
+
+    def gen() -> Iterator[str]:
+        for n, line in lines:
+            state["line"] = n
+            yield line
+
+    reader = csv.reader(gen(), delimiter=delimiter)
+    head: Optional[List[str]] = None
+    if header:
+        head = next(reader, None)
+        if head is None:
+            raise DataError(path, 1, None, "empty file: no header")
+        head = [h.strip() for h in head]
+    li = _resolve(path, head, label, "label")
+    di = [_resolve(path, head, c, "dense") for c in dense]
+    ci = [_resolve(path, head, c, "categorical") for c in categorical]
+    width = len(head) if head is not None else None
+    need = max([li] + di + ci) + 1
+    names_d = [c if header else f"col{c}" for c in dense] or []
+    names_c = [c if header else f"col{c}" for c in categorical]
+    all_names = ["label"] + names_d + names_c
+
+    bad = BadLines(skip_bad_lines)
+    errors = {}  # line -> first DataError of that line; raised/counted in line order
+    rows: List[List[str]] = []
+    linenos: List[int] = []
+    for row in reader:
+        n = state["line"]
+        if width is not None and len(row) != width:
+            errors[n] = DataError(path, n, head[len(row)] if len(row) < width else f"#{width + 1}",
+                                  f"expected {width} fields (delimiter {delimiter!r}), got {len(row)}")
+            continue
+        if len(row) < need:
+            errors[n] = DataError(path, n, f"#{len(row) + 1}",
+                                  f"expected at least {need} fields (delimiter {delimiter!r}), got {len(row)}")
+            continue
+        rows.append(row)
+        linenos.append(n)
+        if max_rows is not None and len(rows) >= max_rows:
+            break
+    if not rows and not errors and head is None:
+        raise DataError(path, 1, None, "empty file: no rows")
+
+    sel = [li] + di + ci
+    cols = [np.asarray([r[i].strip() for r in rows], dtype=str) for i in sel]
+    keep = np.ones(len(rows), dtype=bool)
+    lab_ok = (cols[0] == "0") | (cols[0] == "1")  # label: exactly 0/1
+    for r in np.flatnonzero(~lab_ok):
+        keep[r] = False
+        errors.setdefault(linenos[r], DataError(path, linenos[r], label if header else f"col{label}",
+                                                f"{cols[0][r]!r} is not a 0/1 label"))
+    dense_vals = []
+    for name, col in zip(names_d, cols[1:1 + len(di)]):  # dense: floats, NA -> NaN
+        filled = np.where(np.isin(np.char.lower(col), list(_NA)), "nan", col) if col.size else col
+        try:
+            v = filled.astype(np.float64)
+        except ValueError:
+            v = np.full(len(col), np.nan)
+            for r, s in enumerate(filled):
+                try:
+                    v[r] = float(s)
+                except ValueError:
+                    keep[r] = False
+                    errors.setdefault(linenos[r], DataError(path, linenos[r], name, f"{s!r} is not a number"))
+        dense_vals.append(v)
+    for n in sorted(errors):
+        bad(errors[n])
+    bad.check_rows(path, int(keep.sum()))
+    cat_vals = []
+    for col in cols[1 + len(di):]:
+        ids = hash_strings(col)
+        ids[col == ""] = MISSING
+        cat_vals.append(ids)
+    n = len(rows)
+    dense_arr = np.stack(dense_vals, axis=1) if dense_vals else np.zeros((n, 1))
+    info = {"format": "csv", "path": str(path), "schema": {"label": label, "dense": list(dense),
+            "categorical": list(categorical), "delimiter": delimiter, "header": bool(header)}, **bad.info()}
+    return RawTable(
+        dense_arr[keep], np.stack(cat_vals, axis=1)[keep], (cols[0][keep] == "1").astype(np.int64),
+        names_d if names_d else ["none"], names_c, info,
+    )

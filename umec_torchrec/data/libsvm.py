@@ -1,0 +1,88 @@
+"""libsvm / libFM one-hot CTR files such as Frappe.
+
+One example a line: ``label idx:1 idx:1 ...`` with exactly one global feature index per
+field, the fields in the same order on every line, so a field is recovered from its
+column position. ``label`` is 0/1 (libsvm's ``-1`` / ``+1`` are read as 0 / 1); a value
+must be 1 (``1``, ``1.0``). There are no dense features: the table gets one all-zero
+dense column named ``"none"``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from umec_torchrec.data.errors import DataError
+from umec_torchrec.data.raw import RawTable
+from umec_torchrec.data.textio import BadLines, iter_lines
+
+FRAPPE_FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city"]
+_LABELS = {"0": 0, "1": 1, "-1": 0, "+1": 1}
+_TOKEN = re.compile(r"([0-9]{1,18}):(1(?:\.0*)?)", re.ASCII)
+
+
+def _field_names(path: str, k: int, names: Optional[Sequence[str]]) -> List[str]:
+    if names:
+        if len(names) != k:
+            raise DataError(path, 1, None, f"{len(names)} field names given ({';'.join(names)}) but lines have {k} fields")
+        return list(names)
+    if k == len(FRAPPE_FIELDS) and "frappe" in os.path.basename(path).lower():
+        return list(FRAPPE_FIELDS)
+    return [f"f{i + 1}" for i in range(k)]
+
+
+def read_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines: bool = False,
+                max_rows: Optional[int] = None) -> RawTable:
+    """Read a one-hot libsvm/libFM file into a :class:`RawTable` (see module docstring).
+
+    The number of fields is taken from the first line. Raises :class:`DataError` naming
+    file, line and field for a wrong field count, a bad label, a bad ``idx:value`` token.
+    """
+    bad = BadLines(skip_bad_lines)
+    labels: List[int] = []
+    idx_rows: List[List[str]] = []
+    k: Optional[int] = None
+    fields: List[str] = []
+    for lineno, line in iter_lines(path):
+        toks = line.split()
+        if k is None:
+            if len(toks) < 2:
+                bad(DataError(path, lineno, None, f"expected 'label idx:1 ...', got {line[:60]!r}"))
+                continue
+            k = len(toks) - 1
+            fields = _field_names(path, k, names)
+        if len(toks) != k + 1:
+            field = "label" if not toks else (fields[len(toks) - 1] if len(toks) - 1 < k else f"#{k + 1}")
+            bad(DataError(path, lineno, field, f"expected a label and {k} idx:value tokens, got {max(len(toks) - 1, 0)}"))
+            continue
+        lab = _LABELS.get(toks[0])
+        if lab is None:
+            bad(DataError(path, lineno, "label", f"{toks[0]!r} is not a 0/1 label"))
+            continue
+        ms = [_TOKEN.fullmatch(t) for t in toks[1:]]
+        if None in ms:
+            j = ms.index(None)
+            t = toks[1 + j]
+            why = (f"{t!r} is not idx:1 (one-hot value 1 expected)" if re.fullmatch(r"[0-9]+:.*", t)
+                   else f"{t!r} is not an idx:value token")
+            bad(DataError(path, lineno, fields[j], why))
+            continue
+        labels.append(lab)
+        idx_rows.append([m.group(1) for m in ms])
+        if max_rows is not None and len(labels) >= max_rows:
+            break
+    bad.check_rows(path, len(labels))
+    cats = np.asarray(idx_rows, dtype=str).astype(np.int64)
+    n = cats.shape[0]
+    lo, hi = cats.min(axis=0), cats.max(axis=0)
+    info = {
+        "format": "libsvm",
+        "path": str(path),
+        "fields": list(fields),
+        "field_index_ranges": {f: [int(a), int(b)] for f, a, b in zip(fields, lo, hi)},
+        **bad.info(),
+    }
+    return RawTable(np.zeros((n, 1)), cats, np.asarray(labels, dtype=np.int64), ["none"], list(fields), info)
