@@ -1,0 +1,296 @@
+"""Prunable groups: discovered from a DLRM, or declared for a custom model.
+
+A :class:`GroupSet` is one UMEC "layer": a set of ``n`` structured groups that share one
+continuous prune count ``s`` and one dual ``y``. Its groups are made of *members*: slices
+of parameters along one dimension, mapped to groups by a 0/1 incidence matrix, so that
+
+* the squared group norms are ``score = sum_members  M^T (sum of squares over the other dims)``
+  (one reduction and one small mat-vec per member, no loop over groups);
+* a group's penalty reaches every slice it covers through ``M @ selected``.
+
+Groups may overlap. With the ``dot`` interaction a pair column ``<x_i, x_j>`` belongs to
+feature ``i`` *and* feature ``j`` (two ones in its incidence row); the weight of a hidden
+unit's outgoing column also lies in the next layer's unit rows. UMEC's objective is a sum
+of per-group squared norms, so an overlapped weight is simply counted once per group that
+contains it: in the scores, and in the proximal step (its shrink factor is
+``1 / (1 + 2 lr sum_g y_g [g selected])``, the exact prox of the summed penalty). In the
+resource model a column disappears as soon as *one* of its owners is pruned.
+
+Discovery on a TorchRec DLRM (:func:`discover_groups`):
+
+* ``features``: one group per sparse feature: the first over-arch Linear's input columns it
+  owns (a block for ``cat``, its pair columns for ``dot``, its block of the over-arch and of
+  every cross layer for ``dcn``). Its embedding table belongs to the group (it is dropped
+  when the group is pruned) but does not enter the score: scores come from dense weights
+  only, so the per-step cost never depends on table sizes.
+* one set per hidden layer of the bottom MLP (except the last, whose width must equal D)
+  and of the top MLP (never the output unit): unit ``j`` = row ``j`` and bias ``j`` of its
+  Linear, plus column ``j`` of the next Linear.
+* the dense-arch output is a feature-like group only when ``prune_dense=True``.
+
+Custom models: :func:`declare_groups`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from umec_torchrec.models import find_dlrm, model_kind
+from umec_torchrec.umec import layout
+
+
+@dataclass
+class Member:
+    """Slices of ``param`` along ``dim``; ``incidence[i, g] = 1`` if slice ``i`` is in group ``g``.
+
+    ``incidence=None`` means the identity (slice ``i`` is group ``i``).
+    """
+
+    param: torch.Tensor
+    dim: int
+    incidence: Optional[torch.Tensor] = None
+
+
+@dataclass
+class GroupSet:
+    """One UMEC layer of groups.
+
+    Args:
+        name: ``"features"`` or a hidden layer's FQN (the ``PruningMasks`` key).
+        kind: ``"features"`` or ``"units"``.
+        labels: one label per group (feature names, or unit indices as strings).
+        members: the parameter slices that make up the groups.
+        min_keep: groups that are never pruned (at least one survives).
+    """
+
+    name: str
+    kind: str
+    labels: List[str]
+    members: List[Member]
+    min_keep: int = 1
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+    def scores(self, sq_cache: Optional[Dict[Tuple[int, int], torch.Tensor]] = None) -> torch.Tensor:
+        """Squared L2 norm of every group (overlapping weights counted in each group)."""
+        total = None
+        for m in self.members:
+            key = (id(m.param), m.dim)
+            sq = sq_cache.get(key) if sq_cache is not None else None
+            if sq is None:
+                p = m.param.detach()
+                dims = [d for d in range(p.dim()) if d != m.dim]
+                sq = p.float().pow(2).sum(dim=dims) if dims else p.float().pow(2)
+                if sq_cache is not None:
+                    sq_cache[key] = sq
+            part = sq if m.incidence is None else sq @ m.incidence
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+
+@dataclass
+class GroupSpec:
+    """All group sets of a model, plus what the resource models need to know.
+
+    Args:
+        sets: the group sets; the feature set (if any) first.
+        structure: the dense-path shape (see :mod:`umec_torchrec.umec.resources`).
+        feature_table_bytes: bytes of each feature's table (feature order).
+        feature_names: all sparse features (model order).
+        dense_is_group: whether the feature set's first group is the dense-arch output.
+    """
+
+    sets: List[GroupSet]
+    structure: Dict[str, object]
+    feature_table_bytes: List[float] = field(default_factory=list)
+    feature_names: List[str] = field(default_factory=list)
+    dense_is_group: bool = False
+
+    def set_index(self, name: str) -> int:
+        for i, s in enumerate(self.sets):
+            if s.name == name:
+                return i
+        raise KeyError(name)
+
+    def keep_multipliers(self, pruned: Sequence[torch.Tensor]) -> Dict[torch.Tensor, torch.Tensor]:
+        """0/1 multiplier per touched parameter that zeroes every slice of a pruned group.
+
+        Args:
+            pruned: one 0/1 float vector per set (1 = pruned), on the parameters' device.
+        """
+        out: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        for gs, pr in zip(self.sets, pruned):
+            for m in gs.members:
+                hit = pr if m.incidence is None else m.incidence @ pr
+                keep = (hit == 0).to(m.param.dtype)
+                shape = [1] * m.param.dim()
+                shape[m.dim] = -1
+                keep = keep.view(shape).expand_as(m.param)
+                prev = out.get(id(m.param))
+                out[id(m.param)] = (m.param, keep if prev is None else prev[1] * keep)
+        return {p: k.contiguous() for p, k in out.values()}
+
+    @property
+    def feature_set(self) -> Optional[GroupSet]:
+        return next((s for s in self.sets if s.kind == "features"), None)
+
+    def to(self, device: torch.device) -> "GroupSpec":
+        for s in self.sets:
+            for m in s.members:
+                if m.incidence is not None:
+                    m.incidence = m.incidence.to(device)
+        return self
+
+
+def feature_tables(model: nn.Module) -> Dict[str, str]:
+    """``{feature: table name}`` of the DLRM inside ``model`` (sharded or not)."""
+    ebc = find_dlrm(model).sparse_arch.embedding_bag_collection
+    configs = ebc.embedding_bag_configs() if hasattr(ebc, "embedding_bag_configs") else ebc._embedding_bag_configs
+    return {f: c.name for c in configs for f in (c.feature_names or [c.name])}
+
+
+def _table_bytes(dlrm: nn.Module, names: List[str]) -> List[float]:
+    """rows x dim x bytes-per-element of each feature's table, from the EBC configs."""
+    ebc = dlrm.sparse_arch.embedding_bag_collection
+    configs = ebc.embedding_bag_configs() if hasattr(ebc, "embedding_bag_configs") else ebc._embedding_bag_configs
+    by_feature = {}
+    for c in configs:
+        elem = _elem_bytes(c)
+        for f in c.feature_names or [c.name]:
+            by_feature[f] = float(c.num_embeddings * c.embedding_dim * elem)
+    return [by_feature.get(n, by_feature.get(n.split("@")[0], 0.0)) for n in names]
+
+
+def _elem_bytes(cfg) -> float:
+    from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS
+
+    return DATA_TYPE_NUM_BITS[cfg.data_type] / 8.0
+
+
+def discover_groups(
+    model: nn.Module,
+    prune_features: bool = True,
+    prune_bottom: bool = True,
+    prune_top: bool = True,
+    prune_dense: bool = False,
+) -> GroupSpec:
+    """Discover the UMEC groups of the TorchRec DLRM inside ``model`` (DLRM, DLRMTrain, DMP).
+
+    Raises:
+        TypeError: when ``model`` holds no TorchRec DLRM (the message lists what was found);
+            declare the groups with :func:`declare_groups` instead.
+    """
+    dlrm = find_dlrm(model)
+    kind = model_kind(dlrm)
+    if kind not in ("dot", "dcn", "cat"):
+        raise TypeError(f"unsupported DLRM variant {type(dlrm).__name__}")
+    names = layout.feature_names(dlrm)
+    D = layout.embedding_dim(dlrm)
+    sets: List[GroupSet] = []
+
+    if prune_features:
+        first = layout.first_top_linear(dlrm)
+        inc = layout.over_arch_incidence(dlrm, include_dense=prune_dense).to(first.weight.device)
+        members = [Member(first.weight, 1, inc)]
+        cn = layout.cross_net(dlrm)
+        if cn is not None:
+            blk = layout.block_incidence(dlrm, include_dense=prune_dense).to(first.weight.device)
+            for v, w, b in zip(cn.V_kernels, cn.W_kernels, cn.bias):
+                members += [Member(v, 1, blk), Member(w, 0, blk), Member(b, 0, blk)]
+        labels = (["<dense>"] if prune_dense else []) + names
+        sets.append(GroupSet("features", "features", labels, members, min_keep=1))
+
+    for h in layout.hidden_layers(dlrm):
+        if (h.part == "bottom" and not prune_bottom) or (h.part == "top" and not prune_top):
+            continue
+        members = [Member(h.linear.weight, 0)]
+        if h.linear.bias is not None:
+            members.append(Member(h.linear.bias, 0))
+        members.append(Member(h.next.weight, 1))
+        sets.append(GroupSet(h.name, "units", [str(i) for i in range(h.width)], members, min_keep=1))
+
+    if not sets:
+        raise ValueError("nothing to prune: enable features, bottom or top groups")
+
+    bottom = [lin.out_features for lin in layout.bottom_linears(dlrm)]
+    top_lin = [p._linear for p in dlrm.over_arch.model[0]._mlp]
+    structure = {
+        "kind": kind,
+        "D": D,
+        "F": len(names),
+        "dense_in": layout.bottom_linears(dlrm)[0].in_features,
+        "bottom": bottom,
+        "top": [lin.out_features for lin in top_lin] + [dlrm.over_arch.model[1].out_features],
+        "bottom_names": [h.name for h in layout.hidden_layers(dlrm) if h.part == "bottom"],
+        "top_names": [h.name for h in layout.hidden_layers(dlrm) if h.part == "top"],
+        "dcn_layers": len(layout.cross_net(dlrm).V_kernels) if kind == "dcn" else 0,
+        "dcn_rank": layout.cross_net(dlrm).V_kernels[0].shape[0] if kind == "dcn" else 0,
+        "prune_dense": prune_dense,
+    }
+    return GroupSpec(
+        sets=sets,
+        structure=structure,
+        feature_table_bytes=_table_bytes(dlrm, names),
+        feature_names=names,
+        dense_is_group=prune_dense and prune_features,
+    )
+
+
+def declare_groups(
+    first_linear: nn.Linear,
+    feature_columns: Mapping[str, Sequence[int]],
+    chain: Sequence[nn.Linear] = (),
+    layer_names: Optional[Sequence[str]] = None,
+    feature_table_bytes: Optional[Mapping[str, float]] = None,
+    extra_flops: float = 0.0,
+) -> GroupSpec:
+    """Declare the groups of a custom model: one Linear chain plus a feature-to-columns map.
+
+    Args:
+        first_linear: the Linear that reads the features (its input columns are grouped).
+        feature_columns: ``{feature: [input columns of first_linear it owns]}``; columns may be
+            shared by several features (counted in each, removed when any owner is pruned).
+        chain: the Linear layers after ``first_linear`` in order, ending with the output layer;
+            every layer of ``[first_linear, *chain[:-1]]`` gets one unit group per output unit.
+        layer_names: names of those hidden layers (defaults to ``"layer<i>"``).
+        feature_table_bytes: table bytes per feature, for an ``embedding_bytes`` budget.
+        extra_flops: fixed FLOPs per sample outside the chain (counted in the dense total).
+
+    Example::
+
+        spec = declare_groups(model.head[0], {"user": range(0, 16), "item": range(16, 32)},
+                              chain=[model.head[2], model.head[4]])
+    """
+    feats = list(feature_columns)
+    if not feats:
+        raise ValueError("declare at least one feature")
+    inc = torch.zeros(first_linear.in_features, len(feats), device=first_linear.weight.device)
+    for g, f in enumerate(feats):
+        cols = torch.as_tensor(list(feature_columns[f]), dtype=torch.long)
+        if cols.numel() == 0 or int(cols.min()) < 0 or int(cols.max()) >= first_linear.in_features:
+            raise ValueError(f"feature {f!r}: columns must be a non-empty subset of range({first_linear.in_features})")
+        inc[cols.to(inc.device), g] = 1.0
+    sets = [GroupSet("features", "features", feats, [Member(first_linear.weight, 1, inc)])]
+    layers = [first_linear, *chain]
+    names = list(layer_names) if layer_names is not None else [f"layer{i}" for i in range(len(layers) - 1)]
+    for i, (lin, nxt) in enumerate(zip(layers[:-1], layers[1:])):
+        if nxt.in_features != lin.out_features:
+            raise ValueError(f"chain broken at {names[i]}: {lin.out_features} outputs feed {nxt.in_features} inputs")
+        members = [Member(lin.weight, 0)] + ([Member(lin.bias, 0)] if lin.bias is not None else []) + [Member(nxt.weight, 1)]
+        sets.append(GroupSet(names[i], "units", [str(j) for j in range(lin.out_features)], members))
+    structure = {
+        "kind": "custom",
+        "incidence": inc.detach().cpu(),
+        "widths": [first_linear.in_features] + [lin.out_features for lin in layers],
+        "layer_names": names,
+        "extra_flops": float(extra_flops),
+    }
+    tb = feature_table_bytes or {}
+    return GroupSpec(sets, structure, [float(tb.get(f, 0.0)) for f in feats], feats)

@@ -1,0 +1,468 @@
+r"""``UMECOptimizer``: UMEC's primal-dual step as a TorchRec ``OptimizerWrapper``.
+
+UMEC (Shen et al., ICLR 2021) solves
+
+.. math::
+    \min_{W, s} \max_{y \ge 0, z \ge 0}\; \ell(W)
+        + \sum_l y_l \, \|W_l\|^2_{\lceil s_l \rceil, 2}
+        + \sum_b z_b \, \big(R_b(s) - B_b\big)
+
+where set ``l`` has ``n_l`` groups, :math:`\|W_l\|^2_{k,2}` is the sum of its ``k`` smallest
+squared group norms, ``R_b`` is a resource model (fraction of the dense model) and ``B_b``
+its budget. After the wrapped optimizer's step (the SGD part of Algorithm 1), each
+:meth:`UMECOptimizer.step` runs, on the dense weights only:
+
+1. **prox**: the ``ceil(s_l)`` least-norm groups of each set are shrunk by the exact prox
+   of their penalty, ``w <- w / (1 + 2 lr sum_g y_g)`` (sum over the selected groups that
+   contain ``w``, see :mod:`~umec_torchrec.umec.groups` on overlaps);
+2. **s**: a straight-through step. The gradient of the penalty term is the cost of pruning
+   one more group, ``y_l`` times the next-smallest squared norm (the authors' ``LeastSsum``);
+   the resource term's is the exact change of ``R_b`` when one more group of set ``l`` is
+   pruned (a finite difference, exact at integer points);
+3. **y**: ``y_l += y_lr * ||W_l||^2_{ceil(s_l), 2}`` on the new weights and counts;
+4. **z**: ``z_b += z_lr * (R_b(s^t) - B_b)``, projected on ``z >= 0``.
+
+Deliberate choices where the authors' code departs from Algorithm 1 or is broken
+(each tested in ``tests/test_umec_optimizer.py``):
+
+* **no pinning, no overshoot**: ``s`` is projected on ``[0, n_l - min_keep]`` after every
+  step; a coordinate at its bound moves back when its gradient says so (the code pinned it
+  for good), and ``ceil(s)`` can never prune a whole set (the code could for one step).
+* **per-coordinate step**: ``s_l`` moves in units of its set's size (``s_l / n_l`` is the
+  pruned fraction) with its gradient clipped to ``[-1, 1]`` per coordinate; the code clipped
+  the infinity norm of the whole vector, coupling all layers to ~0.05 groups per step.
+* **z timing as in the paper**: ``z`` ascends on ``R(s^t)``, the same evaluation the
+  ``s`` step uses (the code re-evaluated ``R`` after the ``s`` step).
+* **y as in the paper**: the constraint ``||W||^2_{ceil(s)} = 0`` has a non-negative
+  residual, so ``y`` never decreases; its increments vanish as the prox drives the selected
+  groups to zero, so it settles. (Decaying it would re-admit the groups being removed.)
+* **hard pruning at the end** (:meth:`finalize`): the ``ceil(s)`` least-norm groups are
+  removed; if a budget is still violated, the cheapest further groups (least norm per unit
+  of resource saved) are removed until all budgets hold, so every budget is met exactly.
+  Pruned weights are then kept at exactly zero after every step, and pruned features are
+  dropped from the input by :attr:`feature_mask`.
+
+Everything stays on the parameters' device: no Python loop over groups, no host sync in
+a step (only every ``check_every`` steps, for the cross-rank consistency check).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.optim.keyed import KeyedOptimizer, OptimizerWrapper
+
+from umec_torchrec.umec.budgets import Budget, parse_budgets
+from umec_torchrec.umec.feature_mask import FeatureMask
+from umec_torchrec.umec.groups import GroupSpec, discover_groups
+from umec_torchrec.umec.hard_prune import pruned_indicators
+from umec_torchrec.umec.masks import PruningMasks
+from umec_torchrec.umec.resources import Resource, make_resource
+from umec_torchrec.umec.tables import zero_tables_
+
+
+@dataclass
+class UMECConfig:
+    """Hyper-parameters of the primal-dual step.
+
+    Args:
+        s_lr: step of ``s_l / n_l`` (fraction of a set) per step at unit gradient.
+        y_lr: eta_3 of Algorithm 1 (the authors' default 0.1).
+        z_lr: eta_4 of Algorithm 1.
+        prox_lr: eta_1 of the prox; ``None`` uses the lr of the wrapped optimizer's param group
+            that holds the first over-arch weight (as the authors' code does).
+        warmup_steps: wrapped-optimizer steps before the UMEC step starts.
+        check_every: steps between cross-rank consistency checks (0 disables).
+    """
+
+    s_lr: float = 2e-3
+    y_lr: float = 0.1
+    z_lr: float = 1.0
+    prox_lr: Optional[float] = None
+    warmup_steps: int = 0
+    check_every: int = 100
+
+
+class UMECStateMismatch(RuntimeError):
+    """Ranks disagree on the UMEC state (s, y, z, step)."""
+
+
+class _TorchOptimizerAdapter(KeyedOptimizer):
+    """A plain ``torch.optim.Optimizer`` seen as a ``KeyedOptimizer`` (FQN-keyed)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        params = {}
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                params[names.get(id(p), f"param_{len(params)}")] = p
+        self._inner = optimizer
+        super().__init__(params, optimizer.state, optimizer.param_groups)
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        self._inner.step(closure)
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        self._inner.zero_grad(set_to_none=set_to_none)
+
+
+class UMECOptimizer(OptimizerWrapper):
+    """Wraps a TorchRec ``KeyedOptimizer``/``CombinedOptimizer`` (or a torch optimizer) and
+    compresses ``model`` in place under ``budgets``.
+
+    Args:
+        optimizer: the optimizer that trains ``model`` (e.g.
+            ``CombinedOptimizer([dmp.fused_optimizer, dense_optimizer])``).
+        model: the model (a DLRM, ``DLRMTrain`` or ``DistributedModelParallel``).
+        budgets: e.g. ``["flops=0.3", "embedding_bytes=0.5"]`` (see :mod:`.budgets`).
+        config: hyper-parameters.
+        groups: the groups; by default discovered from ``model``
+            (:func:`~umec_torchrec.umec.groups.discover_groups`).
+
+    Example::
+
+        opt = UMECOptimizer(CombinedOptimizer([dmp.fused_optimizer, dense]), dmp, ["flops=0.3"])
+        for batch in batches:
+            loss, _ = dmp(opt.feature_mask(batch))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        masks = opt.finalize()            # hard pruning; pruned weights stay zero
+    """
+
+    def __init__(
+        self,
+        optimizer: Union[KeyedOptimizer, torch.optim.Optimizer],
+        model: nn.Module,
+        budgets: Sequence[Union[str, Budget]],
+        config: Optional[UMECConfig] = None,
+        groups: Optional[GroupSpec] = None,
+    ) -> None:
+        if not isinstance(optimizer, KeyedOptimizer):
+            optimizer = _TorchOptimizerAdapter(optimizer, model)
+        super().__init__(optimizer)
+        self.model = model
+        self.config = config or UMECConfig()
+        self.spec = groups if groups is not None else discover_groups(model)
+        self.budgets: List[Budget] = parse_budgets(budgets)
+        self.resources: List[Resource] = [make_resource(b.resource, self.spec) for b in self.budgets]
+        self._dense = [r.dense_value() for r in self.resources]
+        self._fraction = []
+        for b, r, dense in zip(self.budgets, self.resources, self._dense):
+            frac = b.fraction(dense)
+            floor = r.min_value() / dense
+            if frac < floor - 1e-12:
+                raise ValueError(
+                    f"budget {b} is below the smallest model these groups allow "
+                    f"({floor:.4g} of dense, {r.min_value():.4g} {r.unit}); raise it or prune more group kinds"
+                )
+            self._fraction.append(frac)
+
+        sets = self.spec.sets
+        dev = sets[0].members[0].param.device
+        self.device = dev
+        self._n = torch.tensor([float(s.size) for s in sets], device=dev)
+        self._s_max = torch.tensor([float(s.size - s.min_keep) for s in sets], device=dev)
+        self._min_keep = torch.tensor([float(s.min_keep) for s in sets], device=dev)
+        self._B = torch.tensor(self._fraction, device=dev)
+        self._dense_t = torch.tensor(self._dense, device=dev)
+        self.s = torch.zeros(len(sets), device=dev)
+        self.y = torch.zeros(len(sets), device=dev)
+        self.z = torch.zeros(len(self.budgets), device=dev)
+        self.umec_step_count = 0
+        self.inner_step_count = 0
+        self.masks: Optional[PruningMasks] = None
+        self._keep: Dict[torch.Tensor, torch.Tensor] = {}
+        self.feature_mask = FeatureMask()
+        self._fi = next((i for i, s in enumerate(sets) if s.kind == "features"), None)
+        # the tensors each parameter-dimension penalty reaches: {id(param): (param, [(set, member)])}
+        self._slots: Dict[int, Tuple[torch.Tensor, list]] = {}
+        for li, gs in enumerate(sets):
+            for m in gs.members:
+                self._slots.setdefault(id(m.param), (m.param, []))[1].append((li, m))
+        self._prox_param = sets[0].members[0].param
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def phase(self) -> str:
+        """``"search"`` before :meth:`finalize`, ``"fixed"`` after."""
+        return "fixed" if self.masks is not None else "search"
+
+    def _prox_lr(self) -> float:
+        if self.config.prox_lr is not None:
+            return self.config.prox_lr
+        for g in self.param_groups:
+            if any(p is self._prox_param for p in g["params"]):
+                return float(g["lr"])
+        return float(next(iter(self.param_groups))["lr"])
+
+    def _scores(self) -> List[torch.Tensor]:
+        cache: Dict = {}
+        return [gs.scores(cache) for gs in self.spec.sets]
+
+    def _ranks(self, scores: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Rank of every group in its set by ascending score (0 = least norm)."""
+        out = []
+        for sc in scores:
+            order = torch.argsort(sc, stable=True)
+            r = torch.empty_like(order)
+            r[order] = torch.arange(order.numel(), device=order.device)
+            out.append(r)
+        return out
+
+    def _ceil_s(self, s: torch.Tensor) -> torch.Tensor:
+        # 1e-6 tolerance: float noise must not prune an extra group
+        return torch.minimum(torch.ceil(s - 1e-6).clamp(min=0), self._s_max)
+
+    def _evaluate(self, pruned: torch.Tensor, ranks: List[torch.Tensor]) -> torch.Tensor:
+        """Resource fractions ``[S + 1, n_budgets]`` at ``pruned`` counts (row 0) and with one
+        more group pruned in each set (row ``1 + l``)."""
+        S = len(self.spec.sets)
+        counts = pruned[None, :].repeat(S + 1, 1)
+        step = torch.eye(S, device=pruned.device)
+        counts[1:] = torch.minimum(counts[1:] + step, self._s_max[None, :])
+        kept = self._n[None, :] - counts
+        alive = None
+        if self._fi is not None:
+            alive = (ranks[self._fi][None, :].to(counts.dtype) >= counts[:, self._fi: self._fi + 1]).to(counts.dtype)
+        cols = [r(kept, alive) for r in self.resources]
+        return torch.stack(cols, dim=1) / self._dense_t[None, :]
+
+    # ------------------------------------------------------------------ the step
+    def step(self, closure: Any = None) -> None:
+        """Wrapped optimizer step, then the UMEC step (search) or the re-masking (fixed)."""
+        super().step(closure)
+        self.inner_step_count += 1
+        if self.masks is not None:
+            self._reapply_masks()
+        elif self.inner_step_count > self.config.warmup_steps:
+            self.umec_step()
+        if self.config.check_every and self.inner_step_count % self.config.check_every == 0:
+            self.check_consistency()
+
+    @torch.no_grad()
+    def umec_step(self) -> None:
+        """One prox / s / y / z update (Algorithm 1, lines 1-5, after the SGD part)."""
+        cfg = self.config
+        sets = self.spec.sets
+        lr = self._prox_lr()
+        scores = self._scores()
+        ranks = self._ranks(scores)
+        c = self._ceil_s(self.s)
+        sel = [(r.to(c.dtype) < c[i]).to(scores[i].dtype) for i, r in enumerate(ranks)]
+
+        # 1. prox on the selected groups: w / (1 + 2 lr sum of the penalties reaching w)
+        for p, slots in self._slots.values():
+            pen = None
+            for li, m in slots:
+                v = self.y[li] * (sel[li] if m.incidence is None else m.incidence @ sel[li])
+                shape = [1] * p.dim()
+                shape[m.dim] = -1
+                v = v.view(shape)
+                pen = v if pen is None else pen + v
+            p.div_(1.0 + 2.0 * lr * pen)
+
+        # 2. s: straight-through step on the post-prox weights
+        scores = self._scores()
+        ranks = self._ranks(scores)
+        evals = self._evaluate(c, ranks)  # R(s^t) and its one-more-group neighbours
+        d_res = evals[1:] - evals[0:1]  # [S, nb], <= 0
+        sorted_scores = [torch.sort(sc).values for sc in scores]
+        nxt = torch.stack([ss[torch.clamp(c[i].long(), max=ss.numel() - 1)] for i, ss in enumerate(sorted_scores)])
+        grad = self.y * nxt + d_res @ self.z
+        frac = self.s / self._n - cfg.s_lr * torch.clamp(grad * self._n, -1.0, 1.0)
+        self.s = torch.minimum((frac * self._n).clamp(min=0.0), self._s_max)
+
+        # 3. y ascent on the least-s norms at the new s
+        c_new = self._ceil_s(self.s)
+        least = torch.stack([
+            torch.cat([ss.new_zeros(1), torch.cumsum(ss, 0)])[c_new[i].long()] for i, ss in enumerate(sorted_scores)
+        ])
+        self.y = (self.y + cfg.y_lr * least).clamp(min=0.0)
+
+        # 4. z ascent on R(s^t) - B
+        self.z = (self.z + cfg.z_lr * (evals[0] - self._B)).clamp(min=0.0)
+        self.umec_step_count += 1
+
+    # ------------------------------------------------------------------ reading the state
+    @torch.no_grad()
+    def current_masks(self) -> PruningMasks:
+        """The hard decision at the current ``s`` (the ``ceil(s)`` least-norm groups), without
+        the budget repair of :meth:`finalize`. Host sync."""
+        if self.masks is not None:
+            return self.masks
+        ranks = self._ranks(self._scores())
+        c = self._ceil_s(self.s)
+        return self._masks_from([(r.to(c.dtype) < c[i]) for i, r in enumerate(ranks)])
+
+    def _masks_from(self, pruned: List[torch.Tensor]) -> PruningMasks:
+        spec = self.spec
+        names = spec.feature_names
+        kept_features = list(names)
+        dense_kept = True
+        layers, widths = {}, {}
+        for gs, pr in zip(spec.sets, pruned):
+            pr = pr.bool().cpu()
+            if gs.kind == "features":
+                dead = {gs.labels[i] for i in torch.nonzero(pr).flatten().tolist()}
+                kept_features = [f for f in names if f not in dead]
+                dense_kept = "<dense>" not in dead
+            else:
+                layers[gs.name] = torch.nonzero(~pr).flatten().tolist()
+                widths[gs.name] = gs.size
+        return PruningMasks(list(names), kept_features, layers, widths, dense_kept)
+
+    @torch.no_grad()
+    def resource_fractions(self, masks: Optional[PruningMasks] = None) -> Dict[str, float]:
+        """Each budgeted resource, as a fraction of dense, for ``masks`` (default: current)."""
+        masks = masks or self.current_masks()
+        pr = pruned_indicators(self.spec, masks)
+        counts = torch.stack([p.sum() for p in pr])
+        kept = self._n - counts
+        alive = None if self._fi is None else (1.0 - pr[self._fi])[None, :]
+        return {
+            b.resource: float(r(kept[None, :], alive)[0] / d)
+            for b, r, d in zip(self.budgets, self.resources, self._dense)
+        }
+
+    def budget_report(self) -> Dict[str, Dict[str, float]]:
+        """``{resource: {"fraction", "budget"}}`` at the current hard decision (host sync)."""
+        fr = self.resource_fractions()
+        return {b.resource: {"fraction": fr[b.resource], "budget": f} for b, f in zip(self.budgets, self._fraction)}
+
+    # ------------------------------------------------------------------ hard pruning
+    @torch.no_grad()
+    def finalize(self, zero_tables: bool = True) -> PruningMasks:
+        """Hard-prune: remove the ``ceil(s)`` least-norm groups of each set, then, while a
+        budget is violated, the group with the least norm per unit of budget violation it
+        removes. Pruned weights become exact zeros and stay zero after every later step;
+        pruned features are dropped from the input (:attr:`feature_mask`). Returns the masks.
+        Runs on every rank with identical results (the dense weights are replicated).
+        """
+        if self.masks is not None:
+            return self.masks
+        scores = self._scores()
+        ranks = self._ranks(scores)
+        c = self._ceil_s(self.s)
+        mean_score = torch.stack([sc.mean().clamp(min=1e-30) for sc in scores])
+        extra = 0
+        while True:
+            ev = self._evaluate(c, ranks)
+            viol = (ev - self._B[None, :]).clamp(min=0.0).sum(dim=1)  # [S + 1]
+            if float(viol[0]) <= 1e-9:
+                break
+            gain = viol[0] - viol[1:]  # violation removed by pruning one more group of set l
+            sorted_scores = [torch.sort(sc).values for sc in scores]
+            nxt = torch.stack([ss[torch.clamp(c[i].long(), max=ss.numel() - 1)] for i, ss in enumerate(sorted_scores)])
+            can = (c < self._s_max) & (gain > 0)
+            if not bool(can.any()):
+                raise RuntimeError("no group left to prune, but a budget is still violated")  # excluded by __init__
+            # norms relative to their set's mean, so sets of different scales compare fairly
+            rel = nxt / mean_score
+            cost = torch.where(can, rel / gain.clamp(min=1e-30), torch.full_like(nxt, math.inf))
+            c[int(torch.argmin(cost))] += 1
+            extra += 1
+        self.repair_groups = extra
+        pruned = [(r.to(c.dtype) < c[i]) for i, r in enumerate(ranks)]
+        self.s = c.clone()
+        self.masks = self._masks_from(pruned)
+        self._keep = self.spec.keep_multipliers([p.to(sc.dtype) for p, sc in zip(pruned, scores)])
+        self._reapply_masks()
+        self.feature_mask = FeatureMask(self.masks.pruned_features)
+        if zero_tables and self.masks.pruned_features:
+            try:
+                zero_tables_(self.model, self.masks.pruned_features)
+            except (AttributeError, KeyError, TypeError):
+                pass  # custom models declared without TorchRec tables
+        return self.masks
+
+    def set_masks(self, masks: PruningMasks, zero_tables: bool = True) -> None:
+        """Fix the architecture to ``masks`` (fine-tuning): zero the pruned groups now and
+        after every step, and drop pruned features from the input."""
+        pr = pruned_indicators(self.spec, masks)
+        self.masks = masks
+        self.s = torch.stack([p.sum() for p in pr]).to(self.s)
+        self._keep = self.spec.keep_multipliers(pr)
+        self._reapply_masks()
+        self.feature_mask = FeatureMask(masks.pruned_features)
+        if zero_tables and masks.pruned_features:
+            zero_tables_(self.model, masks.pruned_features)
+
+    @torch.no_grad()
+    def _reapply_masks(self) -> None:
+        for p, k in self._keep.items():
+            p.mul_(k)
+
+    # ------------------------------------------------------------------ distributed
+    def state_vector(self) -> torch.Tensor:
+        """s, y, z and the step counts as one float64 vector (for checks and tests)."""
+        steps = torch.tensor([float(self.umec_step_count), float(self.inner_step_count)], device=self.s.device)
+        return torch.cat([self.s, self.y, self.z, steps]).double()
+
+    def check_consistency(self, group: Optional[dist.ProcessGroup] = None) -> None:
+        """All-gather the UMEC state and fail loudly if ranks disagree (one collective)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        world = dist.get_world_size(group)
+        if world == 1:
+            return
+        v = self.state_vector()
+        if dist.get_backend(group) == "nccl" and v.device.type != "cuda":
+            v = v.cuda()
+        gathered = [torch.empty_like(v) for _ in range(world)]
+        dist.all_gather(gathered, v, group=group)
+        ref = gathered[0]
+        for r, g in enumerate(gathered[1:], start=1):
+            if not torch.allclose(g, ref, rtol=1e-6, atol=1e-9):
+                raise UMECStateMismatch(
+                    f"UMEC state differs between rank 0 and rank {r} at step {self.inner_step_count}: "
+                    f"max |diff| {float((g - ref).abs().max()):.3g}; the ranks' dense weights or batches diverged"
+                )
+
+    # ------------------------------------------------------------------ checkpointing
+    def umec_state_dict(self) -> Dict[str, Any]:
+        """s, y, z, step counts, masks and budgets (plain tensors and JSON-able values)."""
+        return {
+            "s": self.s.detach().cpu().clone(),
+            "y": self.y.detach().cpu().clone(),
+            "z": self.z.detach().cpu().clone(),
+            "umec_step": self.umec_step_count,
+            "inner_step": self.inner_step_count,
+            "budgets": [str(b) for b in self.budgets],
+            "sets": [s.name for s in self.spec.sets],
+            "masks": None if self.masks is None else self.masks.to_dict(),
+            "config": asdict(self.config),
+        }
+
+    def load_umec_state_dict(self, state: Mapping[str, Any]) -> None:
+        names = [s.name for s in self.spec.sets]
+        if list(state.get("sets", [])) != names:
+            raise ValueError(
+                f"UMEC state is for group sets {list(state.get('sets', []))}, this model has {names}"
+            )
+        if list(state.get("budgets", [])) != [str(b) for b in self.budgets]:
+            raise ValueError(f"UMEC state is for budgets {state.get('budgets')}, not {[str(b) for b in self.budgets]}")
+        self.s = torch.as_tensor(state["s"]).to(self.s)
+        self.y = torch.as_tensor(state["y"]).to(self.y)
+        self.z = torch.as_tensor(state["z"]).to(self.z)
+        self.umec_step_count = int(state["umec_step"])
+        self.inner_step_count = int(state["inner_step"])
+        if state.get("masks"):
+            self.set_masks(PruningMasks.from_dict(dict(state["masks"])), zero_tables=False)
+
+    def state_dict(self) -> Dict[str, Any]:
+        sd = dict(super().state_dict())
+        sd["umec"] = self.umec_state_dict()
+        return sd
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        sd = dict(state_dict)
+        umec = sd.pop("umec", None)
+        super().load_state_dict(sd)
+        if umec is not None:
+            self.load_umec_state_dict(umec)

@@ -1,0 +1,207 @@
+"""Analytic resource models: cost of a compressed model as a function of what is kept.
+
+Every model is a pure tensor function ``R(kept, alive)`` of
+
+* ``kept``: ``[..., S]`` kept-group counts, one per group set of a :class:`GroupSpec`;
+* ``alive``: ``[..., F]`` 0/1 indicator of the surviving feature groups,
+
+batched over leading dimensions, so the primal-dual step evaluates the current point and
+every "prune one more group of set l" neighbour in one call (the straight-through
+gradient of :mod:`umec_torchrec.umec.optimizer` is that finite difference).
+
+``flops``: FLOPs per sample of the whole dense path, counted like
+:class:`torch.utils.flop_counter.FlopCounterMode` (``2 * in * out`` per Linear, ``2 n m p``
+per batched matmul; embedding lookups, activations and bias adds are not counted):
+bottom MLP, interaction (``dot``: ``2 (F'+1)^2 D``; ``dcn``: ``4 r (F'+1) D`` per cross
+layer; ``cat``: 0) and top MLP whose input width is ``D + C(F'+1, 2)`` (dot) or
+``(F'+1) D`` (cat, dcn).
+
+``embedding_bytes``: rows x dim x bytes-per-element summed over the kept tables, so a
+10-million-row table counts for what it costs.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Type
+
+import torch
+
+from umec_torchrec.umec.groups import GroupSpec
+
+
+class Resource:
+    """A resource model bound to a :class:`GroupSpec`."""
+
+    name: str = ""
+    unit: str = ""
+
+    def __init__(self, spec: GroupSpec) -> None:
+        self.spec = spec
+        S = len(spec.sets)
+        self._S = S
+        self.full_kept = torch.tensor([float(s.size) for s in spec.sets])
+        fs = spec.feature_set
+        self.F = fs.size if fs is not None else 0
+
+    def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dense_value(self) -> float:
+        """The cost of the uncompressed model."""
+        kept = self.full_kept[None, :]
+        alive = torch.ones(1, self.F) if self.F else None
+        return float(self(kept, alive)[0])
+
+    def min_value(self) -> float:
+        """The cost of the smallest model the groups allow (every set at ``min_keep``;
+        for features, the cheapest surviving ones)."""
+        return float(self._min_value())
+
+    def _min_value(self) -> torch.Tensor:
+        kept = torch.tensor([[float(s.min_keep) for s in self.spec.sets]])
+        alive = None
+        fs = self.spec.feature_set
+        if fs is not None:
+            alive = torch.zeros(1, self.F)
+            cost = torch.tensor(self.spec.feature_table_bytes or [0.0] * self.F)
+            alive[0, torch.argsort(cost)[: fs.min_keep]] = 1.0
+        return self(kept, alive)[0]
+
+
+def _set_index(spec: GroupSpec, name: str) -> Optional[int]:
+    try:
+        return spec.set_index(name)
+    except KeyError:
+        return None
+
+
+class DenseFlops(Resource):
+    """FLOPs per sample of the dense path (see the module docstring)."""
+
+    name = "flops"
+    unit = "FLOPs"
+
+    def __init__(self, spec: GroupSpec) -> None:
+        super().__init__(spec)
+        st = spec.structure
+        self.kind = st["kind"]
+        self.fi = _set_index(spec, "features") if spec.feature_set is not None else None
+        if self.kind == "custom":
+            self.inc = st["incidence"].float()  # [in, F]
+            self.widths = list(st["widths"])
+            self.layer_idx = [_set_index(spec, n) for n in st["layer_names"]]
+            self.extra = float(st["extra_flops"])
+            return
+        self.D = int(st["D"])
+        self.nF = int(st["F"])
+        self.dense_in = int(st["dense_in"])
+        self.bottom = list(st["bottom"])
+        self.top = list(st["top"])
+        self.bottom_idx = [_set_index(spec, n) for n in st["bottom_names"]] + [None]
+        self.top_idx = [_set_index(spec, n) for n in st["top_names"]] + [None]
+        self.dcn_layers = int(st["dcn_layers"])
+        self.dcn_rank = int(st["dcn_rank"])
+        self.dense_group = bool(spec.dense_is_group)
+
+    @staticmethod
+    def _width(kept: torch.Tensor, idx: Optional[int], full: int) -> torch.Tensor:
+        if idx is None:
+            return torch.full(kept.shape[:-1], float(full), dtype=kept.dtype, device=kept.device)
+        return kept[..., idx]
+
+    def _chain(self, kept: torch.Tensor, first_in: torch.Tensor, widths: List[int], idx: List[Optional[int]]) -> torch.Tensor:
+        total = torch.zeros_like(first_in)
+        prev = first_in
+        for w, i in zip(widths, idx):
+            cur = self._width(kept, i, w)
+            total = total + 2.0 * prev * cur
+            prev = cur
+        return total
+
+    def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.kind == "custom":
+            assert alive is not None
+            # a column survives iff none of its owners is pruned
+            dead = (1.0 - alive) @ self.inc.to(alive.device).t()  # [..., in]
+            first_in = (dead == 0).to(kept.dtype).sum(-1)
+            return self.extra + self._chain(kept, first_in, self.widths[1:], self.layer_idx + [None])
+        D = float(self.D)
+        # owners of the interaction: the dense vector plus the kept features
+        if self.fi is None:
+            owners = torch.full(kept.shape[:-1], float(self.nF + 1), dtype=kept.dtype, device=kept.device)
+        else:
+            owners = kept[..., self.fi] + (0.0 if self.dense_group else 1.0)
+        dense_in = torch.full_like(owners, float(self.dense_in))
+        flops = self._chain(kept, dense_in, self.bottom, self.bottom_idx)
+        if self.kind == "dot":
+            flops = flops + 2.0 * owners * owners * D
+            top_in = D + owners * (owners - 1.0) / 2.0
+        else:
+            top_in = owners * D
+            if self.kind == "dcn":
+                flops = flops + self.dcn_layers * 4.0 * self.dcn_rank * top_in
+        return flops + self._chain(kept, top_in, self.top, self.top_idx)
+
+
+class EmbeddingBytes(Resource):
+    """Bytes of the kept embedding tables."""
+
+    name = "embedding_bytes"
+    unit = "B"
+
+    def __init__(self, spec: GroupSpec) -> None:
+        super().__init__(spec)
+        if spec.feature_set is None:
+            raise ValueError("an embedding_bytes budget needs feature groups (prune_features=True)")
+        b = list(spec.feature_table_bytes)
+        if spec.dense_is_group:
+            b = [0.0] + b
+        self.bytes = torch.tensor(b, dtype=torch.float32)
+
+    def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+        assert alive is not None
+        return alive @ self.bytes.to(device=alive.device, dtype=alive.dtype)
+
+
+RESOURCES: Dict[str, Type[Resource]] = {"flops": DenseFlops, "embedding_bytes": EmbeddingBytes}
+
+
+def make_resource(name: str, spec: GroupSpec) -> Resource:
+    """The resource model called ``name`` (``flops`` or ``embedding_bytes``)."""
+    try:
+        cls = RESOURCES[name]
+    except KeyError:
+        raise ValueError(f"unknown resource {name!r}; known: {sorted(RESOURCES)}") from None
+    return cls(spec)
+
+
+def kept_of_masks(spec: GroupSpec, masks) -> tuple:
+    """``(kept [1, S], alive [1, F])`` for a :class:`PruningMasks` (exact evaluation)."""
+    kept = []
+    for s in spec.sets:
+        if s.kind == "features":
+            k = len(masks.kept_features) + (1 if spec.dense_is_group and masks.dense_kept else 0)
+        else:
+            k = len(masks.layers.get(s.name, range(s.size)))
+        kept.append(float(k))
+    alive = None
+    fs = spec.feature_set
+    if fs is not None:
+        keep = set(masks.kept_features)
+        flags = [1.0 if (lbl in keep or (lbl == "<dense>" and masks.dense_kept)) else 0.0 for lbl in fs.labels]
+        alive = torch.tensor([flags])
+    return torch.tensor([kept]), alive
+
+
+def resources_of_masks(spec: GroupSpec, masks, names=("flops", "embedding_bytes")) -> Dict[str, Dict[str, float]]:
+    """Absolute and relative cost of the model that ``masks`` leave, per resource."""
+    kept, alive = kept_of_masks(spec, masks)
+    out = {}
+    for n in names:
+        if n == "embedding_bytes" and spec.feature_set is None:
+            continue
+        r = make_resource(n, spec)
+        v = float(r(kept, alive)[0])
+        full = r.dense_value()
+        out[n] = {"value": v, "dense": full, "fraction": v / full if full else 1.0}
+    return out
