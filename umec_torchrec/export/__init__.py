@@ -1,0 +1,22 @@
+"""Export of a compressed run: the compact TorchRec model, its torch.export program, a manifest.
+
+Entry points: :func:`export_run` (``umec export``), :func:`export_model`, :func:`build_compact`,
+:func:`load_compact`, :func:`load_program`, :func:`compare_models` (dense against compact).
+"""
+
+from umec_torchrec.export.compact import build_compact, compact_config, compact_state_dict
+from umec_torchrec.export.exporter import export_model, export_run, load_compact, load_program, read_manifest
+from umec_torchrec.export.program import CompactPredictor, ids_of
+
+__all__ = [
+    "build_compact",
+    "compact_config",
+    "compact_state_dict",
+    "export_model",
+    "export_run",
+    "load_compact",
+    "load_program",
+    "read_manifest",
+    "CompactPredictor",
+    "ids_of",
+]
