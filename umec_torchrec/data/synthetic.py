@@ -102,7 +102,7 @@ def generate(
     max_cardinality: int = 100_000,
     zipf_s: float = 1.1,
     rank: int = 4,
-    logit_std: float = 2.5,
+    logit_std: float = 3.0,
     shares: Tuple[float, float, float] = (0.55, 0.30, 0.15),
     ctr: float = 0.25,
     missing_features: int = 4,
@@ -135,7 +135,7 @@ def generate(
     cards = np.resize(cards, n_sparse)
     cards = cards[rng.permutation(n_sparse)]
     # signal features: drawn among the tables small enough to be learnable from `rows` rows
-    learnable = np.flatnonzero(cards <= max(min_cardinality, rows // 4))
+    learnable = np.flatnonzero(cards <= max(min_cardinality, rows // 20))
     pool = learnable if len(learnable) >= signal_sparse else np.argsort(cards)[:signal_sparse]
     sig = np.sort(rng.choice(pool, size=signal_sparse, replace=False)) if signal_sparse else np.zeros(0, np.int64)
     sig_d = np.sort(rng.choice(n_dense, size=signal_dense, replace=False)) if signal_dense else np.zeros(0, np.int64)
