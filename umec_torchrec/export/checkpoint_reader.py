@@ -19,6 +19,7 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from umec_torchrec.export.compact import TABLE_PREFIX, expected_shapes, index_plan, table_key
@@ -87,7 +88,7 @@ def load_tensors(ckpt_dir: str, keys: Iterable[str], shapes: Mapping[str, Tuple[
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dcp.load(sd, storage_reader=FileSystemReader(ckpt_dir), no_dist=True)
-    except Exception as e:
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
         msg = str(e).strip().splitlines()
         raise ValueError(
             f"{ckpt_dir}: corrupt checkpoint data ({type(e).__name__}: {msg[-1] if msg else ''})"

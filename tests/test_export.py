@@ -1,0 +1,331 @@
+"""Export (`umec export`): compact-model equivalence, program round trip, int8, atomic writes,
+bad checkpoints. Each test says whether it uses real (shared Criteo sample) or generated data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import List, Optional
+
+import pytest
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from umec_torchrec.export import build_compact, export_model, export_run, load_compact, load_program
+from umec_torchrec.export.checkpoint_reader import load_dlrm_state, read_metadata
+from umec_torchrec.export.compact import compact_config, kept_feature_indices, table_key
+from umec_torchrec.export.exporter import sample_inputs
+from umec_torchrec.export.measure import dense_path_flops
+from umec_torchrec.export.program import CompactPredictor, ids_of
+from umec_torchrec.models import ModelConfig, build_dlrm, build_model
+from umec_torchrec.umec import FeatureMask, PruningMasks, apply_masks_
+from umec_torchrec.umec import layout
+
+KINDS = ("dot", "dcn", "cat")
+
+
+def random_masks(dlrm, kept: List[str], seed: int = 0, frac: float = 0.5) -> PruningMasks:
+    """Masks keeping ``kept`` features and a seeded random ``frac`` of every hidden layer."""
+    g = torch.Generator().manual_seed(seed)
+    layers, widths = {}, {}
+    for h in layout.hidden_layers(dlrm):
+        widths[h.name] = h.width
+        layers[h.name] = torch.randperm(h.width, generator=g)[: max(1, int(h.width * frac))].tolist()
+    return PruningMasks(layout.feature_names(dlrm), kept, layers, widths)
+
+
+def small_config(kind: str, n_features: int = 6, sizes: Optional[List[int]] = None) -> ModelConfig:
+    sizes = sizes or [20 + 3 * i for i in range(n_features)]
+    return ModelConfig(kind, [f"C{i}" for i in range(n_features)], sizes, 5, embedding_dim=8,
+                       bottom=[24, 16, 8], top=[32, 12, 1], dcn_num_layers=2, dcn_low_rank_dim=4)
+
+
+def kjt_of(ids: torch.Tensor, names: List[str]) -> KeyedJaggedTensor:
+    b, f = ids.shape
+    return KeyedJaggedTensor.from_lengths_sync(keys=list(names), values=ids.t().reshape(-1),
+                                               lengths=torch.ones(b * f, dtype=torch.int32))
+
+
+@torch.no_grad()
+def masked_logits(dlrm, masks: PruningMasks, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
+    """The masked (unexported) model's logits: pruned weights zeroed, pruned ids dropped."""
+    apply_masks_(dlrm, masks)
+    return dlrm(dense, FeatureMask(masks.pruned_features)(kjt)).squeeze(-1)
+
+
+@torch.no_grad()
+def check_equivalence(dlrm, cfg: ModelConfig, masks: PruningMasks, dense, kjt) -> float:
+    compact = build_compact(dlrm, cfg, masks)
+    ref = masked_logits(dlrm, masks, dense, kjt)
+    full = compact(dense, kjt).squeeze(-1)  # original KJT, extra keys ignored
+    kept = compact(dense, kjt.permute(kept_feature_indices(cfg, masks))).squeeze(-1)
+    prog = CompactPredictor(compact)(dense, ids_of(kjt, compact_config(cfg, masks).feature_names))
+    torch.testing.assert_close(full, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(kept, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(prog, ref, atol=1e-5, rtol=0)
+    return float(ref.std())
+
+
+# --- equivalence ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_compact_equals_masked_generated(kind):
+    """Generated data: the compact model's logits equal the masked model's (1e-5)."""
+    torch.manual_seed(0)
+    cfg = small_config(kind)
+    dlrm = build_dlrm(cfg).eval()
+    masks = random_masks(dlrm, ["C1", "C3", "C4"], seed=1)
+    ccfg = compact_config(cfg, masks)
+    assert ccfg.feature_names == ["C1", "C3", "C4"] and ccfg.bottom == [12, 8, 8] and ccfg.top == [16, 6, 1]
+    dense, ids = sample_inputs(cfg, n=64, seed=2)
+    spread = check_equivalence(dlrm, cfg, masks, dense, kjt_of(ids, cfg.feature_names))
+    assert spread > 1e-4  # the logits are not all equal (the check is not vacuous)
+
+
+def test_compact_over_arch_width_and_flops_generated():
+    """Generated configs: over-arch input widths (F'+1)D and D+C(F'+1,2); the compact model
+    has fewer FLOPs (FlopCounterMode)."""
+    for kind, want in (("cat", 4 * 8), ("dcn", 4 * 8), ("dot", 8 + 6)):
+        cfg = small_config(kind)
+        masks = random_masks(build_dlrm(cfg), ["C0", "C2", "C5"])
+        compact = build_compact(build_dlrm(cfg), cfg, masks)
+        assert compact.over_arch.model[0]._mlp[0]._linear.in_features == want, kind
+        assert dense_path_flops(compact_config(cfg, masks)) < dense_path_flops(cfg)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compact_equals_masked_real_criteo(kind, criteo_sample):
+    """Real data (shared Criteo Kaggle sample, first 3000 rows): compact == masked (1e-5)."""
+    from umec_torchrec.data import load_data
+    from umec_torchrec.data.options import DataOptions
+
+    data = _criteo(str(criteo_sample))
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind, data.feature_names, data.table_sizes, len(data.dense_names), embedding_dim=8,
+                      bottom=[32, 8], top=[32, 16, 1])
+    dlrm = build_dlrm(cfg).eval()
+    kept = data.feature_names[::3]
+    masks = random_masks(dlrm, kept, seed=3, frac=0.6)
+    batch = data.make_batch(torch.arange(512))
+    check_equivalence(dlrm, cfg, masks, batch.dense_features, batch.sparse_features)
+
+
+_CRITEO_CACHE: dict = {}
+
+
+def _criteo(path: str):
+    if path not in _CRITEO_CACHE:
+        from umec_torchrec.data import load_data
+        from umec_torchrec.data.options import DataOptions
+
+        _CRITEO_CACHE[path] = load_data(f"criteo:{path}", DataOptions(max_rows=3000)).train
+    return _CRITEO_CACHE[path]
+
+
+def test_zero_kept_features_and_pruned_dense_are_refused():
+    """Generated config: masks keeping no feature / pruning the dense output raise clear errors."""
+    cfg = small_config("dot")
+    dlrm = build_dlrm(cfg)
+    with pytest.raises(ValueError, match="no sparse feature"):
+        compact_config(cfg, random_masks(dlrm, []))
+    m = random_masks(dlrm, ["C1"])
+    m.dense_kept = False
+    with pytest.raises(ValueError, match="dense-arch output was pruned"):
+        compact_config(cfg, m)
+
+
+# --- runs, checkpoints ----------------------------------------------------------------------
+def make_run(tmp_path, kind: str = "dcn", kept=("C1", "C2", "C4"), seed: int = 0):
+    """A compressed run directory (generated weights) saved with the trainer's DCP layout."""
+    from umec_torchrec.runs import Run
+    from umec_torchrec.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    cfg = small_config(kind)
+    model = build_model(cfg)
+    masks = random_masks(model.model, list(kept), seed=seed + 1)
+    apply_masks_(model.model, masks)
+    run = Run.create(str(tmp_path / f"run_{kind}"))
+    run.write_config(model=cfg.to_dict(), data={"spec": None}, compress={"budgets": ["flops=0.3"]})
+    masks.save(run.file("masks.json"))
+    save_checkpoint(run.checkpoint_dir, model)
+    return run, cfg, masks, model.model
+
+
+def test_export_run_reads_checkpoint_and_matches(tmp_path):
+    """Generated weights: `export_run` from a DCP checkpoint gives the masked model's logits,
+    the manifest records sizes/figures, and the program loads back in-process."""
+    run, cfg, masks, dlrm = make_run(tmp_path)
+    out = tmp_path / "export"
+    man = export_run(run.path, str(out))
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.pt", "program.pt2"]
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["features"]["kept"] == ["C1", "C2", "C4"] == man["features"]["kept"]
+    assert set(on_disk["tables"]["pruned"]) == {"t_C0", "t_C3", "t_C5"}
+    assert on_disk["flops_per_sample"]["after"] < on_disk["flops_per_sample"]["before"]
+    assert on_disk["embedding_bytes"]["after"] == (23 + 26 + 32) * 8 * 4
+    assert on_disk["budgets"] == {"compress.budgets": ["flops=0.3"]}
+    assert on_disk["source_run"] == run.path and "torchrec" in on_disk["versions"]
+    assert on_disk["layers"]["top"]["after"] == [16, 6, 1]
+    dense, ids = sample_inputs(cfg, n=50, seed=5)
+    kjt = kjt_of(ids, cfg.feature_names)
+    ref = masked_logits(dlrm, masks, dense, kjt)
+    with torch.no_grad():
+        torch.testing.assert_close(load_compact(str(out))(dense, kjt).squeeze(-1), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(load_program(str(out))(dense, ids[:, [1, 2, 4]]), ref, atol=1e-5, rtol=0)
+
+
+def _storage_ranges(ckpt: str, key_suffix: str):
+    meta = read_metadata(ckpt)
+    return [(os.path.join(ckpt, info.relative_path), info.offset, info.length)
+            for idx, info in meta.storage_data.items() if idx.fqn.endswith(key_suffix)]
+
+
+def _corrupt(ranges) -> None:
+    for path, off, length in ranges:
+        with open(path, "r+b") as f:
+            f.seek(off)
+            f.write(b"\xff" * length)
+
+
+def test_pruned_table_is_never_read(tmp_path):
+    """Generated weights: garbage written over every pruned table's bytes in the checkpoint does
+    not disturb the export (it is never read), while garbage over a kept table is a clear error."""
+    run, cfg, masks, dlrm = make_run(tmp_path, kind="dot")
+    ranges = [r for f in masks.pruned_features for r in _storage_ranges(run.checkpoint_dir, table_key(cfg, f))]
+    assert len(ranges) == 3
+    _corrupt(ranges)
+    state = load_dlrm_state(run.checkpoint_dir, cfg, masks)
+    assert not any(f"t_{f}." in k for k in state for f in masks.pruned_features)
+    dense, ids = sample_inputs(cfg, n=40, seed=1)
+    kjt = kjt_of(ids, cfg.feature_names)
+    with torch.no_grad():
+        torch.testing.assert_close(build_compact(state, cfg, masks)(dense, kjt), build_compact(dlrm, cfg, masks)(dense, kjt))
+    _corrupt(_storage_ranges(run.checkpoint_dir, table_key(cfg, "C2")))
+    with pytest.raises(ValueError, match="corrupt checkpoint data"):
+        export_run(run.path, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_foreign_and_mismatched_checkpoints(tmp_path):
+    """Generated weights: missing checkpoint, a directory that is not DCP, a corrupt .metadata
+    and a checkpoint of another architecture each raise a clear error."""
+    import shutil
+
+    from umec_torchrec.runs import Run
+
+    run, cfg, masks, _ = make_run(tmp_path, kind="cat")
+    ckpt = run.checkpoint_dir
+    # another architecture: the config says t_C1 has 40 rows, the checkpoint 23
+    other = dict(cfg.to_dict(), table_sizes=[20, 40, 26, 29, 32, 35])
+    Run.open(run.path).write_config(model=other)
+    with pytest.raises(ValueError, match="another architecture: t_C1 has 23 rows, config says 40"):
+        export_run(run.path, str(tmp_path / "o1"))
+    Run.open(run.path).write_config(model=dict(cfg.to_dict(), dense_in_features=7))
+    with pytest.raises(ValueError, match=r"another architecture: dense_arch.model._mlp.0._linear.weight has shape \(24, 5\), config says \(24, 7\)"):
+        export_run(run.path, str(tmp_path / "o1"))
+    Run.open(run.path).write_config(model=cfg.to_dict())
+    # .metadata corrupt
+    with open(os.path.join(ckpt, ".metadata"), "wb") as f:
+        f.write(b"not a pickle")
+    with pytest.raises(ValueError, match="corrupt checkpoint metadata"):
+        export_run(run.path, str(tmp_path / "o2"))
+    os.remove(os.path.join(ckpt, ".metadata"))
+    with pytest.raises(ValueError, match=r"not a torch.distributed.checkpoint directory \(no .metadata"):
+        export_run(run.path, str(tmp_path / "o3"))
+    shutil.rmtree(ckpt)
+    with pytest.raises(FileNotFoundError, match="has no checkpoint"):
+        export_run(run.path, str(tmp_path / "o4"))
+    with pytest.raises(FileNotFoundError, match="checkpoint directory does not exist"):
+        load_dlrm_state(ckpt, cfg, masks)
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        export_run(str(tmp_path / "nowhere"), str(tmp_path / "o5"))
+    assert not any(p.name.startswith("o") for p in tmp_path.iterdir())
+
+
+# --- output directory -----------------------------------------------------------------------
+def test_atomic_write_and_refusal_to_overwrite(tmp_path, monkeypatch):
+    """Generated weights: an existing export is refused without force and replaced with it; a
+    failure mid-write leaves the old export intact and no temporary directory; a non-export
+    directory is never overwritten."""
+    cfg = small_config("cat")
+    dlrm = build_dlrm(cfg)
+    out = tmp_path / "exp"
+    export_model(dlrm, cfg, random_masks(dlrm, ["C0", "C1"]), str(out))
+    with pytest.raises(FileExistsError, match="pass --force"):
+        export_model(dlrm, cfg, random_masks(dlrm, ["C2"]), str(out))
+    assert json.loads((out / "manifest.json").read_text())["features"]["kept"] == ["C0", "C1"]
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch.export, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(dlrm, cfg, random_masks(dlrm, ["C2"]), str(out), force=True)
+    monkeypatch.undo()
+    assert json.loads((out / "manifest.json").read_text())["features"]["kept"] == ["C0", "C1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # no .tmp-/.old- leftovers
+
+    export_model(dlrm, cfg, random_masks(dlrm, ["C2"]), str(out), force=True)
+    assert json.loads((out / "manifest.json").read_text())["features"]["kept"] == ["C2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not an export"):
+        export_model(dlrm, cfg, None, str(other), force=True)
+    assert (other / "keep.txt").read_text() == "x"
+
+
+# --- program and int8 -----------------------------------------------------------------------
+def test_program_round_trip_in_fresh_process(tmp_path):
+    """Generated weights: program.pt2 loads and runs in a fresh Python process that imports only
+    torch (no TorchRec, no torch.distributed group), at several batch sizes (dynamic batch)."""
+    cfg = small_config("dot")
+    dlrm = build_dlrm(cfg)
+    masks = random_masks(dlrm, ["C0", "C3", "C5"])
+    out = tmp_path / "exp"
+    export_model(dlrm, cfg, masks, str(out))
+    compact = load_compact(str(out))
+    cases = {}
+    for b in (1, 7, 300):
+        dense, ids = sample_inputs(cfg, n=b, seed=b)
+        ids = ids[:, [0, 3, 5]]
+        with torch.no_grad():
+            cases[b] = (dense, ids, CompactPredictor(compact)(dense, ids))
+    torch.save(cases, tmp_path / "cases.pt")
+    code = (
+        "import sys, torch\n"
+        f"prog = torch.export.load({str(out / 'program.pt2')!r}).module()\n"
+        f"cases = torch.load({str(tmp_path / 'cases.pt')!r})\n"
+        "worst = max(float((prog(d, i) - ref).abs().max()) for d, i, ref in cases.values())\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torchrec', 'fbgemm_gpu', 'umec_torchrec')]\n"
+        "print(worst, torch.distributed.is_initialized(), bad)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    worst, initialised, bad = r.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert float(worst) <= 1e-5 and initialised == "False" and bad == "[]"
+
+
+def test_int8_export(tmp_path):
+    """Generated weights: --int8 writes row-wise int8 tables via TorchRec's inference
+    quantization, reports the largest logit difference (small, non-zero), and reloads."""
+    cfg = small_config("dcn")
+    dlrm = build_dlrm(cfg)
+    masks = random_masks(dlrm, ["C1", "C2", "C5"])
+    out = tmp_path / "exp"
+    man = export_model(dlrm, cfg, masks, str(out), int8=True)
+    q = man["int8"]
+    assert "model_int8.pt" in os.listdir(out)
+    assert 0.0 < q["max_abs_logit_diff"] < 1e-2
+    assert q["embedding_bytes"] < man["embedding_bytes"]["after"]
+    sd = torch.load(out / "model_int8.pt", weights_only=True)
+    assert sd["sparse_arch.embedding_bag_collection.embedding_bags.t_C1.weight"].dtype == torch.uint8
+    dense, ids = sample_inputs(cfg, n=512, seed=0)  # the rows the export checked
+    kjt = kjt_of(ids, cfg.feature_names)
+    with torch.no_grad():
+        diff = (load_compact(str(out), int8=True)(dense, kjt) - load_compact(str(out))(dense, kjt)).abs().max()
+    assert float(diff) == pytest.approx(q["max_abs_logit_diff"], rel=1e-6)
