@@ -46,7 +46,7 @@ def resolve_data(data: Any, options: Any = None) -> Tuple[Any, Optional[str], An
     spec = getattr(data, "spec", None)
     info = getattr(data, "info", None)
     if spec is None and isinstance(info, dict):
-        spec = info.get("spec")
+        spec = info.get("source") or info.get("spec")
     return data, spec if isinstance(spec, str) else None, options
 
 

@@ -75,15 +75,20 @@ def train_steps(
         "mean_loss" (this rank, all steps), "seconds", "steps_per_s", "samples_per_s"}``.
     """
     rank, world = _rank_world()
-    if log is None:
-        def log(msg: str) -> None:
-            if rank == 0:
-                print(msg, file=sys.stderr, flush=True)
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+        # disable=None: no bar when stderr is not a terminal (CI logs keep the line log only)
+        bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False,
+                   disable=None)
+    if log is None:
+        def log(msg: str) -> None:
+            if rank == 0:
+                if bar is not None and not bar.disable:
+                    bar.write(msg, file=sys.stderr)
+                else:
+                    print(msg, file=sys.stderr, flush=True)
     model.train()
     t0 = time.perf_counter()
     t_win, win_loss, win_n, win_steps = t0, 0.0, 0, 0

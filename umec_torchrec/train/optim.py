@@ -48,17 +48,17 @@ class TrainConfig:
         seed: seeds model init and data order.
         sharding: pinned sharding type for every table (one of :data:`SHARDING_TYPES`) or
             ``None`` for the planner's choice.
-        log_every: steps between log lines.
+        log_every: steps between log lines (0: none).
     """
 
     embedding_optimizer: str = "rowwise_adagrad"
-    emb_lr: float = 0.05
+    emb_lr: float = 0.02
     dense_optimizer: str = "adagrad"
-    dense_lr: float = 0.05
+    dense_lr: float = 0.01
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     min_lr_factor: float = 0.0
-    batch_size: int = 512
+    batch_size: int = 128
     epochs: int = 1
     steps: Optional[int] = None
     eval_batch_size: int = 8192
@@ -82,7 +82,9 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a positive number, got {v}")
-        for name in ("batch_size", "epochs", "eval_batch_size", "log_every"):
+        if self.log_every < 0:
+            raise ValueError(f"log_every must be >= 0 (0 = no log lines), got {self.log_every}")
+        for name in ("batch_size", "epochs", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:

@@ -1,0 +1,6 @@
+"""Benchmarks (``umec bench ...``). Each module in :data:`BENCH_MODULES` has
+``add_parser(bench_subparsers)``; to add a benchmark, write one and append its path."""
+
+BENCH_MODULES = [
+    "umec_torchrec.bench.train",  # umec bench train
+]

@@ -1,0 +1,16 @@
+"""The ``bench`` command group; its subcommands come from :data:`umec_torchrec.bench.BENCH_MODULES`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from umec_torchrec.bench import BENCH_MODULES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks (train, ...)", description="Benchmarks; no pass/fail, they print figures.")
+    bsub = p.add_subparsers(dest="bench", metavar="BENCH")
+    bsub.required = True
+    for path in BENCH_MODULES:
+        importlib.import_module(path).add_parser(bsub)
