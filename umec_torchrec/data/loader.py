@@ -89,7 +89,8 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
         "ctr": {"train": float(labels[tr].mean()), "test": float(labels[te].mean())},
         "options": dataclasses.asdict(options),
     }
-    info.update(src_info)
+    for k, v in src_info.items():  # source extras (ground truth, ...); never shadow the keys above
+        info[k if k not in info else f"source_{k}"] = v
 
     def make(rows: np.ndarray, split: str) -> CTRData:
         return CTRData(

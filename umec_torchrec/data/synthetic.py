@@ -205,7 +205,7 @@ def generate(
         "zipf_s": float(zipf_s),
         "logit_std": float(logit_std),
         "variance_shares": {"per_id": shares[0], "pairwise": shares[1], "dense": shares[2]},
-        "ctr": float(labels.mean()),
+        "label_rate": float(labels.mean()),
         "bayes_auc": rank_auc(prob, labels),
     }
     return SyntheticData(dense, raw, labels, prob, dense_names, feature_names, info)
