@@ -329,3 +329,46 @@ def test_int8_export(tmp_path):
     with torch.no_grad():
         diff = (load_compact(str(out), int8=True)(dense, kjt) - load_compact(str(out))(dense, kjt)).abs().max()
     assert float(diff) == pytest.approx(q["max_abs_logit_diff"], rel=1e-6)
+
+
+# --- CLI and demo figures -------------------------------------------------------------------
+def test_cli_export_and_refusal(tmp_path, capsys):
+    """Generated weights: `umec export --from RUN --out DIR --int8` writes the export; a second
+    call without --force fails with a one-line error (exit 2), with --force it succeeds."""
+    from umec_torchrec.cli import main
+
+    run, cfg, masks, _ = make_run(tmp_path, kind="dot")
+    out = str(tmp_path / "exp")
+    assert main(["export", "--from", run.path, "--out", out, "--int8"]) == 0
+    printed = capsys.readouterr().out
+    assert "3/6 features kept" in printed and "int8 tables" in printed
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.pt", "model_int8.pt", "program.pt2"]
+    assert main(["export", "--from", run.path, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "already exists; pass --force" in err and len(err.strip().splitlines()) == 1
+    assert main(["export", "--from", run.path, "--out", out, "--force"]) == 0
+    assert main(["export", "--from", str(tmp_path / "missing"), "--out", str(tmp_path / "e2")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+
+
+def test_compare_models_dense_vs_compact(tmp_path):
+    """Generated data (CTRData with random ids/labels): the demo figures report fewer
+    parameters, bytes and FLOPs for the compact model and the AUC of each model's own logits."""
+    from umec_torchrec.data import CTRData
+    from umec_torchrec.export.compare import compare_models, format_comparison
+    from umec_torchrec.train.metrics import roc_auc
+
+    cfg = small_config("cat")
+    dense_model = build_dlrm(cfg).eval()
+    masks = random_masks(dense_model, ["C1", "C4"])
+    d, ids = sample_inputs(cfg, n=300, seed=3)
+    labels = (torch.rand(300, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    data = CTRData(d, ids, labels, [f"I{i}" for i in range(5)], list(cfg.feature_names), list(cfg.table_sizes))
+    export_model(dense_model, cfg, masks, str(tmp_path / "exp"))
+    cmp = compare_models(dense_model, cfg, str(tmp_path / "exp"), data, batch_size=128)
+    for k in ("parameters", "embedding_bytes", "flops_per_sample"):
+        assert cmp["compact"][k] < cmp["dense"][k], k
+    with torch.no_grad():
+        want = roc_auc(dense_model(d, kjt_of(ids, cfg.feature_names)).squeeze(-1), labels)
+    assert cmp["dense"]["auc"] == pytest.approx(want)
+    assert "FLOPs/sample" in format_comparison(cmp)

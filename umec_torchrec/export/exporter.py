@@ -315,6 +315,23 @@ def export_run(run_dir: str, out_dir: str, int8: bool = False, force: bool = Fal
                         budgets=_budgets(run.config), sample=sample)
 
 
+def summary_lines(manifest: Dict[str, Any], out_dir: str) -> list:
+    """A few human-readable lines about an export."""
+    m = manifest
+    f, e = m["flops_per_sample"], m["embedding_bytes"]
+    lines = [
+        f"exported {m['kind']} model to {out_dir}: {len(m['features']['kept'])}/{len(m['features']['all'])} features kept",
+        f"  bottom {m['layers']['bottom']['before']} -> {m['layers']['bottom']['after']}, "
+        f"top {m['layers']['top']['before']} -> {m['layers']['top']['after']}",
+        f"  FLOPs/sample {f['before']:,} -> {f['after']:,} ({f['ratio']:.3f}), "
+        f"embedding bytes {e['before']:,} -> {e['after']:,} ({e['ratio']:.3f})",
+    ]
+    if m.get("int8"):
+        lines.append(f"  int8 tables: {m['int8']['embedding_bytes']:,} bytes, "
+                     f"max |logit diff| {m['int8']['max_abs_logit_diff']:.2e} on {m['int8']['check_rows']} rows")
+    return lines
+
+
 # --- loading ------------------------------------------------------------------------------
 def read_manifest(export_dir: str) -> Dict[str, Any]:
     """The export's ``manifest.json`` (clear error if ``export_dir`` is not an export)."""
