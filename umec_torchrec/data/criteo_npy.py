@@ -73,7 +73,7 @@ def read_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_ro
         ok = (lab == 0) | (lab == 1)
         if not ok.all():
             r = int(np.flatnonzero(~ok)[0])
-            raise DataError(fl, r + 1, "label", f"{lab[r]!r} is not a 0/1 label (row {r + 1})")
+            raise DataError(fl, r + 1, "label", f"{lab[r].item()!r} is not a 0/1 label (row {r + 1})")
         dense_parts.append(np.asarray(dense[:take]))
         sparse_parts.append(np.asarray(sparse[:take]).astype(np.int64))
         label_parts.append(lab.astype(np.int64))

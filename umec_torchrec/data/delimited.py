@@ -100,7 +100,7 @@ def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
     for r in np.flatnonzero(~lab_ok):
         keep[r] = False
         errors.setdefault(linenos[r], DataError(path, linenos[r], label if header else f"col{label}",
-                                                f"{cols[0][r]!r} is not a 0/1 label"))
+                                                f"{str(cols[0][r])!r} is not a 0/1 label"))
     dense_vals = []
     for name, col in zip(names_d, cols[1:1 + len(di)]):  # dense: floats, NA -> NaN
         filled = np.where(np.isin(np.char.lower(col), list(_NA)), "nan", col) if col.size else col
@@ -113,7 +113,7 @@ def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
                     v[r] = float(s)
                 except ValueError:
                     keep[r] = False
-                    errors.setdefault(linenos[r], DataError(path, linenos[r], name, f"{s!r} is not a number"))
+                    errors.setdefault(linenos[r], DataError(path, linenos[r], name, f"{str(s)!r} is not a number"))
         dense_vals.append(v)
     for n in sorted(errors):
         bad(errors[n])
