@@ -47,12 +47,18 @@ from umec_torchrec.umec import layout
 class Member:
     """Slices of ``param`` along ``dim``; ``incidence[i, g] = 1`` if slice ``i`` is in group ``g``.
 
-    ``incidence=None`` means the identity (slice ``i`` is group ``i``).
+    ``incidence=None`` means the identity (slice ``i`` is group ``i``). ``moment`` names the
+    activation statistic (mean square of the input each slice multiplies, see
+    :mod:`~umec_torchrec.umec.activation_stats`) that weights the slices' squared norms
+    when activation-weighted scores are used.
     """
 
     param: torch.Tensor
     dim: int
     incidence: Optional[torch.Tensor] = None
+    moment: Optional[str] = None  # name of the input statistic that weights the slices
+
+
 
 
 @dataclass
@@ -77,8 +83,17 @@ class GroupSet:
     def size(self) -> int:
         return len(self.labels)
 
-    def scores(self, sq_cache: Optional[Dict[Tuple[int, int], torch.Tensor]] = None) -> torch.Tensor:
-        """Squared L2 norm of every group (overlapping weights counted in each group)."""
+    def scores(
+        self,
+        sq_cache: Optional[Dict[Tuple[int, int], torch.Tensor]] = None,
+        moments: Optional[Mapping[str, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """Squared L2 norm of every group (overlapping weights counted in each group).
+
+        With ``moments``, a member's slice norms are weighted by the mean square of the
+        input they multiply (``E ||W_g x_g||^2`` under a diagonal approximation), which makes
+        the score invariant to moving scale between a weight and its (unpenalised) input.
+        """
         total = None
         for m in self.members:
             key = (id(m.param), m.dim)
@@ -89,6 +104,8 @@ class GroupSet:
                 sq = p.float().pow(2).sum(dim=dims) if dims else p.float().pow(2)
                 if sq_cache is not None:
                     sq_cache[key] = sq
+            if moments is not None and m.moment is not None and m.moment in moments:
+                sq = sq * moments[m.moment]
             part = sq if m.incidence is None else sq @ m.incidence
             total = part if total is None else total + part
         assert total is not None
@@ -112,6 +129,7 @@ class GroupSpec:
     feature_table_bytes: List[float] = field(default_factory=list)
     feature_names: List[str] = field(default_factory=list)
     dense_is_group: bool = False
+    watch: Dict[str, nn.Module] = field(default_factory=dict)  # module whose input feeds each moment
 
     def set_index(self, name: str) -> int:
         for i, s in enumerate(self.sets):
@@ -198,12 +216,16 @@ def discover_groups(
     if prune_features:
         first = layout.first_top_linear(dlrm)
         inc = layout.over_arch_incidence(dlrm, include_dense=prune_dense).to(first.weight.device)
-        members = [Member(first.weight, 1, inc)]
+        members = [Member(first.weight, 1, inc, moment="over_arch_input")]
         cn = layout.cross_net(dlrm)
         if cn is not None:
             blk = layout.block_incidence(dlrm, include_dense=prune_dense).to(first.weight.device)
             for v, w, b in zip(cn.V_kernels, cn.W_kernels, cn.bias):
-                members += [Member(v, 1, blk), Member(w, 0, blk), Member(b, 0, blk)]
+                members += [
+                    Member(v, 1, blk, moment="cross_input"),
+                    Member(w, 0, blk, moment="cross_input"),
+                    Member(b, 0, blk, moment="cross_input"),
+                ]
         labels = (["<dense>"] if prune_dense else []) + names
         sets.append(GroupSet("features", "features", labels, members, min_keep=1))
 
@@ -234,9 +256,13 @@ def discover_groups(
         "dcn_rank": layout.cross_net(dlrm).V_kernels[0].shape[0] if kind == "dcn" else 0,
         "prune_dense": prune_dense,
     }
+    watch = {"over_arch_input": layout.first_top_linear(dlrm)}
+    if kind == "dcn":
+        watch["cross_input"] = layout.cross_net(dlrm)
     return GroupSpec(
         sets=sets,
         structure=structure,
+        watch=watch,
         feature_table_bytes=_table_bytes(dlrm, names),
         feature_names=names,
         dense_is_group=prune_dense and prune_features,
@@ -277,7 +303,7 @@ def declare_groups(
         if cols.numel() == 0 or int(cols.min()) < 0 or int(cols.max()) >= first_linear.in_features:
             raise ValueError(f"feature {f!r}: columns must be a non-empty subset of range({first_linear.in_features})")
         inc[cols.to(inc.device), g] = 1.0
-    sets = [GroupSet("features", "features", feats, [Member(first_linear.weight, 1, inc)])]
+    sets = [GroupSet("features", "features", feats, [Member(first_linear.weight, 1, inc, moment="over_arch_input")])]
     layers = [first_linear, *chain]
     names = list(layer_names) if layer_names is not None else [f"layer{i}" for i in range(len(layers) - 1)]
     for i, (lin, nxt) in enumerate(zip(layers[:-1], layers[1:])):
@@ -293,4 +319,5 @@ def declare_groups(
         "extra_flops": float(extra_flops),
     }
     tb = feature_table_bytes or {}
-    return GroupSpec(sets, structure, [float(tb.get(f, 0.0)) for f in feats], feats)
+    return GroupSpec(sets, structure, [float(tb.get(f, 0.0)) for f in feats], feats,
+                     watch={"over_arch_input": first_linear})

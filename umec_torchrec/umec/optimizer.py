@@ -33,6 +33,11 @@ Deliberate choices where the authors' code departs from Algorithm 1 or is broken
   the infinity norm of the whole vector, coupling all layers to ~0.05 groups per step.
 * **z timing as in the paper**: ``z`` ascends on ``R(s^t)``, the same evaluation the
   ``s`` step uses (the code re-evaluated ``R`` after the ``s`` step).
+* **scale-free penalties**: set ``l``'s penalty is ``y_l ||W_l||^2 / m_l`` where ``m_l`` is
+  its mean squared group norm at the first UMEC step (a constant kept in the state). This
+  is the paper's problem with each dual rescaled by a constant, so ``y`` and ``z`` trade
+  off in comparable units whatever a set's weight scale (a DCN feature block and a hidden
+  unit differ by orders of magnitude); without it ``s`` stalls until ``z`` outgrows them.
 * **y as in the paper**: the constraint ``||W||^2_{ceil(s)} = 0`` has a non-negative
   residual, so ``y`` never decreases; its increments vanish as the prox drives the selected
   groups to zero, so it settles. (Decaying it would re-admit the groups being removed.)
@@ -57,6 +62,7 @@ import torch.distributed as dist
 from torch import nn
 from torchrec.optim.keyed import KeyedOptimizer, OptimizerWrapper
 
+from umec_torchrec.umec.activation_stats import ActivationStats
 from umec_torchrec.umec.budgets import Budget, parse_budgets
 from umec_torchrec.umec.feature_mask import FeatureMask
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
@@ -71,21 +77,26 @@ class UMECConfig:
     """Hyper-parameters of the primal-dual step.
 
     Args:
-        s_lr: step of ``s_l / n_l`` (fraction of a set) per step at unit gradient.
-        y_lr: eta_3 of Algorithm 1 (the authors' default 0.1).
-        z_lr: eta_4 of Algorithm 1.
+        s_lr: step of ``s_l / n_l`` (fraction of a set) per step at unit gradient. The
+            authors moved every set by at most 0.05 groups per step over ~300k steps; the
+            default lets a set traverse its range in ~100 steps, for runs of a few epochs.
+        y_lr: eta_3 of Algorithm 1 (the authors used 0.1).
+        z_lr: eta_4 of Algorithm 1 (the authors used 2.0), in units of budget fractions.
         prox_lr: eta_1 of the prox; ``None`` uses the lr of the wrapped optimizer's param group
             that holds the first over-arch weight (as the authors' code does).
         warmup_steps: wrapped-optimizer steps before the UMEC step starts.
         check_every: steps between cross-rank consistency checks (0 disables).
+        score: ``"activation"`` (default) weights feature columns by the mean square of their
+            input (:mod:`.activation_stats`); ``"weight"`` is the paper's plain squared norm.
     """
 
-    s_lr: float = 2e-3
-    y_lr: float = 0.1
-    z_lr: float = 1.0
+    s_lr: float = 1e-2
+    y_lr: float = 0.05
+    z_lr: float = 5.0
     prox_lr: Optional[float] = None
     warmup_steps: int = 0
     check_every: int = 100
+    score: str = "activation"
 
 
 class UMECStateMismatch(RuntimeError):
@@ -177,6 +188,7 @@ class UMECOptimizer(OptimizerWrapper):
         self.umec_step_count = 0
         self.inner_step_count = 0
         self.masks: Optional[PruningMasks] = None
+        self._scale: Optional[torch.Tensor] = None
         self._keep: Dict[torch.Tensor, torch.Tensor] = {}
         self.feature_mask = FeatureMask()
         self._fi = next((i for i, s in enumerate(sets) if s.kind == "features"), None)
@@ -186,6 +198,12 @@ class UMECOptimizer(OptimizerWrapper):
             for m in gs.members:
                 self._slots.setdefault(id(m.param), (m.param, []))[1].append((li, m))
         self._prox_param = sets[0].members[0].param
+        if self.config.score not in ("activation", "weight"):
+            raise ValueError(f"score must be 'activation' or 'weight', got {self.config.score!r}")
+        self.stats: Optional[ActivationStats] = (
+            ActivationStats(self.spec.watch) if self.config.score == "activation" and self.spec.watch else None
+        )
+        self._moments: Optional[Dict[str, torch.Tensor]] = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -201,9 +219,14 @@ class UMECOptimizer(OptimizerWrapper):
                 return float(g["lr"])
         return float(next(iter(self.param_groups))["lr"])
 
+    def _sync_moments(self) -> None:
+        """Refresh the activation statistics, identical on every rank (one all-reduce)."""
+        if self.stats is not None:
+            self._moments = self.stats.synced()
+
     def _scores(self) -> List[torch.Tensor]:
         cache: Dict = {}
-        return [gs.scores(cache) for gs in self.spec.sets]
+        return [gs.scores(cache, self._moments) for gs in self.spec.sets]
 
     def _ranks(self, scores: List[torch.Tensor]) -> List[torch.Tensor]:
         """Rank of every group in its set by ascending score (0 = least norm)."""
@@ -251,16 +274,21 @@ class UMECOptimizer(OptimizerWrapper):
         cfg = self.config
         sets = self.spec.sets
         lr = self._prox_lr()
+        self._sync_moments()
         scores = self._scores()
+        if self._scale is None:  # fixed per-set unit of the penalty (see the class docstring)
+            self._scale = torch.stack([sc.mean() for sc in scores]).clamp(min=1e-12)
+        inv = 1.0 / self._scale
         ranks = self._ranks(scores)
         c = self._ceil_s(self.s)
         sel = [(r.to(c.dtype) < c[i]).to(scores[i].dtype) for i, r in enumerate(ranks)]
+        yw = self.y * inv  # dual per unit of raw squared norm
 
         # 1. prox on the selected groups: w / (1 + 2 lr sum of the penalties reaching w)
         for p, slots in self._slots.values():
             pen = None
             for li, m in slots:
-                v = self.y[li] * (sel[li] if m.incidence is None else m.incidence @ sel[li])
+                v = yw[li] * (sel[li] if m.incidence is None else m.incidence @ sel[li])
                 shape = [1] * p.dim()
                 shape[m.dim] = -1
                 v = v.view(shape)
@@ -268,7 +296,7 @@ class UMECOptimizer(OptimizerWrapper):
             p.div_(1.0 + 2.0 * lr * pen)
 
         # 2. s: straight-through step on the post-prox weights
-        scores = self._scores()
+        scores = [sc * inv[i] for i, sc in enumerate(self._scores())]
         ranks = self._ranks(scores)
         evals = self._evaluate(c, ranks)  # R(s^t) and its one-more-group neighbours
         d_res = evals[1:] - evals[0:1]  # [S, nb], <= 0
@@ -346,6 +374,7 @@ class UMECOptimizer(OptimizerWrapper):
         """
         if self.masks is not None:
             return self.masks
+        self._sync_moments()
         scores = self._scores()
         ranks = self._ranks(scores)
         c = self._ceil_s(self.s)
@@ -435,6 +464,8 @@ class UMECOptimizer(OptimizerWrapper):
             "inner_step": self.inner_step_count,
             "budgets": [str(b) for b in self.budgets],
             "sets": [s.name for s in self.spec.sets],
+            "scale": None if self._scale is None else self._scale.detach().cpu().clone(),
+            "moments": {} if self.stats is None else self.stats.state_dict(),
             "masks": None if self.masks is None else self.masks.to_dict(),
             "config": asdict(self.config),
         }
@@ -452,6 +483,11 @@ class UMECOptimizer(OptimizerWrapper):
         self.z = torch.as_tensor(state["z"]).to(self.z)
         self.umec_step_count = int(state["umec_step"])
         self.inner_step_count = int(state["inner_step"])
+        scale = state.get("scale")
+        self._scale = None if scale is None else torch.as_tensor(scale).to(self.s)
+        if self.stats is not None and state.get("moments"):
+            self.stats.load_state_dict(state["moments"], self.device)
+            self._moments = dict(self.stats.values)
         if state.get("masks"):
             self.set_masks(PruningMasks.from_dict(dict(state["masks"])), zero_tables=False)
 

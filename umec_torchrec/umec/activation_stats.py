@@ -1,0 +1,82 @@
+"""Mean squares of the inputs that feature groups multiply, for activation-weighted scores.
+
+A feature's over-arch columns ``W_k`` act on its part ``x_k`` of the over-arch input, and
+the embedding that produces ``x_k`` is not penalised: training can shrink ``W_k`` and grow
+the table by the same factor, which leaves the model unchanged but fools a pure weight-norm
+score. Weighting each column's squared norm by ``E[x_c^2]`` (an exponential moving average
+over training batches) gives ``E ||W_k x_k||^2`` under a diagonal approximation: the
+feature's actual contribution, invariant to that rescaling. The statistics cost one
+reduction of the over-arch input per step; across ranks they are averaged with one
+all-reduce per UMEC step, so every rank scores identically.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class ActivationStats:
+    """Forward pre-hooks that keep ``E[x^2]`` per input column of watched modules.
+
+    Args:
+        watch: ``{name: module}``; the module's first positional input is tracked.
+        momentum: weight of the newest batch in the moving average.
+
+    Example::
+
+        stats = ActivationStats({"over_arch_input": first_linear})
+        ...                              # training steps
+        moments = stats.synced()         # {name: [in_features]} identical on every rank
+    """
+
+    def __init__(self, watch: Mapping[str, nn.Module], momentum: float = 0.1) -> None:
+        self.momentum = momentum
+        self.values: Dict[str, torch.Tensor] = {}
+        self._handles: List = []
+        for name, module in watch.items():
+            self._handles.append(module.register_forward_pre_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args) -> None:
+            if not module.training or not args:
+                return
+            x = args[0]
+            with torch.no_grad():
+                m = x.detach().float().pow(2).mean(dim=0)
+                prev = self.values.get(name)
+                self.values[name] = m if prev is None else prev.lerp(m, self.momentum)
+
+        return hook
+
+    def synced(self, group: Optional[dist.ProcessGroup] = None) -> Dict[str, torch.Tensor]:
+        """The averages, all-reduced (mean) over ranks in one collective."""
+        if not self.values:
+            return {}
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return dict(self.values)
+        names = sorted(self.values)
+        flat = torch.cat([self.values[n] for n in names])
+        dist.all_reduce(flat, group=group)
+        flat /= dist.get_world_size(group)
+        out, i = {}, 0
+        for n in names:
+            k = self.values[n].numel()
+            out[n] = flat[i: i + k]
+            self.values[n] = out[n].clone()
+            i += k
+        return out
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.values.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], device: torch.device) -> None:
+        self.values = {k: torch.as_tensor(v).to(device) for k, v in state.items()}
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
