@@ -6,7 +6,6 @@ generated data (small files written to ``tmp_path`` or the synthetic generator).
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
@@ -256,9 +255,9 @@ def test_synthetic_signal_learnable():
         offs = torch.tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]))
         w = torch.zeros(int(sum(sizes)), requires_grad=True)  # one weight per one-hot id
         bias = torch.zeros(1, requires_grad=True)
-        opt = torch.optim.Adam([w, bias], lr=0.05)
+        opt = torch.optim.Adam([w, bias], lr=0.1)
         x_tr = b.train.sparse[:, cols] + offs
-        for _ in range(150):
+        for _ in range(80):
             logit = w[x_tr].sum(1) + bias
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, b.train.labels) + 1e-4 * w.pow(2).sum()
             opt.zero_grad(); loss.backward(); opt.step()

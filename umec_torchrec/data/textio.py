@@ -7,7 +7,7 @@ import gzip
 import io
 import os
 import zlib
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 from umec_torchrec.data.errors import DataError
 
