@@ -43,7 +43,9 @@ Deliberate choices where the authors' code departs from Algorithm 1 or is broken
   groups to zero, so it settles. (Decaying it would re-admit the groups being removed.)
 * **hard pruning at the end** (:meth:`finalize`): the ``ceil(s)`` least-norm groups are
   removed; if a budget is still violated, the cheapest further groups (least norm per unit
-  of resource saved) are removed until all budgets hold, so every budget is met exactly.
+  of resource saved) are removed until all budgets hold; if there is slack (``s`` overshot),
+  the strongest pruned groups are given back while every budget still holds. So every
+  budget is met, to within one group.
   Pruned weights are then kept at exactly zero after every step, and pruned features are
   dropped from the input by :attr:`feature_mask`.
 
@@ -242,13 +244,13 @@ class UMECOptimizer(OptimizerWrapper):
         # 1e-6 tolerance: float noise must not prune an extra group
         return torch.minimum(torch.ceil(s - 1e-6).clamp(min=0), self._s_max)
 
-    def _evaluate(self, pruned: torch.Tensor, ranks: List[torch.Tensor]) -> torch.Tensor:
-        """Resource fractions ``[S + 1, n_budgets]`` at ``pruned`` counts (row 0) and with one
-        more group pruned in each set (row ``1 + l``)."""
+    def _evaluate(self, pruned: torch.Tensor, ranks: List[torch.Tensor], delta: float = 1.0) -> torch.Tensor:
+        """Resource fractions ``[S + 1, n_budgets]`` at ``pruned`` counts (row 0) and with
+        ``delta`` more groups pruned in each set (row ``1 + l``), within ``[0, s_max]``."""
         S = len(self.spec.sets)
         counts = pruned[None, :].repeat(S + 1, 1)
-        step = torch.eye(S, device=pruned.device)
-        counts[1:] = torch.minimum(counts[1:] + step, self._s_max[None, :])
+        step = delta * torch.eye(S, device=pruned.device)
+        counts[1:] = torch.minimum(counts[1:] + step, self._s_max[None, :]).clamp(min=0.0)
         kept = self._n[None, :] - counts
         alive = None
         if self._fi is not None:
@@ -368,7 +370,9 @@ class UMECOptimizer(OptimizerWrapper):
     def finalize(self, zero_tables: bool = True) -> PruningMasks:
         """Hard-prune: remove the ``ceil(s)`` least-norm groups of each set, then, while a
         budget is violated, the group with the least norm per unit of budget violation it
-        removes. Pruned weights become exact zeros and stay zero after every later step;
+        removes; then, while every budget holds, it gives back the strongest pruned group
+        (most norm per unit of resource), so the budgets are met to within one group.
+        Pruned weights become exact zeros and stay zero after every later step;
         pruned features are dropped from the input (:attr:`feature_mask`). Returns the masks.
         Runs on every rank with identical results (the dense weights are replicated).
         """
@@ -396,7 +400,22 @@ class UMECOptimizer(OptimizerWrapper):
             cost = torch.where(can, rel / gain.clamp(min=1e-30), torch.full_like(nxt, math.inf))
             c[int(torch.argmin(cost))] += 1
             extra += 1
+        # fill: give back the strongest pruned groups while every budget still holds, so the
+        # result uses its budgets to within one group (s may have overshot during the search)
+        restored = 0
+        while True:
+            ev = self._evaluate(c, ranks, delta=-1.0)
+            ok = (c > 0) & ((ev[1:] <= self._B[None, :] + 1e-9).all(dim=1))
+            if not bool(ok.any()):
+                break
+            sorted_scores = [torch.sort(sc).values for sc in scores]
+            last = torch.stack([ss[torch.clamp(c[i].long() - 1, min=0)] for i, ss in enumerate(sorted_scores)])
+            added = (ev[1:] - ev[0:1]).clamp(min=1e-12).sum(dim=1)
+            value = torch.where(ok, (last / mean_score) / added, torch.full_like(last, -math.inf))
+            c[int(torch.argmax(value))] -= 1
+            restored += 1
         self.repair_groups = extra
+        self.restored_groups = restored
         pruned = [(r.to(c.dtype) < c[i]) for i, r in enumerate(ranks)]
         self.s = c.clone()
         self.masks = self._masks_from(pruned)

@@ -1,0 +1,179 @@
+"""UMECOptimizer: known-answer feature selection, budgets, resume, deliberate departures
+from the authors' code, errors. Synthetic data from the project's generator (known answer)
+and small generated data."""
+
+import copy
+
+import pytest
+import torch
+
+from umec_torchrec.data import load_data
+from umec_torchrec.models import ModelConfig, build_model
+from umec_torchrec.umec.groups import discover_groups
+from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
+from umec_torchrec.umec.resources import make_resource
+
+from umec_helpers import random_data, small_model
+
+
+def train(model, opt, data, epochs, seed=0, epoch0=0, mask=None, batch_size=256, start=0):
+    for ep in range(epoch0, epoch0 + epochs):
+        for b in data.batches(batch_size, shuffle=True, seed=seed, epoch=ep, start=start if ep == epoch0 else 0):
+            b = mask(b) if mask is not None else b
+            loss, _ = model(b)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    # min_count=3: ids seen fewer than 3 times in train share the OOV row (as production
+    # vocabularies do); otherwise 100k-id noise features memorise the training labels
+    return load_data("synthetic:rows=20000,seed=0,min_count=3")
+
+
+@pytest.mark.parametrize("kind", ["cat", "dcn"])
+def test_known_answer_keeps_signal_drops_noise(synthetic, kind):
+    """A FLOPs budget that exactly the 8 signal features fit (features are the only groups):
+    UMEC keeps >= 90% of the signal features and drops >= 90% of the noise features."""
+    tr = synthetic.train
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind, tr.feature_names, tr.table_sizes, 13, 16, [64, 32, 16], [64, 32, 1]))
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
+    train(model, opt, tr, epochs=2)
+    spec = discover_groups(model, prune_bottom=False, prune_top=False)
+    flops = make_resource("flops", spec)
+    n_signal = len(synthetic.info["signal_features"])
+    budget = float(flops(torch.tensor([[float(n_signal)]]), None)[0]) / flops.dense_value()
+    umec = UMECOptimizer(opt, model, [f"flops={budget + 1e-6:.8f}"], groups=spec)
+    train(model, umec, tr, epochs=2, epoch0=10, mask=umec.feature_mask)
+    masks = umec.finalize()
+    signal = set(synthetic.info["signal_features"])
+    noise = set(synthetic.info["noise_features"])
+    kept = set(masks.kept_features)
+    assert len(kept & signal) >= 0.9 * len(signal), masks.kept_features
+    assert len(noise - kept) >= 0.9 * len(noise), masks.kept_features
+    assert umec.resource_fractions()["flops"] <= budget + 1e-6
+
+
+def test_every_budget_met_within_one_group():
+    """Two budgets at once over features and all MLP layers: both hold at the end, and giving
+    back any single pruned group would break one of them."""
+    data = random_data(n=512, features=6)
+    model, _ = small_model("dot", data)
+    umec = UMECOptimizer(torch.optim.Adagrad(model.parameters(), lr=0.05), model,
+                         ["flops=0.35", "embedding_bytes=0.5"])
+    train(model, umec, data, epochs=3, batch_size=64, mask=None)
+    masks = umec.finalize()
+    fr = umec.resource_fractions()
+    assert fr["flops"] <= 0.35 + 1e-9 and fr["embedding_bytes"] <= 0.5 + 1e-9
+    # within one group: un-pruning any pruned group violates a budget
+    c = umec.s.clone()
+    ranks = umec._ranks(umec._scores())
+    ev = umec._evaluate(c, ranks, delta=-1.0)
+    can_restore = (c > 0) & (ev[1:] <= umec._B[None, :] + 1e-9).all(dim=1)
+    assert not bool(can_restore.any())
+    # pruned weights stay exactly zero under further training, pruned ids are dropped
+    keep = umec._keep
+    train(model, umec, data, epochs=1, batch_size=64, mask=umec.feature_mask)
+    for p, k in keep.items():
+        assert float((p.detach() * (k == 0)).abs().sum()) == 0.0
+    b = umec.feature_mask(data.make_batch(torch.arange(8)))
+    lengths = dict(zip(b.sparse_features.keys(), b.sparse_features.lengths().view(len(data.feature_names), -1).sum(1).tolist()))
+    assert all(lengths[f] == 0 for f in masks.pruned_features) and all(lengths[f] == 8 for f in masks.kept_features)
+
+
+def _fresh(seed=0):
+    data = random_data(n=384, features=5)
+    model, _ = small_model("cat", data, seed=seed)
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
+    return data, model, UMECOptimizer(opt, model, ["flops=0.3"], UMECConfig(check_every=0))
+
+
+def test_resume_from_mid_run_state_gives_identical_masks():
+    """Stop after one epoch, save model + optimizer + UMEC state, resume in new objects:
+    s, y, z and the final masks equal those of an uninterrupted run."""
+    data, model, umec = _fresh()
+    train(model, umec, data, epochs=1, batch_size=32)
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(umec.state_dict()))
+    train(model, umec, data, epochs=2, epoch0=1, batch_size=32)
+    reference = umec.finalize()
+    ref_state = umec.state_vector()
+
+    data, model2, umec2 = _fresh(seed=123)  # different init: everything must come from the state
+    model2.load_state_dict(saved[0])
+    umec2.load_state_dict(saved[1])
+    train(model2, umec2, data, epochs=2, epoch0=1, batch_size=32)
+    assert umec2.finalize() == reference
+    torch.testing.assert_close(umec2.state_vector(), ref_state, rtol=0, atol=0)
+
+
+def test_state_from_other_budget_or_model_is_refused():
+    data, model, umec = _fresh()
+    train(model, umec, data, epochs=1, batch_size=64)
+    st = umec.state_dict()
+    other = UMECOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, ["flops=0.5"])
+    with pytest.raises(ValueError, match="budgets"):
+        other.load_umec_state_dict(st["umec"])
+    m2, _ = small_model("cat", data, bottom=(16,))
+    other2 = UMECOptimizer(torch.optim.SGD(m2.parameters(), lr=0.1), m2, ["flops=0.3"])
+    with pytest.raises(ValueError, match="group sets"):
+        other2.load_umec_state_dict(st["umec"])
+
+
+def test_s_is_projected_not_pinned_and_never_prunes_a_whole_set():
+    """At its upper bound s moves back when the gradient says so (the authors pinned it);
+    ceil(s) never reaches the set size (the authors' one-step overshoot)."""
+    data, model, umec = _fresh()
+    umec.s = umec._s_max.clone()
+    umec.y.fill_(5.0)  # penalty pushes s down; z = 0 gives no resource pressure
+    umec._scale = torch.ones_like(umec.s)
+    train(model, umec, data, epochs=1, batch_size=64)
+    assert bool((umec.s < umec._s_max).all())
+    umec.s = umec._s_max + 3.0
+    assert bool((umec._ceil_s(umec.s) <= umec._n - 1).all())
+    data, model, umec = _fresh()
+    umec.z.fill_(1e6)  # enormous resource pressure
+    train(model, umec, data, epochs=1, batch_size=32)
+    assert bool((umec.s <= umec._s_max).all()) and bool((umec._ceil_s(umec.s) <= umec._n - 1).all())
+
+
+def test_z_ascends_on_resource_before_the_s_step_and_y_never_decreases():
+    data, model, umec = _fresh()
+    ys = []
+    for i, b in enumerate(data.batches(32, shuffle=True)):
+        s_before, z_before = umec.s.clone(), umec.z.clone()
+        ranks = umec._ranks(umec._scores())
+        r_before = float(umec._evaluate(umec._ceil_s(s_before), ranks)[0, 0])
+        loss, _ = model(b)
+        loss.backward()
+        umec.step()
+        umec.zero_grad()
+        expected = max(0.0, float(z_before[0]) + umec.config.z_lr * (r_before - 0.3))
+        assert abs(float(umec.z[0]) - expected) < 1e-4
+        ys.append(umec.y.clone())
+    assert all(bool((b >= a).all()) for a, b in zip(ys, ys[1:]))
+    assert float(umec.s.sum()) > 0  # it did start pruning
+
+
+def test_impossible_and_unknown_budgets_are_clear_errors():
+    data = random_data()
+    model, _ = small_model("cat", data)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for bad, msg in [(["flops=0"], r"\(0, 1\]"), (["flops=1.01"], r"\(0, 1\]"),
+                     (["flops=0.0001"], "below the smallest model"),
+                     (["embedding_bytes=0.01"], "below the smallest model"),
+                     (["params=0.3"], "unknown resource"), ([], "at least one budget")]:
+        with pytest.raises(ValueError, match=msg):
+            UMECOptimizer(opt, model, bad)
+    spec = discover_groups(model, prune_features=False)
+    with pytest.raises(ValueError, match="needs feature groups"):
+        UMECOptimizer(opt, model, ["embedding_bytes=0.5"], groups=spec)
+
+
+def test_consistency_check_is_a_noop_single_process_and_state_vector_stable():
+    data, model, umec = _fresh()
+    umec.check_consistency()
+    v = umec.state_vector()
+    assert v.dtype == torch.float64 and v.numel() == 2 * len(umec.spec.sets) + 1 + 2
