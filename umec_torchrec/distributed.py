@@ -9,11 +9,12 @@ way for world size 1 and N. Backend: ``gloo`` on CPU, ``nccl`` on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -114,4 +115,17 @@ def destroy() -> None:
         _OWNED["store_dir"] = None
 
 
-__all__ = ["DistContext", "init_distributed", "destroy", "default_backend"]
+@contextlib.contextmanager
+def session(backend: Optional[str] = None) -> Iterator[DistContext]:
+    """``with session() as ctx:`` - :func:`init_distributed`, and :func:`destroy` on exit
+    only if this call created the group (an enclosing caller's group is left alone)."""
+    created = not dist.is_initialized()
+    ctx = init_distributed(backend)
+    try:
+        yield ctx
+    finally:
+        if created:
+            destroy()
+
+
+__all__ = ["DistContext", "init_distributed", "destroy", "session", "default_backend"]

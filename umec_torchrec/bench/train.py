@@ -116,10 +116,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from umec_torchrec.distributed import destroy
+    from umec_torchrec.distributed import session
 
-    ctx = init_distributed(args.backend)
-    try:
+    with session(args.backend) as ctx:
         say(ctx, f"bench train: Kaggle-size {args.model} DLRM ({sum(KAGGLE_TABLE_SIZES):,} table rows, D=16), "
                  f"batch {args.batch_size}, {ctx.world_size} rank(s) on {ctx.device}; building...")
         r = run_train_bench(args.steps, args.batch_size, args.warmup, args.model,
@@ -129,8 +128,6 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         say(ctx, f"train throughput: {r['samples_per_s']:.0f} samples/s")
         if args.json:
             say(ctx, json.dumps(r))
-    finally:
-        destroy()
     return 0
 
 

@@ -40,41 +40,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from umec_torchrec.distributed import destroy, init_distributed
+    from umec_torchrec.distributed import session
     from umec_torchrec.train.api import train_run
 
     train_cfg = cli.train_config_from_args(args)
     opts = cli.data_options_from_args(args)
     overrides = cli.model_overrides_from_args(args)
-    ctx = init_distributed(args.backend)
-    try:
+    with session(args.backend) as ctx:
         train_run(args.data, overrides, train_cfg, args.out, ctx, data_options=opts, force=args.force,
                   progress=not args.no_progress)
-    finally:
-        destroy()
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from umec_torchrec.distributed import destroy, init_distributed
+    from umec_torchrec.distributed import session
     from umec_torchrec.train.api import evaluate_run, format_metrics, say
 
-    ctx = init_distributed(args.backend)
-    try:
+    with session(args.backend) as ctx:
         m = evaluate_run(args.run, ctx, data=args.data, batch_size=args.batch_size)
         say(ctx, json.dumps(m) if args.json else format_metrics(m, "test"))
-    finally:
-        destroy()
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from umec_torchrec.distributed import destroy, init_distributed
+    from umec_torchrec.distributed import session
     from umec_torchrec.train.demo import run_demo
 
-    ctx = init_distributed(args.backend)
-    try:
+    with session(args.backend) as ctx:
         run_demo(args.out, data=args.data, ctx=ctx, epochs=args.epochs, progress=not args.no_progress)
-    finally:
-        destroy()
     return 0
