@@ -372,3 +372,30 @@ def test_compare_models_dense_vs_compact(tmp_path):
         want = roc_auc(dense_model(d, kjt_of(ids, cfg.feature_names)).squeeze(-1), labels)
     assert cmp["dense"]["auc"] == pytest.approx(want)
     assert "FLOPs/sample" in format_comparison(cmp)
+
+
+# --- inference benchmark (structure only: no wall-clock assertions) -------------------------
+def test_bench_budget_masks_hit_the_flops_budget():
+    """Generated Kaggle-shaped config (1-row tables): the benchmark's masks have a measured
+    dense-path FLOPs ratio within 5% below each budget."""
+    from umec_torchrec.bench.inference import budget_masks
+    from umec_torchrec.bench.kaggle import kaggle_model_config
+
+    cfg = kaggle_model_config(kind="cat", table_sizes=[1] * 26)
+    for b in (0.5, 0.3, 0.1):
+        masks, ratio = budget_masks(cfg, b)
+        assert 0.95 * b <= ratio <= b
+        assert ratio == pytest.approx(dense_path_flops(compact_config(cfg, masks)) / dense_path_flops(cfg))
+
+
+def test_bench_inference_runs_on_small_tables(capsys):
+    """Generated ids, small tables, 1 round: `umec bench inference` prints one row per
+    (batch, budget) with the ideal speed-up = 1 / FLOPs ratio and a memory ratio below 1."""
+    from umec_torchrec.bench.inference import format_table, run_inference_bench
+
+    res = run_inference_bench((16,), (0.5, 0.2), kind="dot", rounds=1, warmup=0, table_sizes=[50] * 26)
+    assert [(r["batch"], r["budget"]) for r in res] == [(16, 0.5), (16, 0.2)]
+    for r in res:
+        assert r["ideal_speedup"] == pytest.approx(1 / r["flops_ratio"])
+        assert 0 < r["memory_ratio"] < 1 and r["speedup"] > 0 and r["masked_speedup"] > 0
+    assert len(format_table(res).splitlines()) == 3
