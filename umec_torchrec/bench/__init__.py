@@ -3,4 +3,5 @@
 
 BENCH_MODULES = [
     "umec_torchrec.bench.train",  # umec bench train
+    "umec_torchrec.bench.inference",  # umec bench inference
 ]
