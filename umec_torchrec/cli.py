@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 
 COMMAND_MODULES: List[str] = [
     "umec_torchrec.train.commands",  # train, evaluate, demo
+    "umec_torchrec.compress.commands",  # compress, finetune
     "umec_torchrec.bench.commands",  # bench (subcommands: see umec_torchrec.bench.BENCH_MODULES)
     "umec_torchrec.export.cli_export",  # export
 ]

@@ -1,0 +1,82 @@
+"""CLI commands ``compress`` and ``finetune`` (see :mod:`umec_torchrec.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from umec_torchrec import cli
+
+
+def add_umec_args(p: argparse.ArgumentParser) -> None:
+    """``--budget`` (repeatable), group switches and the primal-dual hyper-parameters."""
+    from umec_torchrec.umec.optimizer import UMECConfig
+
+    d = UMECConfig()
+    g = p.add_argument_group("UMEC")
+    g.add_argument("--budget", action="append", required=True, metavar="NAME=VALUE",
+                   help="resource budget, repeatable: flops=0.3 (fraction of dense), embedding_bytes=0.5, "
+                        "flops=abs:2.5e6, embedding_bytes=abs:64MiB")
+    g.add_argument("--no-prune-features", action="store_true", help="keep every sparse feature")
+    g.add_argument("--no-prune-bottom", action="store_true", help="do not prune bottom-MLP units")
+    g.add_argument("--no-prune-top", action="store_true", help="do not prune top-MLP units")
+    g.add_argument("--prune-dense", action="store_true", help="let the dense-arch output be pruned like a feature")
+    g.add_argument("--features-only", action="store_true", help="feature selection only (the paper's Figure 3)")
+    g.add_argument("--s-lr", type=float, default=d.s_lr, help=f"prune-count step (default {d.s_lr})")
+    g.add_argument("--y-lr", type=float, default=d.y_lr, help=f"per-layer dual step (default {d.y_lr})")
+    g.add_argument("--z-lr", type=float, default=d.z_lr, help=f"budget dual step (default {d.z_lr})")
+    g.add_argument("--prox-lr", type=float, default=None, help="prox step (default: the dense optimizer's lr)")
+    g.add_argument("--score", choices=["activation", "weight"], default=d.score,
+                   help="group score: activation-weighted (default) or the paper's weight norm")
+    g.add_argument("--warmup-steps", type=int, default=0, help="plain training steps before UMEC starts")
+
+
+def add_stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_run", required=True, metavar="RUN", help="the run to start from")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the source run's)")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
+    cli.add_run_args(p, required=True)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="compress a trained run with UMEC under resource budgets",
+                       description="Load a trained run, wrap its optimizer in UMECOptimizer, train under the "
+                                   "budgets, hard-prune and write a compressed run (masks.json, metrics.json with "
+                                   "the achieved resources, checkpoint with the UMEC state).")
+    add_stage_args(p)
+    add_umec_args(p)
+    p.set_defaults(func=cmd_compress)
+    p = sub.add_parser("finetune", help="train a compressed run on with its masks fixed",
+                       description="Pruned weights stay exactly zero and pruned features are dropped from the input.")
+    add_stage_args(p)
+    p.set_defaults(func=cmd_finetune)
+
+
+def umec_config_from_args(args: argparse.Namespace):
+    from umec_torchrec.umec.optimizer import UMECConfig
+
+    return UMECConfig(s_lr=args.s_lr, y_lr=args.y_lr, z_lr=args.z_lr, prox_lr=args.prox_lr,
+                      warmup_steps=args.warmup_steps, score=args.score)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from umec_torchrec.compress.api import compress_run
+    from umec_torchrec.distributed import session
+
+    only = args.features_only
+    with session(args.backend) as ctx:
+        compress_run(args.from_run, args.budget, args.out, ctx, umec_config=umec_config_from_args(args),
+                     epochs=args.epochs, steps=args.steps,
+                     prune_features=not args.no_prune_features,
+                     prune_bottom=not (args.no_prune_bottom or only), prune_top=not (args.no_prune_top or only),
+                     prune_dense=args.prune_dense, force=args.force, progress=not args.no_progress)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from umec_torchrec.compress.api import finetune_run
+    from umec_torchrec.distributed import session
+
+    with session(args.backend) as ctx:
+        finetune_run(args.from_run, args.out, ctx, epochs=args.epochs, steps=args.steps, force=args.force,
+                     progress=not args.no_progress)
+    return 0
