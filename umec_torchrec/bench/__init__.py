@@ -4,4 +4,5 @@
 BENCH_MODULES = [
     "umec_torchrec.bench.train",  # umec bench train
     "umec_torchrec.bench.inference",  # umec bench inference
+    "umec_torchrec.bench.overhead",  # umec bench overhead
 ]

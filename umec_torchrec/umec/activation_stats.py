@@ -35,6 +35,7 @@ class ActivationStats:
 
     def __init__(self, watch: Mapping[str, nn.Module], momentum: float = 0.1) -> None:
         self.momentum = momentum
+        self.enabled = True
         self.values: Dict[str, torch.Tensor] = {}
         self._handles: List = []
         for name, module in watch.items():
@@ -42,7 +43,7 @@ class ActivationStats:
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args) -> None:
-            if not module.training or not args:
+            if not (self.enabled and module.training) or not args:
                 return
             x = args[0]
             with torch.no_grad():

@@ -1,0 +1,124 @@
+"""``umec bench overhead``: train-step time with the UMEC wrapper over the step time without
+it, measured alternately in one run on the Kaggle-size DLRM (target: at most 1.05)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from umec_torchrec.bench.kaggle import KAGGLE_TABLE_SIZES, kaggle_model_config
+from umec_torchrec.bench.train import random_batches
+from umec_torchrec.distributed import DistContext, init_distributed
+from umec_torchrec.train.api import build_training, say
+from umec_torchrec.train.optim import TrainConfig
+from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
+
+
+def _step(model, opt, batch, sync) -> float:
+    t = time.perf_counter()
+    loss, _ = model(batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    sync()
+    return time.perf_counter() - t
+
+
+def run_overhead_bench(
+    rounds: int = 10,
+    steps_per_round: int = 3,
+    batch_size: int = 2048,
+    kind: str = "cat",
+    budgets: Optional[List[str]] = None,
+    table_sizes: Optional[List[int]] = None,
+    ctx: Optional[DistContext] = None,
+) -> Dict[str, Any]:
+    """Alternate rounds of plain steps and UMEC steps on one model; return the time ratio.
+
+    Both arms train the same DMP with the same ``CombinedOptimizer``; the UMEC arm wraps it in
+    :class:`UMECOptimizer` (prox, s/y/z updates, activation statistics). The ratio is the
+    median UMEC step over the median plain step, and also the ratio of total times.
+    """
+    ctx = ctx or init_distributed()
+    sizes = list(table_sizes or KAGGLE_TABLE_SIZES)
+    mcfg = kaggle_model_config(kind, table_sizes=sizes)
+    tcfg = TrainConfig(batch_size=batch_size, log_every=0)
+    dmp, opt = build_training(mcfg, tcfg, ctx, tables_on_meta=True)
+    umec = UMECOptimizer(opt, dmp, budgets or ["flops=0.3", "embedding_bytes=0.5"], UMECConfig(check_every=0))
+    pool = [b.to(ctx.device) for b in random_batches(sizes, mcfg.dense_in_features, batch_size // ctx.world_size, 4, 99 + ctx.rank)]
+
+    def sync() -> None:
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def plain(b):
+        umec.stats and setattr(umec.stats, "enabled", False)
+        return _step(dmp, opt, b, sync)
+
+    def wrapped(b):
+        umec.stats and setattr(umec.stats, "enabled", True)
+        return _step(dmp, umec, umec.feature_mask(b), sync)
+
+    for i in range(2):  # warm-up both arms
+        plain(pool[i % 4])
+        wrapped(pool[i % 4])
+    times: Dict[str, List[float]] = {"plain": [], "umec": []}
+    k = 0
+    for r in range(rounds):
+        order = (("plain", plain), ("umec", wrapped)) if r % 2 == 0 else (("umec", wrapped), ("plain", plain))
+        for name, fn in order:
+            for _ in range(steps_per_round):
+                times[name].append(fn(pool[k % 4]))
+                k += 1
+    med = {n: statistics.median(v) for n, v in times.items()}
+    return {
+        "ratio_median": med["umec"] / med["plain"],
+        "ratio_total": sum(times["umec"]) / sum(times["plain"]),
+        "plain_step_ms": 1000 * med["plain"],
+        "umec_step_ms": 1000 * med["umec"],
+        "steps_each": len(times["plain"]),
+        "batch_size": batch_size,
+        "kind": kind,
+        "table_rows": sum(sizes),
+        "world_size": ctx.world_size,
+        "device": str(ctx.device),
+        "group_sets": {s.name: s.size for s in umec.spec.sets},
+    }
+
+
+def add_parser(bsub: argparse._SubParsersAction) -> None:
+    from umec_torchrec import cli
+
+    p = bsub.add_parser("overhead", help="UMEC step time over plain step time (target <= 1.05)",
+                        description="Kaggle-size DLRM at batch 2048: rounds of plain training steps and UMEC "
+                                    "steps alternate on one model; prints the ratio of median step times.")
+    p.add_argument("--rounds", type=int, default=10, help="alternating rounds (default 10)")
+    p.add_argument("--steps-per-round", type=int, default=3, help="steps per arm per round (default 3)")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--model", choices=["dot", "dcn", "cat"], default="cat")
+    p.add_argument("--json", action="store_true")
+    cli.add_common_args(p)
+    p.set_defaults(func=cmd_overhead)
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    from umec_torchrec.distributed import session
+
+    with session(args.backend) as ctx:
+        say(ctx, f"bench overhead: Kaggle-size {args.model} DLRM ({sum(KAGGLE_TABLE_SIZES):,} rows), batch "
+                 f"{args.batch_size}, {ctx.world_size} rank(s) on {ctx.device}; building...")
+        r = run_overhead_bench(args.rounds, args.steps_per_round, args.batch_size, args.model, ctx=ctx)
+        say(ctx, f"plain step {r['plain_step_ms']:.1f} ms, UMEC step {r['umec_step_ms']:.1f} ms "
+                 f"(medians of {r['steps_each']} steps each, alternating)")
+        say(ctx, f"UMEC overhead ratio: {r['ratio_median']:.3f} (median), {r['ratio_total']:.3f} (total); target <= 1.05")
+        if args.json:
+            say(ctx, json.dumps(r))
+    return 0
+
+
+__all__ = ["run_overhead_bench", "add_parser"]
