@@ -20,6 +20,7 @@ from umec_torchrec.distributed import DistContext
 from umec_torchrec.runs import Run
 from umec_torchrec.train.api import _prepare_run, build_training, fit, format_metrics, say
 from umec_torchrec.train.checkpoint import load_checkpoint, save_checkpoint
+from umec_torchrec.train.loop import num_train_steps
 from umec_torchrec.train.metrics import evaluate
 from umec_torchrec.train.optim import TrainConfig
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
@@ -117,8 +118,11 @@ def compress_run(
     say(ctx, f"compress {src.path} -> {run.path}: budgets {', '.join(str(b) for b in umec.budgets)}; "
              f"{len(spec.sets)} group sets ({', '.join(f'{s.name}:{s.size}' for s in spec.sets)})")
 
+    total = num_train_steps(bundle.train, tcfg.batch_size, ctx.world_size, tcfg.epochs, tcfg.steps)
+    every = max(1, min(log_every, total // 5)) if log_every else 0
+
     def on_step(step: int, loss: float) -> None:
-        if log_every and (step + 1) % log_every == 0:
+        if every and ((step + 1) % every == 0 or step + 1 == total):
             rep = umec.budget_report()
             say(ctx, f"  step {step + 1}: " + ", ".join(
                 f"{k} {100 * v['fraction']:.1f}% (budget {100 * v['budget']:.1f}%)" for k, v in rep.items()))

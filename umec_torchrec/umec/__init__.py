@@ -1,7 +1,35 @@
-"""UMEC: prunable groups, resource models and the primal-dual optimizer wrapper."""
+"""UMEC: prunable groups, resource models and the primal-dual optimizer wrapper.
 
+Typical use inside a training loop::
+
+    umec = UMECOptimizer(optimizer, model, ["flops=0.3", "embedding_bytes=0.5"])
+    loss, _ = model(umec.feature_mask(batch)); loss.backward(); umec.step(); umec.zero_grad()
+    masks = umec.finalize()
+"""
+
+from umec_torchrec.umec.budgets import Budget, parse_budgets
 from umec_torchrec.umec.feature_mask import FeatureMask
+from umec_torchrec.umec.groups import GroupSpec, declare_groups, discover_groups
 from umec_torchrec.umec.hard_prune import apply_masks_, weight_masks
+from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
+from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer, UMECStateMismatch
+from umec_torchrec.umec.resources import make_resource, resources_of_masks
 
-__all__ = ["FeatureMask", "PruningMasks", "apply_masks_", "weight_masks"]
+__all__ = [
+    "Budget",
+    "FeatureMask",
+    "GroupSpec",
+    "MaskedOptimizer",
+    "PruningMasks",
+    "UMECConfig",
+    "UMECOptimizer",
+    "UMECStateMismatch",
+    "apply_masks_",
+    "declare_groups",
+    "discover_groups",
+    "make_resource",
+    "parse_budgets",
+    "resources_of_masks",
+    "weight_masks",
+]
