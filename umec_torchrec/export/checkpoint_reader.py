@@ -49,7 +49,8 @@ def tensor_shapes(meta: Metadata) -> Dict[str, Tuple[int, ...]]:
 def dlrm_prefix(shapes: Mapping[str, Tuple[int, ...]], ckpt_dir: str = "checkpoint") -> str:
     """The key prefix in front of DLRM-relative keys (``"model.model."`` for the trainer's layout)."""
     marker = TABLE_PREFIX
-    prefixes = {k[: k.index(marker)] for k in shapes if marker in k}
+    # optimizer state ("optim.state.<fqn>...") repeats the parameter FQNs: only model keys count
+    prefixes = {k[: k.index(marker)] for k in shapes if marker in k and not k.startswith("optim.")}
     if not prefixes:
         raise ValueError(f"{ckpt_dir}: the checkpoint holds no DLRM embedding tables (keys like '...{marker}t_<feature>.weight')")
     if len(prefixes) > 1:

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train the default concatenation DLRM (smaller MLPs) on synthetic data, reload "
                                    "and evaluate it, and print the metrics.")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (a previous demo there is replaced)")
-    p.add_argument("--data", default="synthetic", metavar="SPEC", help="data spec (default synthetic)")
+    p.add_argument("--data", default=None, metavar="SPEC", help="data spec (default synthetic:min_count=3)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
     cli.add_common_args(p)
     p.set_defaults(func=cmd_demo)

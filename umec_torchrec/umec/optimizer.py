@@ -33,19 +33,21 @@ Deliberate choices where the authors' code departs from Algorithm 1 or is broken
   the infinity norm of the whole vector, coupling all layers to ~0.05 groups per step.
 * **z timing as in the paper**: ``z`` ascends on ``R(s^t)``, the same evaluation the
   ``s`` step uses (the code re-evaluated ``R`` after the ``s`` step).
-* **scale-free penalties**: set ``l``'s penalty is ``y_l ||W_l||^2 / m_l`` where ``m_l`` is
-  its mean squared group norm at the first UMEC step (a constant kept in the state). This
-  is the paper's problem with each dual rescaled by a constant, so ``y`` and ``z`` trade
-  off in comparable units whatever a set's weight scale (a DCN feature block and a hidden
-  unit differ by orders of magnitude); without it ``s`` stalls until ``z`` outgrows them.
+* **scale-free s and y steps**: the prox shrinks by the paper's ``1 / (1 + 2 lr y_l)``, but
+  the ``s`` and ``y`` steps measure the penalty in fractions of set ``l``'s total squared
+  norm ``T_l`` at the first UMEC step (a constant kept in the state): ``y_l`` rises by
+  ``y_lr ||W_l||^2_{ceil(s),2} / T_l`` and the penalty's ``s`` gradient is
+  ``y_l * next / T_l``. This preconditions each set's steps so that sets of any size and
+  weight scale (a 512-unit layer, 26 feature blocks, DCN kernels) trade off against the
+  budget duals on one scale; with raw norms large sets never move before ``z`` is huge.
 * **y as in the paper**: the constraint ``||W||^2_{ceil(s)} = 0`` has a non-negative
   residual, so ``y`` never decreases; its increments vanish as the prox drives the selected
   groups to zero, so it settles. (Decaying it would re-admit the groups being removed.)
 * **hard pruning at the end** (:meth:`finalize`): the ``ceil(s)`` least-norm groups are
-  removed; if a budget is still violated, the cheapest further groups (least norm per unit
-  of resource saved) are removed until all budgets hold; if there is slack (``s`` overshot),
-  the strongest pruned groups are given back while every budget still holds. So every
-  budget is met, to within one group.
+  removed; if a budget is still violated, every set is pushed the same fraction of the way
+  to its bound (keeping UMEC's allocation between sets) until all budgets hold; if there is
+  slack (``s`` overshot), the strongest pruned groups are given back while every budget
+  still holds. So every budget is met, to within one group.
   Pruned weights are then kept at exactly zero after every step, and pruned features are
   dropped from the input by :attr:`feature_mask`.
 
@@ -82,10 +84,15 @@ class UMECConfig:
         s_lr: step of ``s_l / n_l`` (fraction of a set) per step at unit gradient. The
             authors moved every set by at most 0.05 groups per step over ~300k steps; the
             default lets a set traverse its range in ~100 steps, for runs of a few epochs.
-        y_lr: eta_3 of Algorithm 1 (the authors used 0.1).
+        y_lr: eta_3 of Algorithm 1 (the authors used 0.1 on raw squared norms; here the
+            penalty is a fraction of the set's norm, so the scale differs).
         z_lr: eta_4 of Algorithm 1 (the authors used 2.0), in units of budget fractions.
-        prox_lr: eta_1 of the prox; ``None`` uses the lr of the wrapped optimizer's param group
-            that holds the first over-arch weight (as the authors' code does).
+            Defaults chosen on the synthetic and Criteo-sample runs of a few hundred steps:
+            larger z_lr / smaller y_lr overshoot the budget further before the fill.
+        prox_lr: eta_1 of the prox (the authors' SGD lr, 0.1). ``None`` uses the lr of the
+            wrapped optimizer's param group that holds the first over-arch weight, as the
+            authors' code does; with Adagrad/Adam that lr is not a step size, so a fixed
+            eta_1 is the default.
         warmup_steps: wrapped-optimizer steps before the UMEC step starts.
         check_every: steps between cross-rank consistency checks (0 disables).
         score: ``"activation"`` (default) weights feature columns by the mean square of their
@@ -93,9 +100,9 @@ class UMECConfig:
     """
 
     s_lr: float = 1e-2
-    y_lr: float = 0.05
-    z_lr: float = 5.0
-    prox_lr: Optional[float] = None
+    y_lr: float = 5.0
+    z_lr: float = 0.3
+    prox_lr: Optional[float] = 0.1
     warmup_steps: int = 0
     check_every: int = 100
     score: str = "activation"
@@ -279,18 +286,17 @@ class UMECOptimizer(OptimizerWrapper):
         self._sync_moments()
         scores = self._scores()
         if self._scale is None:  # fixed per-set unit of the penalty (see the class docstring)
-            self._scale = torch.stack([sc.mean() for sc in scores]).clamp(min=1e-12)
+            self._scale = torch.stack([sc.sum() for sc in scores]).clamp(min=1e-12)
         inv = 1.0 / self._scale
         ranks = self._ranks(scores)
         c = self._ceil_s(self.s)
         sel = [(r.to(c.dtype) < c[i]).to(scores[i].dtype) for i, r in enumerate(ranks)]
-        yw = self.y * inv  # dual per unit of raw squared norm
 
         # 1. prox on the selected groups: w / (1 + 2 lr sum of the penalties reaching w)
         for p, slots in self._slots.values():
             pen = None
             for li, m in slots:
-                v = yw[li] * (sel[li] if m.incidence is None else m.incidence @ sel[li])
+                v = self.y[li] * (sel[li] if m.incidence is None else m.incidence @ sel[li])
                 shape = [1] * p.dim()
                 shape[m.dim] = -1
                 v = v.view(shape)
@@ -369,8 +375,7 @@ class UMECOptimizer(OptimizerWrapper):
     @torch.no_grad()
     def finalize(self, zero_tables: bool = True) -> PruningMasks:
         """Hard-prune: remove the ``ceil(s)`` least-norm groups of each set, then, while a
-        budget is violated, the group with the least norm per unit of budget violation it
-        removes; then, while every budget holds, it gives back the strongest pruned group
+        budget is violated, more groups of every set; then, while every budget holds, it gives back the strongest pruned group
         (most norm per unit of resource), so the budgets are met to within one group.
         Pruned weights become exact zeros and stay zero after every later step;
         pruned features are dropped from the input (:attr:`feature_mask`). Returns the masks.
@@ -383,32 +388,34 @@ class UMECOptimizer(OptimizerWrapper):
         ranks = self._ranks(scores)
         c = self._ceil_s(self.s)
         mean_score = torch.stack([sc.mean().clamp(min=1e-30) for sc in scores])
+
+        def feasible(cnt: torch.Tensor) -> bool:
+            return bool((self._evaluate(cnt, ranks)[0] <= self._B + 1e-9).all())
+
+        # repair: move every set the same fraction t of the way to its bound (UMEC's relative
+        # allocation is kept), with the smallest t that meets all budgets (bisection)
         extra = 0
-        while True:
-            ev = self._evaluate(c, ranks)
-            viol = (ev - self._B[None, :]).clamp(min=0.0).sum(dim=1)  # [S + 1]
-            if float(viol[0]) <= 1e-9:
-                break
-            gain = viol[0] - viol[1:]  # violation removed by pruning one more group of set l
-            sorted_scores = [torch.sort(sc).values for sc in scores]
-            nxt = torch.stack([ss[torch.clamp(c[i].long(), max=ss.numel() - 1)] for i, ss in enumerate(sorted_scores)])
-            can = (c < self._s_max) & (gain > 0)
-            if not bool(can.any()):
-                raise RuntimeError("no group left to prune, but a budget is still violated")  # excluded by __init__
-            # norms relative to their set's mean, so sets of different scales compare fairly
-            rel = nxt / mean_score
-            cost = torch.where(can, rel / gain.clamp(min=1e-30), torch.full_like(nxt, math.inf))
-            c[int(torch.argmin(cost))] += 1
-            extra += 1
-        # fill: give back the strongest pruned groups while every budget still holds, so the
-        # result uses its budgets to within one group (s may have overshot during the search)
+        if not feasible(c):
+            room = self._s_max - c
+            lo, hi = 0.0, 1.0
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                if feasible(c + torch.ceil(mid * room - 1e-9)):
+                    hi = mid
+                else:
+                    lo = mid
+            new_c = c + torch.ceil(hi * room - 1e-9)
+            extra = int((new_c - c).sum())
+            c = new_c
+        # fill: give back the strongest pruned group (most norm per unit of resource) while
+        # every budget still holds, so the result is within one group of its budgets
         restored = 0
+        sorted_scores = [torch.sort(sc).values for sc in scores]
         while True:
             ev = self._evaluate(c, ranks, delta=-1.0)
             ok = (c > 0) & ((ev[1:] <= self._B[None, :] + 1e-9).all(dim=1))
             if not bool(ok.any()):
                 break
-            sorted_scores = [torch.sort(sc).values for sc in scores]
             last = torch.stack([ss[torch.clamp(c[i].long() - 1, min=0)] for i, ss in enumerate(sorted_scores)])
             added = (ev[1:] - ev[0:1]).clamp(min=1e-12).sum(dim=1)
             value = torch.where(ok, (last / mean_score) / added, torch.full_like(last, -math.inf))
