@@ -9,6 +9,7 @@ way for world size 1 and N. Backend: ``gloo`` on CPU, ``nccl`` on CUDA.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -93,6 +94,7 @@ def init_distributed(backend: Optional[str] = None) -> DistContext:
             dist.init_process_group(backend=backend)
         else:
             d = tempfile.mkdtemp(prefix="umec-pg-")
+            atexit.register(shutil.rmtree, d, True)  # also when destroy() is never called
             store = dist.FileStore(os.path.join(d, "store"), 1)
             if backend == "nccl":
                 torch.cuda.set_device(0)
