@@ -5,4 +5,5 @@ BENCH_MODULES = [
     "umec_torchrec.bench.train",  # umec bench train
     "umec_torchrec.bench.inference",  # umec bench inference
     "umec_torchrec.bench.overhead",  # umec bench overhead
+    "umec_torchrec.bench.scaling",  # umec bench scaling
 ]
