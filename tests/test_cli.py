@@ -77,14 +77,24 @@ def test_evaluate_detects_changed_data(tmp_path, capsys):
 
 
 def test_demo_library_function(tmp_path, capsys):
-    """run_demo on a small generated data set: trains, reloads, reports the same metrics."""
+    """run_demo on a small generated data set: trains, reloads (same metrics), compresses
+    under the budgets, finetunes, exports, and prints dense against compact."""
+    import json
+
     from umec_torchrec.train.demo import run_demo
 
-    r = run_demo(str(tmp_path / "demo"), data="synthetic:rows=3000", epochs=1, progress=False)
-    assert [s["stage"] for s in r["stages"]] == ["train", "evaluate"]
+    r = run_demo(str(tmp_path / "demo"), data="synthetic:rows=3000,min_count=2", epochs=1, progress=False,
+                 compress_epochs=1, finetune_epochs=1)
+    assert [s["stage"] for s in r["stages"]] == ["train", "evaluate", "compress", "finetune", "export"]
     assert r["stages"][0]["auc"] == pytest.approx(r["stages"][1]["auc"], abs=1e-9)
     assert r["metrics"]["auc"] > 0.6
-    assert "demo finished" in capsys.readouterr().out
+    cm = json.load(open(tmp_path / "demo-compressed" / "metrics.json"))
+    assert cm["resources"]["flops"]["fraction"] <= 0.3 + 1e-9
+    assert cm["resources"]["embedding_bytes"]["fraction"] <= 0.5 + 1e-9
+    manifest = json.load(open(tmp_path / "demo-export" / "manifest.json"))
+    assert manifest["flops_per_sample"]["ratio"] <= 0.3 + 1e-9
+    out = capsys.readouterr().out
+    assert "demo finished" in out and "dense against compact" in out
 
 
 def test_bench_train_small_tables():
