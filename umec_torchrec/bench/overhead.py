@@ -30,8 +30,8 @@ def _step(model, opt, batch, sync) -> float:
 
 
 def run_overhead_bench(
-    rounds: int = 10,
-    steps_per_round: int = 3,
+    rounds: int = 40,
+    steps_per_round: int = 1,
     batch_size: int = 2048,
     kind: str = "cat",
     budgets: Optional[List[str]] = None,
@@ -41,8 +41,9 @@ def run_overhead_bench(
     """Alternate rounds of plain steps and UMEC steps on one model; return the time ratio.
 
     Both arms train the same DMP with the same ``CombinedOptimizer``; the UMEC arm wraps it in
-    :class:`UMECOptimizer` (prox, s/y/z updates, activation statistics). The ratio is the
-    median UMEC step over the median plain step, and also the ratio of total times.
+    :class:`UMECOptimizer` (prox, s/y/z updates, activation statistics). Reported: the
+    median ratio of adjacent steps (robust to a shared machine's drifts), the ratio of
+    medians and the ratio of totals.
     """
     ctx = ctx or init_distributed()
     sizes = list(table_sizes or KAGGLE_TABLE_SIZES)
@@ -76,8 +77,10 @@ def run_overhead_bench(
                 times[name].append(fn(pool[k % 4]))
                 k += 1
     med = {n: statistics.median(v) for n, v in times.items()}
+    paired = [u / p for u, p in zip(times["umec"], times["plain"])]  # neighbours in time
     return {
         "ratio_median": med["umec"] / med["plain"],
+        "ratio_paired": statistics.median(paired),
         "ratio_total": sum(times["umec"]) / sum(times["plain"]),
         "plain_step_ms": 1000 * med["plain"],
         "umec_step_ms": 1000 * med["umec"],
@@ -97,8 +100,8 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("overhead", help="UMEC step time over plain step time (target <= 1.05)",
                         description="Kaggle-size DLRM at batch 2048: rounds of plain training steps and UMEC "
                                     "steps alternate on one model; prints the ratio of median step times.")
-    p.add_argument("--rounds", type=int, default=10, help="alternating rounds (default 10)")
-    p.add_argument("--steps-per-round", type=int, default=3, help="steps per arm per round (default 3)")
+    p.add_argument("--rounds", type=int, default=40, help="alternating rounds (default 40)")
+    p.add_argument("--steps-per-round", type=int, default=1, help="steps per arm per round (default 1)")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--model", choices=["dot", "dcn", "cat"], default="cat")
     p.add_argument("--json", action="store_true")
@@ -115,7 +118,8 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         r = run_overhead_bench(args.rounds, args.steps_per_round, args.batch_size, args.model, ctx=ctx)
         say(ctx, f"plain step {r['plain_step_ms']:.1f} ms, UMEC step {r['umec_step_ms']:.1f} ms "
                  f"(medians of {r['steps_each']} steps each, alternating)")
-        say(ctx, f"UMEC overhead ratio: {r['ratio_median']:.3f} (median), {r['ratio_total']:.3f} (total); target <= 1.05")
+        say(ctx, f"UMEC overhead ratio: {r['ratio_paired']:.3f} (median of adjacent-step ratios), "
+                 f"{r['ratio_median']:.3f} (ratio of medians), {r['ratio_total']:.3f} (ratio of totals); target <= 1.05")
         if args.json:
             say(ctx, json.dumps(r))
     return 0
