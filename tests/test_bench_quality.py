@@ -1,0 +1,101 @@
+"""``umec bench quality`` end to end on a tiny GENERATED dataset (synthetic spec), and the
+paired differences (taken over the same seeds). No real data."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from umec_torchrec.bench.quality import (CSV_FIELDS, METHODS, QualityConfig, format_markdown, paired_differences,
+                                         summarize)
+from umec_torchrec.cli import main
+
+TINY = "synthetic:rows=1200,seed=1,n_sparse=5,signal_sparse=3"
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_quality_end_to_end_writes_csv_markdown_png(tmp_path):
+    out = tmp_path / "q"
+    rc = main(["bench", "quality", "--data", TINY, "--budgets", "0.5,0.2", "--seeds", "2",
+               "--methods", ",".join(METHODS), "--bottom", "16,8", "--embedding-dim", "8", "--top", "16,8,1",
+               "--batch-size", "64", "--min-count", "1", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    rows = _read_csv(out / "quality.csv")
+    assert list(rows[0].keys()) == CSV_FIELDS
+    # per seed: dense + dense_ft + every method at every budget
+    assert len(rows) == 2 * (2 + len(METHODS) * 2)
+    for r in rows:
+        for k in ("auc", "log_loss", "accuracy", "flops_fraction"):
+            assert math.isfinite(float(r[k])), (k, r)
+        assert 0.0 <= float(r["auc"]) <= 1.0
+        if r["method"] in METHODS:
+            assert float(r["flops_fraction"]) <= float(r["budget"]) + 1e-6  # every method meets the budget
+            assert int(r["n_kept_features"]) == len(r["kept_features"].split(";"))
+        if r["method"] == "uniform":
+            assert int(r["n_kept_features"]) == 5
+    assert {(r["method"], r["seed"]) for r in rows if r["budget"] == "0.2"} == {(m, s) for m in METHODS for s in "01"}
+    md = (out / "quality.md").read_text()
+    table = [l for l in md.splitlines() if l.startswith("| ")]
+    assert table[0].startswith("| method | budget | AUC")
+    assert len(table) == 1 + 2 + len(METHODS) * 2  # header + refs + method x budget
+    assert all(l.count("|") == table[0].count("|") for l in table)
+    mag = next(l for l in table if l.startswith("| magnitude | 0.2 |"))
+    assert "±" in mag and "(2, " in mag  # paired over both seeds
+    png = (out / "quality.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(out / "quality.png"))
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    assert (out / "quality.json").is_file()
+
+
+def test_features_only_mode_skips_uniform_and_keeps_every_unit(tmp_path):
+    out = tmp_path / "f"
+    rc = main(["bench", "quality", "--data", TINY, "--budgets", "0.8", "--seeds", "1", "--features-only",
+               "--methods", "umec,uniform,magnitude", "--bottom", "16,8", "--embedding-dim", "8", "--top", "16,8,1",
+               "--batch-size", "64", "--min-count", "1", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    rows = _read_csv(out / "quality.csv")
+    assert {r["method"] for r in rows} == {"dense", "dense_ft", "umec", "magnitude"}
+    for r in rows:
+        assert r["kept_units"] == ""  # no unit groups
+        assert r["mode"] == "features"
+        if r["method"] in ("umec", "magnitude"):
+            assert float(r["flops_fraction"]) <= 0.8 + 1e-6
+            assert int(r["n_kept_features"]) < 5
+
+
+def test_bench_quality_rejects_unknown_methods_and_bad_budgets(capsys):
+    assert main(["bench", "quality", "--budgets", "0.5,1.5", "--data", TINY, "--out", "/nonexistent/x"]) == 2
+    assert "budget 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "quality", "--methods", "umec,nope"])
+    with pytest.raises(ValueError, match="unknown method"):
+        QualityConfig(methods=["nope"]).validate()
+
+
+def _r(method, seed, auc, budget=0.3):
+    return {"method": method, "budget": budget, "seed": seed, "auc": auc, "log_loss": 0.5, "accuracy": 0.7,
+            "flops_fraction": budget, "n_kept_features": 3, "embedding_bytes_fraction": 0.5}
+
+
+def test_paired_differences_use_only_the_seeds_both_methods_have():
+    rows = [_r("umec", 0, 0.70), _r("umec", 1, 0.72), _r("umec", 2, 0.74),
+            _r("magnitude", 1, 0.73), _r("magnitude", 2, 0.73), _r("magnitude", 3, 0.99),
+            _r("magnitude", 1, 0.10, budget=0.1)]
+    d = paired_differences(rows, "magnitude", 0.3)
+    assert d == pytest.approx([0.01, -0.01])  # seeds 1 and 2 only, in seed order
+    summ = {(e["method"], e["budget"]): e for e in summarize(rows)}
+    e = summ[("magnitude", 0.3)]
+    assert e["d_auc_n"] == 2 and e["d_auc_wins"] == 1
+    assert e["d_auc"][0] == pytest.approx(0.0) and e["d_auc"][1] == pytest.approx(0.01 * math.sqrt(2))
+    assert summ[("magnitude", 0.1)]["d_auc_n"] == 0  # no UMEC row at that budget: no pairing
+    md = format_markdown(QualityConfig(seeds=4), rows, 1.0)
+    assert "| magnitude | 0.3 |" in md
