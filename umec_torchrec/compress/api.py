@@ -18,8 +18,10 @@ import torch
 
 from umec_torchrec.distributed import DistContext
 from umec_torchrec.runs import Run
-from umec_torchrec.train.api import _prepare_run, build_training, fit, format_metrics, say
+from umec_torchrec.train.api import (_prepare_run, build_training, check_out_dir, check_resume, fit, format_metrics,
+                                     restore_or_start, say)
 from umec_torchrec.train.checkpoint import load_checkpoint, save_checkpoint
+from umec_torchrec.train.ckpt_manager import CHECKPOINTS, CheckpointManager, CheckpointPolicy
 from umec_torchrec.train.loop import num_train_steps
 from umec_torchrec.train.metrics import evaluate
 from umec_torchrec.train.optim import TrainConfig
@@ -41,6 +43,27 @@ def umec_blob(state: Dict[str, Any]) -> bytes:
 
 def load_umec_blob(blob: bytes) -> Dict[str, Any]:
     return torch.load(io.BytesIO(blob), weights_only=False)
+
+
+def _load_source(src: Run, dmp: Any, optimizer: Any, ctx: DistContext) -> None:
+    """Load the source run's final checkpoint; a checkpoint of another model, or optimizer
+    state laid out for another world size, is a clear ``ValueError`` naming the source run."""
+    try:
+        load_checkpoint(src.checkpoint_dir, dmp, optimizer)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{src.checkpoint_dir}: no checkpoint; {src.path} is not a finished run") from None
+    except ValueError as e:
+        msg = str(e).strip().splitlines()[0]
+        if "does not match" not in msg and "cannot load" not in msg:
+            raise
+        ws = src.config.get("world_size")
+        if ws is not None and int(ws) != ctx.world_size and "optim" in msg:
+            raise ValueError(
+                f"{src.path}: its optimizer state was written on {ws} rank(s) and the sharding planner lays the "
+                f"tables out differently on {ctx.world_size}; run on {ws} rank(s), or train the source run with "
+                f"a pinned --sharding ({msg})") from None
+        raise ValueError(f"{src.path}: its checkpoint does not fit the model in its config.json "
+                         f"(a checkpoint of another model?): {msg}") from None
 
 
 def _train_cfg(run: Run, epochs: Optional[int], steps: Optional[int], **overrides: Any) -> TrainConfig:
@@ -88,33 +111,45 @@ def compress_run(
     force: bool = False,
     progress: bool = True,
     log_every: int = 50,
+    checkpoints: Optional[CheckpointPolicy] = None,
 ) -> Dict[str, Any]:
     """Compress a trained run under ``budgets`` (the ``umec compress`` command).
 
+    ``checkpoints``: periodic checkpoints of the search (model, optimizer and the UMEC
+    state) under ``OUT/checkpoints`` and ``resume`` (see :class:`CheckpointPolicy`).
+
     Returns the metrics written to ``metrics.json``.
     """
+    policy = checkpoints or CheckpointPolicy()
     src = Run.open(from_run)
+    check_out_dir(out_dir, force, policy.resume, source=src.path)
     tcfg = _train_cfg(src, epochs, steps)
     bundle = src.load_data()
     model_cfg = src.model_config()
     dmp, optimizer = build_training(model_cfg, tcfg, ctx, tables_on_meta=True)
-    load_checkpoint(src.checkpoint_dir, dmp, optimizer)
+    _load_source(src, dmp, optimizer, ctx)
     spec = discover_groups(dmp, prune_features=prune_features, prune_bottom=prune_bottom,
                            prune_top=prune_top, prune_dense=prune_dense)
     ucfg = umec_config or UMECConfig()
     umec = UMECOptimizer(optimizer, dmp, list(budgets), ucfg, groups=spec)  # validates budgets first
-    run = _prepare_run(out_dir, force, ctx)
-    t0 = time.perf_counter()
     groups = {"prune_features": prune_features, "prune_bottom": prune_bottom, "prune_top": prune_top,
               "prune_dense": prune_dense}
-    if ctx.rank == 0:
-        cfg = dict(src.config)
-        cfg["train"] = tcfg.to_dict()
-        cfg["umec"] = {"stage": "compress", "source_run": src.path, "budgets": [str(b) for b in umec.budgets],
-                       "config": dataclasses.asdict(ucfg), "groups": groups,
-                       "sets": {s.name: s.size for s in spec.sets}}
-        cfg["world_size"] = ctx.world_size
+    cfg = dict(src.config)
+    cfg["train"] = tcfg.to_dict()
+    cfg["umec"] = {"stage": "compress", "source_run": src.path, "budgets": [str(b) for b in umec.budgets],
+                   "config": dataclasses.asdict(ucfg), "groups": groups,
+                   "sets": {s.name: s.size for s in spec.sets}}
+    cfg["world_size"] = ctx.world_size
+    run = _prepare_run(out_dir, force, ctx, resume=policy.resume)
+    t0 = time.perf_counter()
+    if run.resumed:
+        check_resume(run, {k: cfg[k] for k in ("model", "data", "train", "umec")}, ctx, bundle.train, tcfg)
+    elif ctx.rank == 0:
         run.write_config(**cfg)
+    mgr = CheckpointManager(run.file(CHECKPOINTS), policy)
+    resumed = restore_or_start(mgr, run, ctx, dmp, optimizer, extra_template={"umec": {"blob": b""}})
+    if resumed is not None:
+        umec.load_umec_state_dict(load_umec_blob(resumed.extra["umec"]["blob"]))
     say(ctx, f"compress {src.path} -> {run.path}: budgets {', '.join(str(b) for b in umec.budgets)}; "
              f"{len(spec.sets)} group sets ({', '.join(f'{s.name}:{s.size}' for s in spec.sets)})")
 
@@ -128,7 +163,9 @@ def compress_run(
                 f"{k} {100 * v['fraction']:.1f}% (budget {100 * v['budget']:.1f}%)" for k, v in rep.items()))
 
     stats = fit(dmp, umec, bundle.train, tcfg, ctx, progress=progress,
-                batch_transform=lambda b: umec.feature_mask(b), on_step=on_step)
+                batch_transform=lambda b: umec.feature_mask(b), on_step=on_step,
+                checkpoints=mgr, resumed=resumed, state_optimizer=optimizer, stage="compress",
+                checkpoint_extra=lambda: {"umec": {"blob": umec_blob(umec.umec_state_dict())}})
     masks = umec.finalize()
     rep = compression_report(spec, masks)
     say(ctx, f"hard-pruned (budget repair: {umec.repair_groups} extra groups pruned, "
@@ -172,27 +209,37 @@ def finetune_run(
     steps: Optional[int] = None,
     force: bool = False,
     progress: bool = True,
+    checkpoints: Optional[CheckpointPolicy] = None,
 ) -> Dict[str, Any]:
-    """Train a compressed run on with its masks fixed (the ``umec finetune`` command)."""
+    """Train a compressed run on with its masks fixed (the ``umec finetune`` command).
+
+    ``checkpoints``: periodic checkpoints under ``OUT/checkpoints`` and ``resume``."""
+    policy = checkpoints or CheckpointPolicy()
     src = Run.open(from_run)
     masks = load_masks(src)
+    check_out_dir(out_dir, force, policy.resume, source=src.path)
     tcfg = _train_cfg(src, epochs, steps)
     bundle = src.load_data()
     dmp, optimizer = build_training(src.model_config(), tcfg, ctx, tables_on_meta=True)
-    load_checkpoint(src.checkpoint_dir, dmp, optimizer)
+    _load_source(src, dmp, optimizer, ctx)
     opt = MaskedOptimizer(optimizer, dmp, masks)
     spec = discover_groups(dmp, prune_dense=not masks.dense_kept)
-    run = _prepare_run(out_dir, force, ctx)
+    cfg = dict(src.config)
+    cfg["train"] = tcfg.to_dict()
+    cfg["umec"] = dict(src.config.get("umec", {}), stage="finetune", source_run=src.path)
+    cfg["world_size"] = ctx.world_size
+    run = _prepare_run(out_dir, force, ctx, resume=policy.resume)
     t0 = time.perf_counter()
-    if ctx.rank == 0:
-        cfg = dict(src.config)
-        cfg["train"] = tcfg.to_dict()
-        cfg["umec"] = dict(src.config.get("umec", {}), stage="finetune", source_run=src.path)
-        cfg["world_size"] = ctx.world_size
+    if run.resumed:
+        check_resume(run, {k: cfg[k] for k in ("model", "data", "train", "umec")}, ctx, bundle.train, tcfg)
+    elif ctx.rank == 0:
         run.write_config(**cfg)
+    mgr = CheckpointManager(run.file(CHECKPOINTS), policy)
+    resumed = restore_or_start(mgr, run, ctx, dmp, optimizer)
     say(ctx, f"finetune {src.path} -> {run.path}: {len(masks.kept_features)} of {len(masks.feature_names)} "
              f"features, units {masks.kept_units()}")
-    stats = fit(dmp, opt, bundle.train, tcfg, ctx, progress=progress, batch_transform=opt.feature_mask)
+    stats = fit(dmp, opt, bundle.train, tcfg, ctx, progress=progress, batch_transform=opt.feature_mask,
+                checkpoints=mgr, resumed=resumed, state_optimizer=optimizer, stage="finetune")
     test = evaluate(dmp, bundle.test, tcfg.eval_batch_size, ctx, batch_transform=opt.feature_mask)
     save_checkpoint(run.checkpoint_dir, dmp, optimizer)
     rep = compression_report(spec, masks)

@@ -35,6 +35,9 @@ def add_stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the source run's)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
     cli.add_run_args(p, required=True)
+    from umec_torchrec.train.commands import add_checkpoint_args
+
+    add_checkpoint_args(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,22 +64,26 @@ def umec_config_from_args(args: argparse.Namespace):
 def cmd_compress(args: argparse.Namespace) -> int:
     from umec_torchrec.compress.api import compress_run
     from umec_torchrec.distributed import session
+    from umec_torchrec.train.commands import checkpoint_policy_from_args, run_guarded
 
     only = args.features_only
+    policy = checkpoint_policy_from_args(args)
     with session(args.backend) as ctx:
-        compress_run(args.from_run, args.budget, args.out, ctx, umec_config=umec_config_from_args(args),
-                     epochs=args.epochs, steps=args.steps,
-                     prune_features=not args.no_prune_features,
-                     prune_bottom=not (args.no_prune_bottom or only), prune_top=not (args.no_prune_top or only),
-                     prune_dense=args.prune_dense, force=args.force, progress=not args.no_progress)
-    return 0
+        return run_guarded(ctx, lambda: compress_run(
+            args.from_run, args.budget, args.out, ctx, umec_config=umec_config_from_args(args),
+            epochs=args.epochs, steps=args.steps,
+            prune_features=not args.no_prune_features,
+            prune_bottom=not (args.no_prune_bottom or only), prune_top=not (args.no_prune_top or only),
+            prune_dense=args.prune_dense, force=args.force, progress=not args.no_progress, checkpoints=policy))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from umec_torchrec.compress.api import finetune_run
     from umec_torchrec.distributed import session
+    from umec_torchrec.train.commands import checkpoint_policy_from_args, run_guarded
 
+    policy = checkpoint_policy_from_args(args)
     with session(args.backend) as ctx:
-        finetune_run(args.from_run, args.out, ctx, epochs=args.epochs, steps=args.steps, force=args.force,
-                     progress=not args.no_progress)
-    return 0
+        return run_guarded(ctx, lambda: finetune_run(args.from_run, args.out, ctx, epochs=args.epochs,
+                                                     steps=args.steps, force=args.force,
+                                                     progress=not args.no_progress, checkpoints=policy))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
@@ -18,9 +19,40 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 
 from umec_torchrec.data.dataset import CTRData
+from umec_torchrec.train.guard import StepGuard
 
 StepCallback = Callable[[int, float], None]
 BatchTransform = Callable[[Batch], Batch]
+
+
+@dataclass
+class LoopState:
+    """The loop's counters; saved in periodic checkpoints so that a resumed run reports the
+    same statistics as an uninterrupted one.
+
+    Args:
+        steps: completed steps (global, over the whole run).
+        samples: global samples seen.
+        loss_sum: sum of this rank's step losses.
+        win_loss / win_n: the current log window (sum of losses, steps).
+        last_window_loss: mean loss of the last closed window (over ranks).
+        seconds: training seconds spent before this process started (resumed runs).
+    """
+
+    steps: int = 0
+    samples: int = 0
+    loss_sum: float = 0.0
+    win_loss: float = 0.0
+    win_n: int = 0
+    last_window_loss: float = float("nan")
+    seconds: float = 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "LoopState":
+        return cls(**d)
 
 
 def _rank_world() -> tuple:
@@ -52,6 +84,9 @@ def train_steps(
     device: Optional[torch.device] = None,
     log: Optional[Callable[[str], None]] = None,
     desc: str = "train",
+    state: Optional[LoopState] = None,
+    after_step: Optional[Callable[[LoopState, Optional[int]], None]] = None,
+    guard: Optional[StepGuard] = None,
 ) -> Dict[str, float]:
     """Train ``model`` on ``batches``; every rank must get the same number of batches.
 
@@ -69,6 +104,13 @@ def train_steps(
         device: move batches here (default: stay where they are).
         log: line logger (default: print to stderr on rank 0).
         desc: progress-bar label.
+        state: counters to continue from (a resumed run); updated in place.
+        after_step: called after each step with ``(state, stop)``, ``stop`` being the signal
+            number all ranks agreed to stop on (or ``None``); it may write a checkpoint
+            and raise to end the loop (see :mod:`umec_torchrec.train.ckpt_manager`).
+        guard: the per-step check (default :class:`~umec_torchrec.train.guard.StepGuard`):
+            a non-finite loss on any rank raises
+            :class:`~umec_torchrec.train.guard.NonFiniteError` naming the step.
 
     Returns:
         ``{"steps", "samples" (global), "loss" (mean of the last window, over ranks),
@@ -90,16 +132,17 @@ def train_steps(
                 else:
                     print(msg, file=sys.stderr, flush=True)
     model.train()
+    st = state if state is not None else LoopState()
+    guard = guard if guard is not None else StepGuard()
     t0 = time.perf_counter()
-    t_win, win_loss, win_n, win_steps = t0, 0.0, 0, 0
-    loss_sum, steps, samples = 0.0, 0, 0
-    last_window_loss = float("nan")
+    t_win, win_steps = t0, 0
     try:
         for batch in batches:
             if device is not None:
                 batch = batch.to(device)
             if batch_transform is not None:
                 batch = batch_transform(batch)
+            batch = guard.poison(st.steps + 1, batch)
             loss, _ = model(batch)
             loss.backward()
             optimizer.step()
@@ -107,38 +150,44 @@ def train_steps(
             if scheduler is not None:
                 scheduler.step()
             lv = float(loss.detach().item())
-            if not math.isfinite(lv):
-                raise FloatingPointError(f"training loss became {lv} at step {steps}; lower the learning rates")
+            stop = guard.check(st.steps + 1, lv)  # raises NonFiniteError on any rank's NaN
             n = int(batch.labels.shape[0])
-            loss_sum += lv
-            win_loss += lv
-            win_n += 1
+            st.loss_sum += lv
+            st.win_loss += lv
+            st.win_n += 1
             win_steps += 1
-            samples += n * world
+            st.samples += n * world
             if on_step is not None:
-                on_step(steps, lv)
-            steps += 1
+                on_step(st.steps, lv)
+            st.steps += 1
             if bar is not None:
                 bar.update(1)
-                if steps % 10 == 0:
+                if st.steps % 10 == 0:
                     bar.set_postfix(loss=f"{lv:.4f}")
-            if log_every and steps % log_every == 0:
-                last_window_loss = _global_mean(win_loss / win_n)
+            if log_every and st.steps % log_every == 0:
+                st.last_window_loss = _global_mean(st.win_loss / st.win_n)
                 now = time.perf_counter()
                 sps = win_steps / max(now - t_win, 1e-9)
-                log(f"step {steps}: loss {last_window_loss:.4f}, {sps:.2f} steps/s, {sps * n * world:.0f} samples/s")
-                t_win, win_loss, win_n, win_steps = now, 0.0, 0, 0
+                log(f"step {st.steps}: loss {st.last_window_loss:.4f}, {sps:.2f} steps/s, {sps * n * world:.0f} samples/s")
+                t_win, win_steps = now, 0
+                st.win_loss, st.win_n = 0.0, 0
+            if after_step is not None:
+                st.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                after_step(st, stop)
     finally:
         if bar is not None:
             bar.close()
-    if win_n:
-        last_window_loss = _global_mean(win_loss / win_n)
-    secs = time.perf_counter() - t0
+    last_window_loss = st.last_window_loss
+    if st.win_n:
+        last_window_loss = _global_mean(st.win_loss / st.win_n)
+    secs = st.seconds + (time.perf_counter() - t0)
+    steps, samples = st.steps, st.samples
     return {
         "steps": steps,
         "samples": samples,
         "loss": last_window_loss,
-        "mean_loss": loss_sum / max(steps, 1),
+        "mean_loss": st.loss_sum / max(steps, 1),
         "seconds": secs,
         "steps_per_s": steps / max(secs, 1e-9),
         "samples_per_s": samples / max(secs, 1e-9),
@@ -155,12 +204,15 @@ def train_batches(
     steps: Optional[int] = None,
     seed: int = 0,
     shuffle: bool = True,
+    start_step: int = 0,
 ):
     """This rank's share of the global training batches, for ``epochs`` passes (or
     exactly ``steps`` batches when given, cycling epochs as needed).
 
     Global batch ``i`` is the same for every world size; a final partial batch too small
     to give every rank a row is dropped, so all ranks take the same number of steps.
+    ``start_step`` skips the first batches (a resumed run): the order depends only on
+    ``(seed, epoch)``, so the remaining batches are those of an uninterrupted run.
     """
     n = len(data)
     if n == 0:
@@ -173,10 +225,11 @@ def train_batches(
     if per_epoch == 0:
         raise ValueError(f"the training split ({n} rows) is smaller than the number of ranks ({world_size})")
     count = steps if steps is not None else per_epoch * epochs
-    done, epoch = 0, 0
+    done, epoch = start_step, start_step // per_epoch
     while done < count:
+        first = done - epoch * per_epoch
         for b in data.batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                              world_size=world_size, drop_last=drop_last):
+                              world_size=world_size, drop_last=drop_last, start=first):
             if done >= count:
                 return
             yield b
@@ -192,4 +245,4 @@ def num_train_steps(data: CTRData, batch_size: int, world_size: int = 1, epochs:
     return data.num_batches(batch_size, 0 < rem < world_size) * epochs
 
 
-__all__ = ["train_steps", "train_batches", "num_train_steps", "StepCallback", "BatchTransform"]
+__all__ = ["LoopState", "train_steps", "train_batches", "num_train_steps", "StepCallback", "BatchTransform"]
