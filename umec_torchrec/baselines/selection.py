@@ -36,6 +36,7 @@ import torch
 
 from umec_torchrec.umec.budgets import Budget, parse_budgets
 from umec_torchrec.umec.groups import GroupSpec
+from umec_torchrec.umec.hard_prune import masks_from_pruned
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.resources import Resource, make_resource
 
@@ -62,23 +63,6 @@ class _Budgets:
 
     def violation(self, fr: torch.Tensor) -> torch.Tensor:
         return (fr - self.B[None, :]).clamp(min=0.0).sum(dim=1)
-
-
-def masks_from_pruned(spec: GroupSpec, pruned: Sequence[torch.Tensor]) -> PruningMasks:
-    """:class:`PruningMasks` from one 0/1 (1 = pruned) vector per set of ``spec``."""
-    names = spec.feature_names
-    kept_features, dense_kept = list(names), True
-    layers, widths = {}, {}
-    for gs, pr in zip(spec.sets, pruned):
-        pr = pr.bool().cpu()
-        if gs.kind == "features":
-            dead = {gs.labels[i] for i in torch.nonzero(pr).flatten().tolist()}
-            kept_features = [f for f in names if f not in dead]
-            dense_kept = "<dense>" not in dead
-        else:
-            layers[gs.name] = torch.nonzero(~pr).flatten().tolist()
-            widths[gs.name] = gs.size
-    return PruningMasks(list(names), kept_features, layers, widths, dense_kept)
 
 
 def _pruned_from_counts(scores: List[torch.Tensor], counts: torch.Tensor) -> List[torch.Tensor]:

@@ -11,7 +11,7 @@ drops the ids of pruned features, so their tables are never looked up (export dr
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -39,6 +39,24 @@ def pruned_indicators(spec: GroupSpec, masks: PruningMasks) -> List[torch.Tensor
                 v[torch.as_tensor(kept, dtype=torch.long, device=dev)] = 0.0
             out.append(v)
     return out
+
+
+def masks_from_pruned(spec: GroupSpec, pruned: Sequence[torch.Tensor]) -> PruningMasks:
+    """:class:`PruningMasks` from one 0/1 (1 = pruned) vector per set of ``spec``; the
+    inverse of :func:`pruned_indicators`."""
+    names = spec.feature_names
+    kept_features, dense_kept = list(names), True
+    layers, widths = {}, {}
+    for gs, pr in zip(spec.sets, pruned):
+        pr = pr.bool().cpu()
+        if gs.kind == "features":
+            dead = {gs.labels[i] for i in torch.nonzero(pr).flatten().tolist()}
+            kept_features = [f for f in names if f not in dead]
+            dense_kept = "<dense>" not in dead
+        else:
+            layers[gs.name] = torch.nonzero(~pr).flatten().tolist()
+            widths[gs.name] = gs.size
+    return PruningMasks(list(names), kept_features, layers, widths, dense_kept)
 
 
 def weight_masks(model: nn.Module, masks: PruningMasks) -> Dict[torch.Tensor, torch.Tensor]:

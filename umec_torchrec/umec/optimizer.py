@@ -70,7 +70,7 @@ from umec_torchrec.umec.activation_stats import ActivationStats
 from umec_torchrec.umec.budgets import Budget, parse_budgets
 from umec_torchrec.umec.feature_mask import FeatureMask
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
-from umec_torchrec.umec.hard_prune import pruned_indicators
+from umec_torchrec.umec.hard_prune import masks_from_pruned, pruned_indicators
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.resources import Resource, make_resource
 from umec_torchrec.umec.tables import zero_tables_
@@ -337,21 +337,7 @@ class UMECOptimizer(OptimizerWrapper):
         return self._masks_from([(r.to(c.dtype) < c[i]) for i, r in enumerate(ranks)])
 
     def _masks_from(self, pruned: List[torch.Tensor]) -> PruningMasks:
-        spec = self.spec
-        names = spec.feature_names
-        kept_features = list(names)
-        dense_kept = True
-        layers, widths = {}, {}
-        for gs, pr in zip(spec.sets, pruned):
-            pr = pr.bool().cpu()
-            if gs.kind == "features":
-                dead = {gs.labels[i] for i in torch.nonzero(pr).flatten().tolist()}
-                kept_features = [f for f in names if f not in dead]
-                dense_kept = "<dense>" not in dead
-            else:
-                layers[gs.name] = torch.nonzero(~pr).flatten().tolist()
-                widths[gs.name] = gs.size
-        return PruningMasks(list(names), kept_features, layers, widths, dense_kept)
+        return masks_from_pruned(self.spec, pruned)
 
     @torch.no_grad()
     def resource_fractions(self, masks: Optional[PruningMasks] = None) -> Dict[str, float]:
