@@ -29,6 +29,7 @@ import torch
 from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import DataType
 
+from umec_torchrec.train.sharding import quiet_torchrec
 from umec_torchrec.export import measure
 from umec_torchrec.export.checkpoint_reader import load_dlrm_state
 from umec_torchrec.export.compact import (
@@ -125,7 +126,7 @@ def quantize_int8(compact: DLRM) -> DLRM:
 
     shallow = skeleton(_config_of(compact))
     shallow.load_state_dict(compact.state_dict(), assign=True)
-    with _quiet():
+    with quiet_torchrec():
         return quantize_inference_model(shallow, quantization_dtype=torch.qint8).eval()
 
 
@@ -134,22 +135,6 @@ def _config_of(dlrm: DLRM) -> ModelConfig:
     if cfg is None:
         raise ValueError("the model carries no ModelConfig (build it with build_compact or load_compact)")
     return cfg
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    import logging
-    import warnings
-
-    lg = logging.getLogger("torchrec")
-    lvl = lg.level
-    lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        lg.setLevel(lvl)
 
 
 def _tagged(dlrm: DLRM, cfg: ModelConfig) -> DLRM:
@@ -361,7 +346,7 @@ def load_compact(export_dir: str, int8: bool = False) -> DLRM:
     from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
 
     tables = [dataclasses.replace(t, data_type=DataType.INT8) for t in table_configs(ccfg)]
-    with _quiet():
+    with quiet_torchrec():
         model.sparse_arch.embedding_bag_collection = QuantEBC(tables, is_weighted=False, device=torch.device("cpu"))
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True, assign=False)
     return model.eval()
