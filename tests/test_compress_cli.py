@@ -53,6 +53,33 @@ def test_compress_then_finetune(dense_run, tmp_path, capsys):
         assert float((p.detach() * (k == 0)).abs().sum()) == 0.0
 
 
+def test_finetune_rewind_starts_from_dense_weights(dense_run, tmp_path):
+    """--rewind: the fine-tuned run starts from the dense run's weights (masked), recorded in
+    its config; after one step its weights are near the masked dense weights, not near the
+    weights the UMEC search left."""
+    c, f = str(tmp_path / "c"), str(tmp_path / "f")
+    assert main(["compress", "--from", dense_run, "--budget", "flops=0.4", "--out", c, "--no-progress"]) == 0
+    assert main(["finetune", "--from", c, "--out", f, "--rewind", "--steps", "1", "--no-progress"]) == 0
+    cfg = json.load(open(os.path.join(f, "config.json")))
+    assert cfg["umec"]["weights_from"] == os.path.abspath(dense_run)
+
+    def dense_weights(run):
+        mcfg = ModelConfig.from_dict(json.load(open(os.path.join(run, "config.json")))["model"])
+        model = build_model(mcfg)
+        sd = {"model": model.state_dict()}
+        dcp.load(sd, checkpoint_id=os.path.join(run, "checkpoint"))
+        model.load_state_dict(sd["model"])
+        return model
+
+    base, tuned, searched = dense_weights(dense_run), dense_weights(f), dense_weights(c)
+    masks = PruningMasks.load(os.path.join(c, "masks.json"))
+    from umec_torchrec.umec import apply_masks_
+
+    apply_masks_(base, masks)
+    w = [m.model.over_arch.model[0]._mlp[0]._linear.weight.detach() for m in (base, tuned, searched)]
+    assert float((w[1] - w[0]).norm()) < 0.5 * float((w[1] - w[2]).norm())
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["compress", "--from", "/nonexistent/run", "--budget", "flops=0.3"], "/nonexistent/run"),
     (["compress", "--from", "{run}", "--budget", "flops=1.5"], "(0, 1]"),

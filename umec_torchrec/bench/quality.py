@@ -13,6 +13,8 @@ Equal training after the dense model (``C`` = compress epochs, ``F`` = fine-tune
 method                    after the dense model
 ========================  ===============================================================
 ``umec``                  ``C`` epochs of UMEC's primal-dual search, hard prune, ``F`` fine-tune
+``umec_rewind``           UMEC's masks (same search) applied to the *dense* weights, then
+                          ``C + F`` fine-tune like the one-shot methods (``umec finetune --rewind``)
 ``group_lasso``           ``C`` epochs with the group L2,1 prox, threshold to budget, ``F`` fine-tune
 ``magnitude``             one-shot: least-norm groups to budget, then ``C + F`` fine-tune
 ``random``                one-shot: random groups to budget, then ``C + F`` fine-tune
@@ -67,7 +69,7 @@ from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
 from umec_torchrec.umec.resources import resources_of_masks
 
-METHODS = ("umec", "uniform", "magnitude", "group_lasso", "random")
+METHODS = ("umec", "umec_rewind", "uniform", "magnitude", "group_lasso", "random")
 REFERENCES = ("dense", "dense_ft")
 DEFAULT_DATA = "criteo:../shared/data/criteo_kaggle_train_sample.tsv.gz"
 CSV_FIELDS = ["method", "budget", "seed", "mode", "auc", "log_loss", "accuracy", "flops", "flops_fraction",
@@ -199,7 +201,7 @@ def run_method(s: _Seed, method: str, budget: float) -> Dict[str, Any]:
     C, F = cfg.compress_epochs, cfg.finetune_epochs
     steps = 0
     extra: Dict[str, Any] = {}
-    if method == "umec":
+    if method in ("umec", "umec_rewind"):
         umec = UMECOptimizer(opt, dmp, budgets, UMECConfig(**cfg.umec), groups=spec)
         st = fit(dmp, umec, s.bundle.train, s.post_tc(1, C), s.ctx, progress=False,
                  batch_transform=lambda b: umec.feature_mask(b))
@@ -210,7 +212,12 @@ def run_method(s: _Seed, method: str, budget: float) -> Dict[str, Any]:
               f"groups, gave back {umec.restored_groups}")
         if umec.stats is not None:
             umec.stats.remove()
-        mopt, n = _finetune(s, dmp, opt, masks, [(2, F)])
+        if method == "umec":
+            mopt, n = _finetune(s, dmp, opt, masks, [(2, F)])
+        else:  # UMEC's masks on the dense weights, fine-tuned as long as the one-shot baselines
+            dmp, opt = s.load_dense()
+            spec = s.spec(dmp)
+            mopt, n = _finetune(s, dmp, opt, masks, [(1, C), (2, F)])
     elif method == "group_lasso":
         gl = GroupLassoOptimizer(opt, dmp, spec, cfg.lasso_lam)
         st = fit(dmp, gl, s.bundle.train, s.post_tc(1, C), s.ctx, progress=False)

@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="train a compressed run on with its masks fixed",
                        description="Pruned weights stay exactly zero and pruned features are dropped from the input.")
     add_stage_args(p)
+    p.add_argument("--rewind", action="store_true",
+                   help="start from the dense run's weights (the compress stage's source) with the masks, "
+                        "instead of the weights the UMEC search left")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -86,4 +89,5 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     with session(args.backend) as ctx:
         return run_guarded(ctx, lambda: finetune_run(args.from_run, args.out, ctx, epochs=args.epochs,
                                                      steps=args.steps, force=args.force,
-                                                     progress=not args.no_progress, checkpoints=policy))
+                                                     progress=not args.no_progress, checkpoints=policy,
+                                                     rewind=args.rewind))
