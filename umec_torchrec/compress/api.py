@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -64,6 +64,22 @@ def _load_source(src: Run, dmp: Any, optimizer: Any, ctx: DistContext) -> None:
                 f"a pinned --sharding ({msg})") from None
         raise ValueError(f"{src.path}: its checkpoint does not fit the model in its config.json "
                          f"(a checkpoint of another model?): {msg}") from None
+
+
+def _start_stage(out_dir: str, force: bool, ctx: DistContext, policy: CheckpointPolicy, cfg: Dict[str, Any],
+                 bundle: Any, tcfg: TrainConfig, dmp: Any, optimizer: Any,
+                 extra_template: Optional[Dict[str, Any]] = None) -> Tuple[Run, Any, Any]:
+    """Create (or, with ``--resume``, reopen and check) the stage's run directory, write its
+    config, and restore the newest good checkpoint: ``(run, checkpoint manager, resumed)``."""
+    cfg["world_size"] = ctx.world_size
+    run = _prepare_run(out_dir, force, ctx, resume=policy.resume)
+    if run.resumed:
+        check_resume(run, {k: cfg[k] for k in ("model", "data", "train", "umec")}, ctx, bundle.train, tcfg)
+    elif ctx.rank == 0:
+        run.write_config(**cfg)
+    mgr = CheckpointManager(run.file(CHECKPOINTS), policy)
+    kw = {} if extra_template is None else {"extra_template": extra_template}
+    return run, mgr, restore_or_start(mgr, run, ctx, dmp, optimizer, **kw)
 
 
 def _train_cfg(run: Run, epochs: Optional[int], steps: Optional[int], **overrides: Any) -> TrainConfig:
@@ -139,15 +155,9 @@ def compress_run(
     cfg["umec"] = {"stage": "compress", "source_run": src.path, "budgets": [str(b) for b in umec.budgets],
                    "config": dataclasses.asdict(ucfg), "groups": groups,
                    "sets": {s.name: s.size for s in spec.sets}}
-    cfg["world_size"] = ctx.world_size
-    run = _prepare_run(out_dir, force, ctx, resume=policy.resume)
+    run, mgr, resumed = _start_stage(out_dir, force, ctx, policy, cfg, bundle, tcfg, dmp, optimizer,
+                                     extra_template={"umec": {"blob": b""}})
     t0 = time.perf_counter()
-    if run.resumed:
-        check_resume(run, {k: cfg[k] for k in ("model", "data", "train", "umec")}, ctx, bundle.train, tcfg)
-    elif ctx.rank == 0:
-        run.write_config(**cfg)
-    mgr = CheckpointManager(run.file(CHECKPOINTS), policy)
-    resumed = restore_or_start(mgr, run, ctx, dmp, optimizer, extra_template={"umec": {"blob": b""}})
     if resumed is not None:
         umec.load_umec_state_dict(load_umec_blob(resumed.extra["umec"]["blob"]))
     say(ctx, f"compress {src.path} -> {run.path}: budgets {', '.join(str(b) for b in umec.budgets)}; "
@@ -239,15 +249,8 @@ def finetune_run(
     cfg["train"] = tcfg.to_dict()
     cfg["umec"] = dict(src.config.get("umec", {}), stage="finetune", source_run=src.path,
                        weights_from=weights.path)
-    cfg["world_size"] = ctx.world_size
-    run = _prepare_run(out_dir, force, ctx, resume=policy.resume)
+    run, mgr, resumed = _start_stage(out_dir, force, ctx, policy, cfg, bundle, tcfg, dmp, optimizer)
     t0 = time.perf_counter()
-    if run.resumed:
-        check_resume(run, {k: cfg[k] for k in ("model", "data", "train", "umec")}, ctx, bundle.train, tcfg)
-    elif ctx.rank == 0:
-        run.write_config(**cfg)
-    mgr = CheckpointManager(run.file(CHECKPOINTS), policy)
-    resumed = restore_or_start(mgr, run, ctx, dmp, optimizer)
     say(ctx, f"finetune {src.path} -> {run.path}: {len(masks.kept_features)} of {len(masks.feature_names)} "
              f"features, units {masks.kept_units()}")
     stats = fit(dmp, opt, bundle.train, tcfg, ctx, progress=progress, batch_transform=opt.feature_mask,
