@@ -360,9 +360,10 @@ class UMECOptimizer(OptimizerWrapper):
     # ------------------------------------------------------------------ hard pruning
     @torch.no_grad()
     def finalize(self, zero_tables: bool = True) -> PruningMasks:
-        """Hard-prune: remove the ``ceil(s)`` least-norm groups of each set, then, while a
-        budget is violated, more groups of every set; then, while every budget holds, it gives back the strongest pruned group
-        (most norm per unit of resource), so the budgets are met to within one group.
+        """Hard-prune: remove the ``ceil(s)`` least-scored groups of each set; if a budget is
+        still violated, move every set the same (smallest sufficient) fraction of the way to
+        its bound; then, while every budget holds, give back the strongest pruned group (most
+        score per unit of resource), so the budgets are met to within one group.
         Pruned weights become exact zeros and stay zero after every later step;
         pruned features are dropped from the input (:attr:`feature_mask`). Returns the masks.
         Runs on every rank with identical results (the dense weights are replicated).
