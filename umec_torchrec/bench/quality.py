@@ -496,6 +496,8 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--y-lr", type=float, default=u.y_lr)
     p.add_argument("--z-lr", type=float, default=u.z_lr)
     p.add_argument("--umec-prox-lr", type=float, default=u.prox_lr)
+    p.add_argument("--umec-score", choices=["activation", "weight"], default=u.score,
+                   help="UMEC's group score (default activation; weight = the paper's norm)")
     p.add_argument("--lasso-lam", type=float, default=d.lasso_lam, help="group-lasso strength (default 1.0)")
     p.add_argument("--min-count", type=int, default=d.min_count, help="vocabulary min count (default 3; rarer ids -> OOV)")
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
@@ -506,7 +508,8 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> QualityConfig:
     bottom = list(args.bottom)
-    ucfg = dataclasses.asdict(UMECConfig(s_lr=args.s_lr, y_lr=args.y_lr, z_lr=args.z_lr, prox_lr=args.umec_prox_lr))
+    ucfg = dataclasses.asdict(UMECConfig(s_lr=args.s_lr, y_lr=args.y_lr, z_lr=args.z_lr, prox_lr=args.umec_prox_lr,
+                                             score=args.umec_score))
     return QualityConfig(
         data=args.data, budgets=list(args.budgets), seeds=args.seeds, methods=list(args.methods),
         features_only=args.features_only, resource=args.resource,
