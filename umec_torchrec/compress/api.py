@@ -82,6 +82,17 @@ def _start_stage(out_dir: str, force: bool, ctx: DistContext, policy: Checkpoint
     return run, mgr, restore_or_start(mgr, run, ctx, dmp, optimizer, **kw)
 
 
+def _finish_stage(run: Run, ctx: DistContext, masks: PruningMasks, metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """Write ``masks.json`` and ``metrics.json`` (rank 0), wait for every rank, report."""
+    if ctx.rank == 0:
+        masks.save(run.file(MASKS_FILE))
+        run.write_metrics(metrics)
+    ctx.barrier()
+    say(ctx, format_metrics(metrics["test"], "test"))
+    say(ctx, f"run written to {run.path}")
+    return metrics
+
+
 def _train_cfg(run: Run, epochs: Optional[int], steps: Optional[int], **overrides: Any) -> TrainConfig:
     cfg = run.train_config()
     changes = {k: v for k, v in overrides.items() if v is not None}
@@ -191,13 +202,7 @@ def compress_run(
         "umec_state": {"s": umec.s.tolist(), "y": umec.y.tolist(), "z": umec.z.tolist()},
         "wall_seconds": time.perf_counter() - t0,
     }
-    if ctx.rank == 0:
-        masks.save(run.file(MASKS_FILE))
-        run.write_metrics(metrics)
-    ctx.barrier()
-    say(ctx, format_metrics(test, "test"))
-    say(ctx, f"run written to {run.path}")
-    return metrics
+    return _finish_stage(run, ctx, masks, metrics)
 
 
 def load_masks(run: Run) -> PruningMasks:
@@ -262,10 +267,4 @@ def finetune_run(
     metrics = {"train": {k: float(v) for k, v in stats.items()}, "test": test,
                "budgets": src_metrics.get("budgets", {}), **rep,
                "wall_seconds": time.perf_counter() - t0}
-    if ctx.rank == 0:
-        masks.save(run.file(MASKS_FILE))
-        run.write_metrics(metrics)
-    ctx.barrier()
-    say(ctx, format_metrics(test, "test"))
-    say(ctx, f"run written to {run.path}")
-    return metrics
+    return _finish_stage(run, ctx, masks, metrics)
