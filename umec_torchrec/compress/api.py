@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 

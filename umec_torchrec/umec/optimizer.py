@@ -281,7 +281,6 @@ class UMECOptimizer(OptimizerWrapper):
     def umec_step(self) -> None:
         """One prox / s / y / z update (Algorithm 1, lines 1-5, after the SGD part)."""
         cfg = self.config
-        sets = self.spec.sets
         lr = self._prox_lr()
         self._sync_moments()
         scores = self._scores()
