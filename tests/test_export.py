@@ -18,6 +18,7 @@ from umec_torchrec.export.checkpoint_reader import load_dlrm_state, read_metadat
 from umec_torchrec.export.compact import compact_config, kept_feature_indices, table_key
 from umec_torchrec.export.exporter import sample_inputs
 from umec_torchrec.export.measure import dense_path_flops
+from umec_torchrec.export.aligned import AlignedMLP
 from umec_torchrec.export.program import CompactPredictor, ids_of
 from umec_torchrec.models import ModelConfig, build_dlrm, build_model
 from umec_torchrec.umec import FeatureMask, PruningMasks, apply_masks_
@@ -168,6 +169,10 @@ def test_export_run_reads_checkpoint_and_matches(tmp_path):
     assert on_disk["budgets"] == {"compress.budgets": ["flops=0.3"]}
     assert on_disk["source_run"] == run.path and "torchrec" in on_disk["versions"]
     assert on_disk["layers"]["top"]["after"] == [16, 6, 1]
+    prog = on_disk["program"]
+    assert prog["align"] == 16 and prog["max_abs_diff_vs_module"] <= 1e-5
+    assert prog["served_widths"]["top"] == [16, 16, 1]  # 6 -> 16 zero-padded, the logit unpadded
+    assert prog["served_widths"]["bottom"] == [-(-w // 16) * 16 for w in on_disk["layers"]["bottom"]["after"][:-1]] + [8]
     dense, ids = sample_inputs(cfg, n=50, seed=5)
     kjt = kjt_of(ids, cfg.feature_names)
     ref = masked_logits(dlrm, masks, dense, kjt)
@@ -280,6 +285,45 @@ def test_atomic_write_and_refusal_to_overwrite(tmp_path, monkeypatch):
 
 
 # --- program and int8 -----------------------------------------------------------------------
+def test_aligned_mlp_pads_with_zero_units_and_keeps_the_function():
+    """Generated weights (known answer: the unpadded chain): AlignedMLP pads hidden widths to
+    the alignment with zero rows/columns and computes the same outputs; align 1 keeps them."""
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(13, 156), torch.nn.Linear(156, 78), torch.nn.Linear(78, 19), torch.nn.Linear(19, 16)]
+    x = torch.randn(64, 13)
+    with torch.no_grad():
+        ref = x
+        for lin in lins:
+            ref = torch.relu(lin(ref))
+        mlp = AlignedMLP(lins, [True] * 4, align=16)
+        assert mlp.widths == [160, 80, 32, 16]
+        assert mlp.weights[1].shape == (80, 160) and mlp.weights[3].shape == (16, 32)
+        assert float(mlp.weights[0][156:].abs().sum() + mlp.biases[0][156:].abs().sum()) == 0.0
+        assert float(mlp.weights[1][:, 156:].abs().sum()) == 0.0
+        torch.testing.assert_close(mlp(x), ref, atol=1e-6, rtol=0)
+        assert AlignedMLP(lins, [True] * 4, align=1).widths == [156, 78, 19, 16]
+        last_linear = AlignedMLP(lins[:2], [True, False], align=16)
+        torch.testing.assert_close(last_linear(x), lins[1](torch.relu(lins[0](x))), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="align must be >= 1"):
+        AlignedMLP(lins, [True] * 4, align=0)
+    with pytest.raises(ValueError, match="one relu flag per Linear"):
+        AlignedMLP(lins, [True], align=16)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predictor_alignment_does_not_change_logits(kind):
+    """Generated weights: the serving predictor gives the same logits at align 1, 8 and 16 and
+    equals the TorchRec module (KJT input) for every model kind."""
+    torch.manual_seed(3)
+    cfg = small_config(kind)
+    dlrm = build_dlrm(cfg).eval()
+    dense, ids = sample_inputs(cfg, n=40, seed=2)
+    with torch.no_grad():
+        ref = dlrm(dense, kjt_of(ids, cfg.feature_names)).squeeze(-1)
+        for align in (1, 8, 16):
+            torch.testing.assert_close(CompactPredictor(dlrm, align=align)(dense, ids), ref, atol=1e-5, rtol=0)
+
+
 def test_program_round_trip_in_fresh_process(tmp_path):
     """Generated weights: program.pt2 loads and runs in a fresh Python process that imports only
     torch (no TorchRec, no torch.distributed group), at several batch sizes (dynamic batch)."""
@@ -346,9 +390,13 @@ def test_cli_export_and_refusal(tmp_path, capsys):
     assert main(["export", "--from", run.path, "--out", out]) == 2
     err = capsys.readouterr().err
     assert "already exists; pass --force" in err and len(err.strip().splitlines()) == 1
-    assert main(["export", "--from", run.path, "--out", out, "--force"]) == 0
+    assert main(["export", "--from", run.path, "--out", out, "--force", "--align", "1"]) == 0
+    man = json.loads(open(os.path.join(out, "manifest.json")).read())
+    assert man["program"]["align"] == 1 and man["program"]["served_widths"]["top"] == man["layers"]["top"]["after"]
     assert main(["export", "--from", str(tmp_path / "missing"), "--out", str(tmp_path / "e2")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+    assert main(["export", "--from", run.path, "--out", str(tmp_path / "e3"), "--align", "0"]) == 2
+    assert "--align must be >= 1, got 0" in capsys.readouterr().err and not os.path.exists(tmp_path / "e3")
 
 
 def test_compare_models_dense_vs_compact(tmp_path):
@@ -398,4 +446,9 @@ def test_bench_inference_runs_on_small_tables(capsys):
     for r in res:
         assert r["ideal_speedup"] == pytest.approx(1 / r["flops_ratio"])
         assert 0 < r["memory_ratio"] < 1 and r["speedup"] > 0 and r["masked_speedup"] > 0
+        for prog in ("dense", "compact"):  # the profiled split saw GEMMs and lookups, and adds up
+            split = r["time_split_s"][prog]
+            assert split["gemm"] > 0 and split["lookup"] > 0
+            assert split["total"] == pytest.approx(split["gemm"] + split["lookup"] + split["other"])
+        assert r["gemm_speedup"] > 0 and 0 < r["lookup_share"]["compact"] < 1
     assert len(format_table(res).splitlines()) == 3

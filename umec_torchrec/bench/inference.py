@@ -16,18 +16,24 @@ rotation), under ``torch.inference_mode``. Speed-ups use each model's best round
 estimate of uncontended time on a shared machine); the JSON also has median-based figures. Reported per (batch, budget): the ideal speed-up
 ``1 / FLOPs ratio``, the measured compact speed-up (dense program time / compact program
 time) and its share of the ideal, the masked model's speed-up over the dense eager model, and
-the memory ratio (parameter bytes compact / dense). Target: at batch 4096 the measured
-speed-up is at least 80% of the ideal.
+the memory ratio (parameter bytes compact / dense). To explain the gap to the ideal, one
+profiled pass (``torch.profiler``) splits each program's time into GEMMs, embedding lookups
+and the rest: ``gemm`` is the speed-up of the GEMM time alone and ``lookup`` the compact
+program's share of time in lookups (which scale with the kept features, not with FLOPs).
+Target: at batch 4096 the measured speed-up is at least 80% of the ideal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import statistics
+import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -123,6 +129,43 @@ def _kjt(ids: torch.Tensor, names: Sequence[str]):
                                                lengths=torch.ones(b * f, dtype=torch.int32))
 
 
+GEMM_OPS = frozenset({"addmm", "mm", "bmm", "linear", "_linear_pointwise"})
+LOOKUP_OPS = frozenset({"embedding", "index_select", "embedding_bag", "_embedding_bag", "_embedding_bag_forward_only"})
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Silence fd 2 (Kineto prints profiler start/stop lines there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def time_split(fn: Callable[[int], Any], n_inputs: int, rounds: int = 5) -> Dict[str, float]:
+    """Seconds per call of ``fn(i)`` spent in GEMMs, in embedding lookups and in everything
+    else (copies, activations, concatenation, dispatch), from ``torch.profiler`` self CPU
+    times; ``total`` is their sum."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn(0)  # warm
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for r in range(rounds):
+            fn(r % n_inputs)
+    split = {"gemm": 0.0, "lookup": 0.0, "other": 0.0}
+    for e in prof.key_averages():
+        op = e.key.split("::")[-1]
+        part = "gemm" if op in GEMM_OPS else "lookup" if op in LOOKUP_OPS else "other"
+        split[part] += e.self_cpu_time_total / 1e6 / rounds
+    split["total"] = sum(split.values())
+    return split
+
+
 def _time(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
@@ -173,6 +216,7 @@ def run_inference_bench(
         inputs = _inputs(cfg, bs, 4, seed + bs)
         kjts = [_kjt(ids, cfg.feature_names) for _, ids in inputs]
         n_rounds = rounds or max(10, min(200, 200_000 // bs))
+        dense_split = time_split(lambda i: dense_prog(inputs[i][0], inputs[i][1]), len(inputs))
         for s in setups:
             kept_ids = [ids[:, s["kept_idx"]].contiguous() for _, ids in inputs]
             masked, fmask, cprog = s["masked"], s["fmask"], s["compact_prog"]
@@ -189,6 +233,7 @@ def run_inference_bench(
                     t = _time(lambda: fn(i))
                     if r >= warmup:
                         times[name].append(t)
+            compact_split = time_split(lambda i: cprog(inputs[i][0], kept_ids[i]), len(inputs))
             # best of the rounds: the usual estimate of uncontended time on a shared machine
             best = {k: min(v) for k, v in times.items()}
             med = {k: statistics.median(v) for k, v in times.items()}
@@ -200,6 +245,10 @@ def run_inference_bench(
                 "masked_speedup": best["dense_eager"] / best["masked_eager"],
                 "median_speedup": med["dense"] / med["compact"],
                 "memory_ratio": s["compact_bytes"] / dense_bytes,
+                "gemm_speedup": dense_split["gemm"] / compact_split["gemm"],
+                "lookup_share": {"dense": dense_split["lookup"] / dense_split["total"],
+                                 "compact": compact_split["lookup"] / compact_split["total"]},
+                "time_split_s": {"dense": dense_split, "compact": compact_split},
                 "samples_per_s": {k: bs / v for k, v in best.items()},
                 "median_samples_per_s": {k: bs / v for k, v in med.items()},
                 "kept_features": len(s["ccfg"].feature_names), "bottom": s["ccfg"].bottom, "top": s["ccfg"].top,
@@ -210,21 +259,23 @@ def run_inference_bench(
     return results
 
 
-HEADER = (f"{'batch':>6s} {'budget':>6s} {'ideal':>7s} {'compact':>8s} {'% ideal':>8s} {'masked':>7s} "
-          f"{'memory':>7s} {'dense/s':>10s} {'compact/s':>10s}")
+HEADER = (f"{'batch':>6s} {'budget':>6s} {'ideal':>7s} {'compact':>8s} {'% ideal':>8s} {'gemm':>7s} "
+          f"{'lookup':>7s} {'masked':>7s} {'memory':>7s} {'dense/s':>10s} {'compact/s':>10s}")
 
 
 def format_row(r: Dict[str, Any]) -> str:
     sps = r["samples_per_s"]
     return (f"{r['batch']:6d} {r['budget']:6.2f} {r['ideal_speedup']:6.2f}x {r['speedup']:7.2f}x "
-            f"{100 * r['share_of_ideal']:7.1f}% {r['masked_speedup']:6.2f}x {r['memory_ratio']:7.3f} "
+            f"{100 * r['share_of_ideal']:7.1f}% {r['gemm_speedup']:6.2f}x {100 * r['lookup_share']['compact']:6.1f}% "
+            f"{r['masked_speedup']:6.2f}x {r['memory_ratio']:7.3f} "
             f"{sps['dense']:10,.0f} {sps['compact']:10,.0f}")
 
 
 def format_table(results: List[Dict[str, Any]]) -> str:
     """The result table (ideal = 1 / dense-path FLOPs ratio; compact = measured speed-up of the
-    exported compact program over the dense program; masked = masked eager over dense eager;
-    memory = parameter bytes compact / dense)."""
+    exported compact program over the dense program; gemm = the same for the GEMM time alone;
+    lookup = share of the compact program's time in embedding lookups; masked = masked eager
+    over dense eager; memory = parameter bytes compact / dense)."""
     return "\n".join([HEADER] + [format_row(r) for r in results])
 
 
@@ -255,8 +306,8 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-sizes / --budgets: expected comma-separated numbers, got "
                          f"{args.batch_sizes!r} / {args.budgets!r}") from None
     print(f"bench inference: {torch.get_num_threads()} threads; ideal = 1/FLOPs ratio, compact = exported compact "
-          "program vs dense program, masked = masked eager vs dense eager, memory = param bytes compact/dense",
-          flush=True)
+          "program vs dense program, gemm = the same for GEMM time only, lookup = compact time share in embedding "
+          "lookups, masked = masked eager vs dense eager, memory = param bytes compact/dense", flush=True)
     res = run_inference_bench(batch_sizes, budgets, kind=args.model, rounds=args.rounds,
                               log=lambda s: print(s, flush=True))
     print(format_table(res))

@@ -15,6 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="run", required=True, metavar="RUN", help="run directory (config.json, checkpoint/, masks.json)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--int8", action="store_true", help="also write row-wise int8 tables (TorchRec inference quantization)")
+    p.add_argument("--align", type=int, default=16, metavar="N",
+                   help="pad the program's MLP hidden widths to a multiple of N with zero units: same logits, "
+                        "faster CPU GEMMs (default 16, the AVX-512 float vector; 1 = exact widths)")
     p.add_argument("--force", action="store_true", help="replace an existing export in DIR")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_export)
@@ -23,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from umec_torchrec.export.exporter import export_run, summary_lines
 
-    man = export_run(args.run, args.out, int8=args.int8, force=args.force)
+    if args.align < 1:
+        raise ValueError(f"--align must be >= 1, got {args.align}")
+    man = export_run(args.run, args.out, int8=args.int8, force=args.force, align=args.align)
     if args.json:
         print(json.dumps(man, indent=2))
     else:

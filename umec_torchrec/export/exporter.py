@@ -41,7 +41,7 @@ from umec_torchrec.export.compact import (
     skeleton,
     TABLE_PREFIX,
 )
-from umec_torchrec.export.program import CompactPredictor, export_program, program_signature
+from umec_torchrec.export.program import DEFAULT_ALIGN, CompactPredictor, export_program, program_signature
 from umec_torchrec.io import read_json, write_json
 from umec_torchrec.models import ModelConfig, table_configs
 from umec_torchrec.umec.masks import PruningMasks
@@ -151,6 +151,7 @@ def export_model(
     *,
     int8: bool = False,
     force: bool = False,
+    align: int = DEFAULT_ALIGN,
     source_run: Optional[str] = None,
     budgets: Optional[Dict[str, Any]] = None,
     sample: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
@@ -163,6 +164,8 @@ def export_model(
         out_dir: output directory (written atomically; see :func:`atomic_directory`).
         int8: also write the int8-quantized model and report its largest logit difference.
         force: replace an existing export.
+        align: the program's MLP hidden widths are zero-padded to a multiple of this (faster
+            CPU GEMMs, same logits; 1 = exact widths). The state dict keeps the exact widths.
         source_run / budgets: recorded in the manifest.
         sample: ``(dense [n, n_dense], ids [n, F])`` over the *full* feature set, used for the
             export checks; default :func:`sample_inputs` (generated rows).
@@ -182,9 +185,10 @@ def export_model(
     dense_in, ids_full = sample if sample is not None else sample_inputs(cfg)
     kept_idx = [cfg.feature_names.index(f) for f in ccfg.feature_names]
     ids = ids_full[:, kept_idx]
+    pred = CompactPredictor(compact, align=align).eval()
     with torch.no_grad():
-        ref = CompactPredictor(compact)(dense_in, ids)
-        program = export_program(compact, cfg.dense_in_features)
+        ref = _module_logits(compact, dense_in, ids, ccfg)  # the TorchRec module, through a KJT
+        program = export_program(pred, cfg.dense_in_features)
         prog_diff = float((program.module()(dense_in, ids) - ref).abs().max())
 
     before, after = measure.model_figures(cfg), measure.model_figures(ccfg)
@@ -221,7 +225,7 @@ def export_model(
         "budgets": budgets or {},
         "model_config": ccfg.to_dict(),
         "source_model_config": cfg.to_dict(),
-        "program": {"file": PROGRAM_FILE, **program_signature(cfg.dense_in_features, ccfg.feature_names),
+        "program": {"file": PROGRAM_FILE, **program_signature(cfg.dense_in_features, pred),
                     "max_abs_diff_vs_module": prog_diff, "check_rows": int(ids.shape[0])},
         "int8": None,
         "versions": versions(),
@@ -271,7 +275,8 @@ def _module_logits(dlrm: DLRM, dense: torch.Tensor, ids: torch.Tensor, cfg: Mode
 
 
 def export_run(run_dir: str, out_dir: str, int8: bool = False, force: bool = False,
-               sample: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Dict[str, Any]:
+               sample: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+               align: int = DEFAULT_ALIGN) -> Dict[str, Any]:
     """Export the run in ``run_dir`` (its ``config.json``, ``masks.json`` if compressed, and
     ``checkpoint/`` from any number of ranks) into ``out_dir``; returns the manifest.
 
@@ -296,7 +301,7 @@ def export_run(run_dir: str, out_dir: str, int8: bool = False, force: bool = Fal
     if not os.path.exists(run.checkpoint_dir):
         raise FileNotFoundError(f"{run.checkpoint_dir}: the run has no checkpoint")
     state = load_dlrm_state(run.checkpoint_dir, cfg, masks)
-    return export_model(state, cfg, masks, out_dir, int8=int8, force=force, source_run=run.path,
+    return export_model(state, cfg, masks, out_dir, int8=int8, force=force, align=align, source_run=run.path,
                         budgets=_budgets(run.config), sample=sample)
 
 
