@@ -59,6 +59,20 @@ def test_known_answer_keeps_signal_drops_noise(synthetic, kind):
     assert umec.resource_fractions()["flops"] <= budget + 1e-6
 
 
+def test_lookup_bytes_budget_limits_the_kept_features():
+    """Generated data, 6 features of equal width: a lookup_bytes budget of 0.5 leaves at most
+    3 features (one looked-up row each), whatever their table sizes, and the flops budget
+    beside it holds too."""
+    data = random_data(n=512, features=6)
+    model, _ = small_model("cat", data)
+    umec = UMECOptimizer(torch.optim.Adagrad(model.parameters(), lr=0.05), model, ["lookup_bytes=0.5", "flops=0.6"])
+    train(model, umec, data, epochs=3, batch_size=64, mask=None)
+    masks = umec.finalize()
+    fr = umec.resource_fractions()
+    assert len(masks.kept_features) <= 3 and fr["lookup_bytes"] <= 0.5 + 1e-9 and fr["flops"] <= 0.6 + 1e-9
+    assert fr["lookup_bytes"] == pytest.approx(len(masks.kept_features) / 6)
+
+
 def test_every_budget_met_within_one_group():
     """Two budgets at once over features and all MLP layers: both hold at the end, and giving
     back any single pruned group would break one of them."""

@@ -48,6 +48,24 @@ def test_embedding_bytes_counts_rows_dims_and_element_size():
     assert eb.min_value() == 7 * 16 * 4  # the cheapest single table
 
 
+def test_lookup_bytes_counts_one_row_per_kept_feature():
+    """Generated config: lookup_bytes = kept features x dim x 4 bytes, whatever the table sizes;
+    with the dense-arch output as a group, that group reads nothing (costs are aligned with the
+    feature set, also for embedding_bytes' cheapest survivor)."""
+    cfg = ModelConfig("cat", ["a", "b", "c"], [10_000_000, 100, 7], 13, 16, [32, 16], [8, 1])
+    model = build_model(cfg, tables_device=torch.device("meta"))
+    lb = make_resource("lookup_bytes", discover_groups(model))
+    assert lb.dense_value() == 3 * 16 * 4
+    assert float(lb(torch.tensor([[2.0, 32.0, 8.0]]), torch.tensor([[0.0, 1.0, 1.0]]))[0]) == 2 * 16 * 4
+    assert lb.min_value() == 16 * 4
+    spec = discover_groups(model, prune_dense=True)  # feature set: <dense>, a, b, c
+    lbd, ebd = make_resource("lookup_bytes", spec), make_resource("embedding_bytes", spec)
+    assert lbd.dense_value() == 3 * 16 * 4
+    assert float(lbd(torch.ones(1, 1), torch.tensor([[1.0, 0.0, 0.0, 1.0]]))[0]) == 16 * 4
+    assert lbd.min_value() == 0.0 and ebd.min_value() == 0.0  # keeping only the dense output
+    assert Budget.parse("lookup_bytes=abs:128B") == Budget("lookup_bytes", 128.0, False)
+
+
 def test_budget_parsing():
     assert Budget.parse("flops=0.3") == Budget("flops", 0.3, True)
     assert Budget.parse("flops=30%") == Budget("flops", 0.3, True)

@@ -215,7 +215,8 @@ def run_inference_bench(
             "fmask": FeatureMask(masks.pruned_features),
             "kept_idx": [cfg.feature_names.index(f) for f in ccfg.feature_names],
         })
-        log(f"budget {b}: {len(ccfg.feature_names)} features, bottom {ccfg.bottom}, top {ccfg.top}, "
+        log(f"budget {b}: {len(ccfg.feature_names)} features (lookup bytes ratio "
+            f"{len(ccfg.feature_names) / len(cfg.feature_names):.3f}), bottom {ccfg.bottom}, top {ccfg.top}, "
             f"FLOPs ratio {ratio:.3f}")
 
     results = []
@@ -257,7 +258,9 @@ def run_inference_bench(
                 "time_split_s": {"dense": dense_split, "compact": compact_split},
                 "samples_per_s": {k: bs / v for k, v in best.items()},
                 "median_samples_per_s": {k: bs / v for k, v in med.items()},
-                "kept_features": len(s["ccfg"].feature_names), "bottom": s["ccfg"].bottom, "top": s["ccfg"].top,
+                "kept_features": len(s["ccfg"].feature_names),
+                "lookup_bytes_ratio": len(s["ccfg"].feature_names) / len(cfg.feature_names),
+                "bottom": s["ccfg"].bottom, "top": s["ccfg"].top,
                 "rounds": n_rounds,
             }
             results.append(row)

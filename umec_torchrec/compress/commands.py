@@ -15,7 +15,8 @@ def add_umec_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("UMEC")
     g.add_argument("--budget", action="append", required=True, metavar="NAME=VALUE",
                    help="resource budget, repeatable: flops=0.3 (fraction of dense), embedding_bytes=0.5, "
-                        "flops=abs:2.5e6, embedding_bytes=abs:64MiB")
+                        "lookup_bytes=0.4 (bytes read from the tables per sample), flops=abs:2.5e6, "
+                        "embedding_bytes=abs:64MiB")
     g.add_argument("--no-prune-features", action="store_true", help="keep every sparse feature")
     g.add_argument("--no-prune-bottom", action="store_true", help="do not prune bottom-MLP units")
     g.add_argument("--no-prune-top", action="store_true", help="do not prune top-MLP units")

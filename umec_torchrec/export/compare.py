@@ -36,7 +36,7 @@ def compare_models(
 
     Returns:
         ``{"dense": {...}, "compact": {...}}`` with ``parameters``, ``embedding_bytes``,
-        ``flops_per_sample`` (FlopCounterMode, dense path) and ``auc``.
+        ``lookup_bytes_per_sample``, ``flops_per_sample`` (FlopCounterMode, dense path) and ``auc``.
     """
     from umec_torchrec.export.exporter import load_compact
     from umec_torchrec.train.metrics import roc_auc
@@ -54,6 +54,7 @@ def compare_models(
         out[name] = {
             "parameters": fig["parameters"],
             "embedding_bytes": fig["embedding_bytes"],
+            "lookup_bytes_per_sample": fig["lookup_bytes_per_sample"],
             "flops_per_sample": fig["flops_per_sample"],
             "auc": roc_auc(_logits(model, data, batch_size), data.labels),
         }
@@ -65,7 +66,8 @@ def format_comparison(cmp: Dict[str, Dict[str, float]]) -> str:
     """A small table: one row per figure, dense / compact / ratio."""
     rows = [f"{'':18s}{'dense':>16s}{'compact':>16s}{'ratio':>9s}"]
     for key, label in (("parameters", "parameters"), ("embedding_bytes", "embedding bytes"),
-                       ("flops_per_sample", "FLOPs/sample"), ("auc", "AUC")):
+                       ("lookup_bytes_per_sample", "lookup B/sample"), ("flops_per_sample", "FLOPs/sample"),
+                       ("auc", "AUC")):
         d, c = cmp["dense"][key], cmp["compact"][key]
         if key == "auc":
             rows.append(f"{label:18s}{d:16.4f}{c:16.4f}{c - d:+9.4f}")

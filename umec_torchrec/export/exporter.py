@@ -221,6 +221,10 @@ def export_model(
             "before": before["embedding_bytes"], "after": after["embedding_bytes"],
             "ratio": _ratio(after["embedding_bytes"], before["embedding_bytes"]),
         },
+        "lookup_bytes_per_sample": {
+            "before": before["lookup_bytes_per_sample"], "after": after["lookup_bytes_per_sample"],
+            "ratio": _ratio(after["lookup_bytes_per_sample"], before["lookup_bytes_per_sample"]),
+        },
         "parameters": {"before": before["parameters"], "after": after["parameters"]},
         "budgets": budgets or {},
         "model_config": ccfg.to_dict(),

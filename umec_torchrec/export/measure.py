@@ -38,6 +38,11 @@ def embedding_bytes(cfg: ModelConfig, element_size: int = 4) -> int:
     return int(sum(cfg.table_sizes) * cfg.embedding_dim * element_size)
 
 
+def lookup_bytes(cfg: ModelConfig, element_size: int = 4) -> int:
+    """Bytes read from the tables per sample: one row of each feature (dim x element size)."""
+    return int(len(cfg.feature_names) * cfg.embedding_dim * element_size)
+
+
 def parameter_counts(cfg: ModelConfig) -> Dict[str, int]:
     """``{"embedding", "dense", "total"}`` parameter counts of ``cfg``'s model."""
     dense = sum(p.numel() for n, p in build_dlrm(tiny_tables(cfg)).named_parameters() if not n.startswith("sparse_arch."))
@@ -46,14 +51,16 @@ def parameter_counts(cfg: ModelConfig) -> Dict[str, int]:
 
 
 def model_figures(cfg: ModelConfig) -> Dict[str, int]:
-    """``{"flops_per_sample", "embedding_bytes", "parameters", "dense_parameters"}``."""
+    """``{"flops_per_sample", "embedding_bytes", "lookup_bytes_per_sample", "parameters",
+    "dense_parameters"}``."""
     p = parameter_counts(cfg)
     return {
         "flops_per_sample": dense_path_flops(cfg),
         "embedding_bytes": embedding_bytes(cfg),
+        "lookup_bytes_per_sample": lookup_bytes(cfg),
         "parameters": p["total"],
         "dense_parameters": p["dense"],
     }
 
 
-__all__ = ["tiny_tables", "dense_path_flops", "embedding_bytes", "parameter_counts", "model_figures"]
+__all__ = ["tiny_tables", "dense_path_flops", "embedding_bytes", "lookup_bytes", "parameter_counts", "model_figures"]

@@ -6,6 +6,7 @@ Grammar::
     flops=30%                 # the same
     embedding_bytes=abs:64MiB # at most 64 MiB of embedding tables (absolute)
     flops=abs:2.5e6           # at most 2.5 MFLOPs per sample (absolute)
+    lookup_bytes=0.4          # read at most 40% of the dense model's table bytes per sample
 
 Absolute values accept the suffixes K, M, G (x1000) and KiB, MiB, GiB (x1024), B optional.
 """

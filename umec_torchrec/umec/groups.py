@@ -120,6 +120,8 @@ class GroupSpec:
         sets: the group sets; the feature set (if any) first.
         structure: the dense-path shape (see :mod:`umec_torchrec.umec.resources`).
         feature_table_bytes: bytes of each feature's table (feature order).
+        feature_lookup_bytes: bytes each feature reads from its table per sample (dim x
+            element size: one id per feature and sample), feature order.
         feature_names: all sparse features (model order).
         dense_is_group: whether the feature set's first group is the dense-arch output.
     """
@@ -127,6 +129,7 @@ class GroupSpec:
     sets: List[GroupSet]
     structure: Dict[str, object]
     feature_table_bytes: List[float] = field(default_factory=list)
+    feature_lookup_bytes: List[float] = field(default_factory=list)
     feature_names: List[str] = field(default_factory=list)
     dense_is_group: bool = False
     watch: Dict[str, nn.Module] = field(default_factory=dict)  # module whose input feeds each moment
@@ -174,15 +177,16 @@ def feature_tables(model: nn.Module) -> Dict[str, str]:
     return {f: c.name for c in configs for f in (c.feature_names or [c.name])}
 
 
-def _table_bytes(dlrm: nn.Module, names: List[str]) -> List[float]:
-    """rows x dim x bytes-per-element of each feature's table, from the EBC configs."""
+def _table_bytes(dlrm: nn.Module, names: List[str], rows: bool = True) -> List[float]:
+    """rows x dim x bytes-per-element of each feature's table, from the EBC configs
+    (``rows=False``: dim x bytes-per-element, the bytes of one looked-up row)."""
     ebc = dlrm.sparse_arch.embedding_bag_collection
     configs = ebc.embedding_bag_configs() if hasattr(ebc, "embedding_bag_configs") else ebc._embedding_bag_configs
     by_feature = {}
     for c in configs:
         elem = _elem_bytes(c)
         for f in c.feature_names or [c.name]:
-            by_feature[f] = float(c.num_embeddings * c.embedding_dim * elem)
+            by_feature[f] = float((c.num_embeddings if rows else 1) * c.embedding_dim * elem)
     return [by_feature.get(n, by_feature.get(n.split("@")[0], 0.0)) for n in names]
 
 
@@ -264,6 +268,7 @@ def discover_groups(
         structure=structure,
         watch=watch,
         feature_table_bytes=_table_bytes(dlrm, names),
+        feature_lookup_bytes=_table_bytes(dlrm, names, rows=False),
         feature_names=names,
         dense_is_group=prune_dense and prune_features,
     )
@@ -276,6 +281,7 @@ def declare_groups(
     layer_names: Optional[Sequence[str]] = None,
     feature_table_bytes: Optional[Mapping[str, float]] = None,
     extra_flops: float = 0.0,
+    feature_lookup_bytes: Optional[Mapping[str, float]] = None,
 ) -> GroupSpec:
     """Declare the groups of a custom model: one Linear chain plus a feature-to-columns map.
 
@@ -288,6 +294,8 @@ def declare_groups(
         layer_names: names of those hidden layers (defaults to ``"layer<i>"``).
         feature_table_bytes: table bytes per feature, for an ``embedding_bytes`` budget.
         extra_flops: fixed FLOPs per sample outside the chain (counted in the dense total).
+        feature_lookup_bytes: bytes read per sample per feature (ids per sample x dim x
+            element size), for a ``lookup_bytes`` budget.
 
     Example::
 
@@ -318,6 +326,6 @@ def declare_groups(
         "layer_names": names,
         "extra_flops": float(extra_flops),
     }
-    tb = feature_table_bytes or {}
-    return GroupSpec(sets, structure, [float(tb.get(f, 0.0)) for f in feats], feats,
-                     watch={"over_arch_input": first_linear})
+    tb, lb = feature_table_bytes or {}, feature_lookup_bytes or {}
+    return GroupSpec(sets, structure, [float(tb.get(f, 0.0)) for f in feats], [float(lb.get(f, 0.0)) for f in feats],
+                     feats, watch={"over_arch_input": first_linear})

@@ -18,6 +18,11 @@ layer; ``cat``: 0) and top MLP whose input width is ``D + C(F'+1, 2)`` (dot) or
 
 ``embedding_bytes``: rows x dim x bytes-per-element summed over the kept tables, so a
 10-million-row table counts for what it costs.
+
+``lookup_bytes``: bytes read from the tables per sample, dim x bytes-per-element summed over
+the kept features (one id per feature and sample). Serving time has a part that scales with
+it, not with FLOPs: at a 10% FLOPs budget the embedding lookups of the features still kept
+can be the larger share of the compact model's time (see ``umec bench inference``).
 """
 
 from __future__ import annotations
@@ -63,9 +68,13 @@ class Resource:
         fs = self.spec.feature_set
         if fs is not None:
             alive = torch.zeros(1, self.F)
-            cost = torch.tensor(self.spec.feature_table_bytes or [0.0] * self.F)
-            alive[0, torch.argsort(cost)[: fs.min_keep]] = 1.0
+            alive[0, torch.argsort(self.feature_costs(), stable=True)[: fs.min_keep]] = 1.0
         return self(kept, alive)[0]
+
+    def feature_costs(self) -> torch.Tensor:
+        """``[F]`` cost order of the feature groups used to find the cheapest survivors
+        (table bytes by default; the dense-arch group, if any, costs 0)."""
+        return _per_feature(self.spec, self.spec.feature_table_bytes)
 
 
 def _set_index(spec: GroupSpec, name: str) -> Optional[int]:
@@ -143,31 +152,55 @@ class DenseFlops(Resource):
         return flops + self._chain(kept, top_in, self.top, self.top_idx)
 
 
-class EmbeddingBytes(Resource):
-    """Bytes of the kept embedding tables."""
+def _per_feature(spec: GroupSpec, values: List[float]) -> torch.Tensor:
+    """``values`` (one per sparse feature) aligned with the feature set's groups: the dense-arch
+    group, when it is one, gets 0; missing values are 0."""
+    fs = spec.feature_set
+    n = fs.size if fs is not None else 0
+    v = list(values) or [0.0] * (n - int(spec.dense_is_group))
+    return torch.tensor(([0.0] if spec.dense_is_group else []) + v, dtype=torch.float32)
 
-    name = "embedding_bytes"
-    unit = "B"
+
+class _FeatureBytes(Resource):
+    """Bytes that each kept feature costs, summed: ``alive @ bytes``."""
+
+    spec_field = ""
 
     def __init__(self, spec: GroupSpec) -> None:
         super().__init__(spec)
         if spec.feature_set is None:
-            raise ValueError("an embedding_bytes budget needs feature groups (prune_features=True)")
-        b = list(spec.feature_table_bytes)
-        if spec.dense_is_group:
-            b = [0.0] + b
-        self.bytes = torch.tensor(b, dtype=torch.float32)
+            raise ValueError(f"a {self.name} budget needs feature groups (prune_features=True)")
+        self.bytes = _per_feature(spec, getattr(spec, self.spec_field))
+
+    def feature_costs(self) -> torch.Tensor:
+        return self.bytes
 
     def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
         assert alive is not None
         return alive @ self.bytes.to(device=alive.device, dtype=alive.dtype)
 
 
-RESOURCES: Dict[str, Type[Resource]] = {"flops": DenseFlops, "embedding_bytes": EmbeddingBytes}
+class EmbeddingBytes(_FeatureBytes):
+    """Bytes of the kept embedding tables."""
+
+    name = "embedding_bytes"
+    unit = "B"
+    spec_field = "feature_table_bytes"
+
+
+class LookupBytes(_FeatureBytes):
+    """Bytes read from the kept tables per sample (one row of each kept feature)."""
+
+    name = "lookup_bytes"
+    unit = "B"
+    spec_field = "feature_lookup_bytes"
+
+
+RESOURCES: Dict[str, Type[Resource]] = {"flops": DenseFlops, "embedding_bytes": EmbeddingBytes, "lookup_bytes": LookupBytes}
 
 
 def make_resource(name: str, spec: GroupSpec) -> Resource:
-    """The resource model called ``name`` (``flops`` or ``embedding_bytes``)."""
+    """The resource model called ``name`` (``flops``, ``embedding_bytes`` or ``lookup_bytes``)."""
     try:
         cls = RESOURCES[name]
     except KeyError:
@@ -193,12 +226,12 @@ def kept_of_masks(spec: GroupSpec, masks) -> tuple:
     return torch.tensor([kept]), alive
 
 
-def resources_of_masks(spec: GroupSpec, masks, names=("flops", "embedding_bytes")) -> Dict[str, Dict[str, float]]:
+def resources_of_masks(spec: GroupSpec, masks, names=("flops", "embedding_bytes", "lookup_bytes")) -> Dict[str, Dict[str, float]]:
     """Absolute and relative cost of the model that ``masks`` leave, per resource."""
     kept, alive = kept_of_masks(spec, masks)
     out = {}
     for n in names:
-        if n == "embedding_bytes" and spec.feature_set is None:
+        if n in ("embedding_bytes", "lookup_bytes") and spec.feature_set is None:
             continue
         r = make_resource(n, spec)
         v = float(r(kept, alive)[0])
