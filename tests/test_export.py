@@ -425,7 +425,7 @@ def test_compare_models_dense_vs_compact(tmp_path):
 # --- inference benchmark (structure only: no wall-clock assertions) -------------------------
 def test_bench_budget_masks_hit_the_flops_budget():
     """Generated Kaggle-shaped config (1-row tables): the benchmark's masks have a measured
-    dense-path FLOPs ratio within 5% below each budget."""
+    dense-path FLOPs ratio within 5% below each budget, also with a chosen feature share."""
     from umec_torchrec.bench.inference import budget_masks
     from umec_torchrec.bench.kaggle import kaggle_model_config
 
@@ -434,6 +434,10 @@ def test_bench_budget_masks_hit_the_flops_budget():
         masks, ratio = budget_masks(cfg, b)
         assert 0.95 * b <= ratio <= b
         assert ratio == pytest.approx(dense_path_flops(compact_config(cfg, masks)) / dense_path_flops(cfg))
+    masks, ratio = budget_masks(cfg, 0.1, feature_share=0.12)  # 3 of 26 features, wider layers
+    assert len(masks.kept_features) == 3 and 0.095 <= ratio <= 0.1
+    with pytest.raises(ValueError, match="feature share must be in"):
+        budget_masks(cfg, 0.1, feature_share=0.0)
 
 
 def test_bench_inference_runs_on_small_tables(capsys):

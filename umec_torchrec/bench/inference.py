@@ -62,8 +62,12 @@ def _width_masks(cfg: ModelConfig, kept: List[str], scale: float, gen_seed: int)
     return PruningMasks(list(cfg.feature_names), kept, layers, widths)
 
 
-def budget_masks(cfg: ModelConfig, budget: float, seed: int = 0) -> Tuple[PruningMasks, float]:
-    """Masks whose compact model has a dense-path FLOPs ratio close to (at most) ``budget``.
+def budget_masks(
+    cfg: ModelConfig, budget: float, seed: int = 0, feature_share: Optional[float] = None
+) -> Tuple[PruningMasks, float]:
+    """Masks whose compact model has a dense-path FLOPs ratio close to (at most) ``budget``:
+    a seeded random ``feature_share`` of the features (default ``sqrt(budget)``), then every
+    hidden layer narrowed by one common factor.
 
     Returns:
         ``(masks, measured FLOPs ratio)``.
@@ -72,7 +76,10 @@ def budget_masks(cfg: ModelConfig, budget: float, seed: int = 0) -> Tuple[Prunin
         raise ValueError(f"budget must be in (0, 1], got {budget}")
     g = torch.Generator().manual_seed(seed)
     n = len(cfg.feature_names)
-    n_keep = max(1, min(n, int(round(n * math.sqrt(budget)))))
+    if feature_share is not None and not 0.0 < feature_share <= 1.0:
+        raise ValueError(f"feature share must be in (0, 1], got {feature_share}")
+    share = math.sqrt(budget) if feature_share is None else feature_share
+    n_keep = max(1, min(n, int(round(n * share))))
     order = torch.randperm(n, generator=g)[:n_keep].tolist()
     kept = [cfg.feature_names[i] for i in sorted(order)]
     full = dense_path_flops(cfg)
@@ -187,6 +194,7 @@ def run_inference_bench(
     table_sizes: Optional[List[int]] = None,
     seed: int = 0,
     log: Callable[[str], None] = lambda s: None,
+    feature_share: Optional[float] = None,
 ) -> List[Dict[str, Any]]:
     """Time dense, compact, dense-eager and masked-eager models alternating; one result row per
     (batch size, budget). ``table_sizes`` shrinks the tables (tests); default Kaggle size.
@@ -204,7 +212,7 @@ def run_inference_bench(
     dense_prog = export_program(dense, cfg.dense_in_features).module()
     setups = []
     for b in budgets:
-        masks, ratio = budget_masks(cfg, b, seed=seed)
+        masks, ratio = budget_masks(cfg, b, seed=seed, feature_share=feature_share)
         compact = build_compact(dense.state_dict(), cfg, masks)
         ccfg = compact_config(cfg, masks)
         setups.append({
@@ -300,6 +308,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--budgets", default="0.5,0.3,0.1", help="comma-separated FLOPs budgets (default 0.5,0.3,0.1)")
     p.add_argument("--model", choices=["dot", "dcn", "cat"], default="cat", help="interaction (default cat)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per model (default: ~2e5 samples)")
+    p.add_argument("--feature-share", type=float, default=None, metavar="F",
+                   help="share of the features the masks keep (default sqrt(budget)); the widths make up the "
+                        "rest of the FLOPs budget. Fewer features = fewer lookups at the same FLOPs")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.set_defaults(func=cmd_bench_inference)
 
@@ -317,7 +328,7 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
     print(f"bench inference: {torch.get_num_threads()} threads; ideal = 1/FLOPs ratio, compact = exported compact "
           "program vs dense program, gemm = the same for GEMM time only, lookup = compact time share in embedding "
           "lookups, masked = masked eager vs dense eager, memory = param bytes compact/dense", flush=True)
-    res = run_inference_bench(batch_sizes, budgets, kind=args.model, rounds=args.rounds,
+    res = run_inference_bench(batch_sizes, budgets, kind=args.model, rounds=args.rounds, feature_share=args.feature_share,
                               log=lambda s: print(s, flush=True))
     print(format_table(res))
     big = [r for r in res if r["batch"] == max(batch_sizes)]
