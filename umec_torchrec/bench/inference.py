@@ -222,10 +222,10 @@ def run_inference_bench(
             "masked": _masked_model(dense, cfg, masks),
             "fmask": FeatureMask(masks.pruned_features),
             "kept_idx": [cfg.feature_names.index(f) for f in ccfg.feature_names],
+            "lookup_ratio": len(ccfg.feature_names) / len(cfg.feature_names),
         })
-        log(f"budget {b}: {len(ccfg.feature_names)} features (lookup bytes ratio "
-            f"{len(ccfg.feature_names) / len(cfg.feature_names):.3f}), bottom {ccfg.bottom}, top {ccfg.top}, "
-            f"FLOPs ratio {ratio:.3f}")
+        log(f"budget {b}: {len(ccfg.feature_names)} features (lookup bytes ratio {setups[-1]['lookup_ratio']:.3f}), "
+            f"bottom {ccfg.bottom}, top {ccfg.top}, FLOPs ratio {ratio:.3f}")
 
     results = []
     for bs in batch_sizes:
@@ -267,7 +267,7 @@ def run_inference_bench(
                 "samples_per_s": {k: bs / v for k, v in best.items()},
                 "median_samples_per_s": {k: bs / v for k, v in med.items()},
                 "kept_features": len(s["ccfg"].feature_names),
-                "lookup_bytes_ratio": len(s["ccfg"].feature_names) / len(cfg.feature_names),
+                "lookup_bytes_ratio": s["lookup_ratio"],
                 "bottom": s["ccfg"].bottom, "top": s["ccfg"].top,
                 "rounds": n_rounds,
             }

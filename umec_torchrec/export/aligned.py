@@ -24,11 +24,16 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def aligned_width(width: int, align: int) -> int:
-    """``width`` rounded up to a multiple of ``align`` (``align`` >= 1)."""
+def check_align(align: int) -> int:
+    """``align`` if it is a valid alignment (>= 1), else ``ValueError``."""
     if align < 1:
         raise ValueError(f"align must be >= 1, got {align}")
-    return -(-width // align) * align
+    return align
+
+
+def aligned_width(width: int, align: int) -> int:
+    """``width`` rounded up to a multiple of ``align`` (``align`` >= 1)."""
+    return -(-width // check_align(align)) * align
 
 
 class AlignedMLP(nn.Module):
@@ -82,4 +87,4 @@ class AlignedMLP(nn.Module):
         return x
 
 
-__all__ = ["AlignedMLP", "aligned_width"]
+__all__ = ["AlignedMLP", "aligned_width", "check_align"]

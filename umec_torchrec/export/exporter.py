@@ -31,6 +31,7 @@ from torchrec.modules.embedding_configs import DataType
 
 from umec_torchrec.train.sharding import quiet_torchrec
 from umec_torchrec.export import measure
+from umec_torchrec.export.aligned import check_align
 from umec_torchrec.export.checkpoint_reader import load_dlrm_state
 from umec_torchrec.export.compact import (
     build_compact,
@@ -289,13 +290,14 @@ def export_run(run_dir: str, out_dir: str, int8: bool = False, force: bool = Fal
     Raises:
         FileNotFoundError: no run directory / checkpoint.
         FileExistsError: ``out_dir`` exists and ``force`` is off.
-        ValueError: corrupt checkpoint, checkpoint from another architecture, bad masks.
+        ValueError: corrupt checkpoint, checkpoint from another architecture, bad masks, align < 1.
     """
     from umec_torchrec.runs import Run
 
     run = Run.open(run_dir)
     cfg = run.model_config()
     check_output(os.path.abspath(out_dir), force)  # fail before reading anything
+    check_align(align)
     mpath = run.file("masks.json")
     masks = PruningMasks.load(mpath) if os.path.isfile(mpath) else full_masks(cfg)
     try:

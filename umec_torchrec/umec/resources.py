@@ -39,6 +39,7 @@ class Resource:
 
     name: str = ""
     unit: str = ""
+    needs_features: bool = False  # only defined when the spec has feature groups
 
     def __init__(self, spec: GroupSpec) -> None:
         self.spec = spec
@@ -165,6 +166,7 @@ class _FeatureBytes(Resource):
     """Bytes that each kept feature costs, summed: ``alive @ bytes``."""
 
     spec_field = ""
+    needs_features = True
 
     def __init__(self, spec: GroupSpec) -> None:
         super().__init__(spec)
@@ -231,7 +233,7 @@ def resources_of_masks(spec: GroupSpec, masks, names=("flops", "embedding_bytes"
     kept, alive = kept_of_masks(spec, masks)
     out = {}
     for n in names:
-        if n in ("embedding_bytes", "lookup_bytes") and spec.feature_set is None:
+        if RESOURCES[n].needs_features and spec.feature_set is None:
             continue
         r = make_resource(n, spec)
         v = float(r(kept, alive)[0])
