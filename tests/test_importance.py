@@ -1,0 +1,159 @@
+"""Group-importance scores on constructed cases with a known answer (generated data only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from umec_torchrec.umec.importance import (Gate, ImportanceTracker, Replace, ScoreKind, fold_mean_,
+                                           group_contributions, holdout_scores)
+
+D = 4
+
+
+class TwoFieldModel(nn.Module):
+    """Embeddings of ``F`` fields, concatenated, into a Linear-ReLU-Linear head (a cat DLRM)."""
+
+    def __init__(self, cards, hidden=8):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(c, D) for c in cards)
+        self.first = nn.Linear(D * len(cards), hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, ids):
+        x = torch.cat([t(ids[:, k]) for k, t in enumerate(self.tables)], dim=1)
+        return self.out(torch.relu(self.first(x))).squeeze(1)
+
+
+def _incidence(F):
+    return torch.eye(F).repeat_interleave(D, dim=0)
+
+
+def _train(model, ids, y, steps=300, lr=0.05):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.binary_cross_entropy_with_logits(model(ids), y).backward()
+        opt.step()
+
+
+def _fisher(model, ids, y, kind_fisher=True, batches=5):
+    tracker = ImportanceTracker([Gate(model.first, _incidence(len(model.tables)))], momentum=0.5, fisher=kind_fisher)
+    for chunk_ids, chunk_y in zip(ids.chunk(batches), y.chunk(batches)):
+        model.zero_grad()
+        nn.functional.binary_cross_entropy_with_logits(model(chunk_ids), chunk_y).backward()
+    tracker.remove()
+    return tracker.stats[0]
+
+
+def _data(n=2000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sig = torch.randint(0, 4, (n,), generator=g)
+    const = torch.zeros(n, dtype=torch.long)
+    y = (torch.rand(n, generator=g) < torch.tensor([0.1, 0.3, 0.6, 0.9])[sig]).float()
+    return torch.stack([sig, const], dim=1), y
+
+
+def test_constant_field_scores_zero():
+    torch.manual_seed(0)
+    ids, y = _data()
+    model = TwoFieldModel([4, 1])
+    _train(model, ids, y, steps=100)
+    st = _fisher(model, ids, y)
+    var_score = (st.var[None, :] * model.first.weight.pow(2)).sum(0) @ _incidence(2)
+    assert st.fisher[1].item() < 1e-6 * st.fisher[0].item()
+    assert var_score[1].item() < 1e-5 * var_score[0].item()
+    assert st.fisher[0].item() > 1e-4 and var_score[0].item() > 1e-4
+    # the uncentered second moment calls the constant field important: the defect this fixes
+    act = (st.sq[None, :] * model.first.weight.pow(2)).sum(0) @ _incidence(2)
+    assert act[1].item() > 1e-3
+
+
+def test_rescaling_a_table_leaves_scores_unchanged():
+    torch.manual_seed(0)
+    ids, y = _data()
+    model = TwoFieldModel([4, 1])
+    _train(model, ids, y, steps=100)
+    before = _fisher(model, ids, y)
+    b_var = (before.var[None, :] * model.first.weight.pow(2)).sum(0) @ _incidence(2)
+    b_weight = model.first.weight[:, :D].pow(2).sum().item()
+    a = 7.0
+    with torch.no_grad():
+        model.tables[0].weight.mul_(a)
+        model.first.weight[:, :D].div_(a)
+    after = _fisher(model, ids, y)
+    a_var = (after.var[None, :] * model.first.weight.pow(2)).sum(0) @ _incidence(2)
+    torch.testing.assert_close(after.fisher, before.fisher, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(a_var, b_var, rtol=1e-4, atol=1e-9)
+    # the plain weight norm is fooled by the same rescaling (it falls by a^2)
+    assert model.first.weight[:, :D].pow(2).sum().item() == pytest.approx(b_weight / (a * a), rel=1e-4)
+
+
+def test_memorising_field_scores_below_signal_on_holdout():
+    """Field 0 carries signal; field 1 has a unique id per training row and random labels.
+    The model memorises the training labels through field 1; on held-out rows (whose
+    field-1 ids hit other rows' memorised embeddings, as hashed ids do) removing field 1
+    costs nothing and removing field 0 costs a lot."""
+    torch.manual_seed(0)
+    n = 1500
+    g = torch.Generator().manual_seed(1)
+    sig = torch.randint(0, 4, (2 * n,), generator=g)
+    p = torch.tensor([0.15, 0.35, 0.65, 0.85])[sig]
+    y = (torch.rand(2 * n, generator=g) < p).float()
+    mem = torch.cat([torch.arange(1, n + 1), torch.randint(1, n + 1, (n,), generator=g)])
+    ids = torch.stack([sig, mem], dim=1)
+    model = TwoFieldModel([4, n + 1], hidden=16)
+    _train(model, ids[:n], y[:n], steps=400, lr=0.05)
+    train_st = _fisher(model, ids[:n], y[:n])
+    w = model.first.weight.detach().pow(2).sum(0) @ _incidence(2)
+    assert w[1] > w[0]  # the weight norm prefers the memoriser
+    batches = list(zip(ids[n:].chunk(3), y[n:].chunk(3)))
+    head = lambda x: model.out(torch.relu(model.first(x))).squeeze(-1)  # noqa: E731
+    measured = Gate(model.first, _incidence(2), downstream=head)
+    (hold,) = holdout_scores(lambda b: model(b[0]), batches, lambda b: b[1], [measured], [train_st.mean])
+    assert hold[1] < 0.05 * hold[0]
+    assert hold[0] > 0.1
+    # the measured loss increase of field 0 equals a direct evaluation
+    x = torch.cat([model.tables[0](ids[n:, 0]), model.tables[1](ids[n:, 1])], dim=1).detach()
+    bce = nn.functional.binary_cross_entropy_with_logits
+    x0 = x.clone()
+    x0[:, :D] = train_st.mean[:D]
+    direct = (bce(head(x0), y[n:]) - bce(head(x), y[n:])).item()
+    assert hold[0].item() == pytest.approx(direct, rel=1e-3, abs=1e-6)
+    gate = Gate(model.first, _incidence(2))
+    # no parameter gradient was written by the holdout pass
+    model.zero_grad(set_to_none=True)
+    holdout_scores(lambda b: model(b[0]), batches, lambda b: b[1], [gate], [train_st.mean])
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_fold_mean_replaces_removed_columns_by_their_mean():
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 3)
+    x = torch.randn(50, 6)
+    x[:, 2] = 1.5  # constant column
+    mean = x.mean(0)
+    removed = torch.tensor([False, False, True, True, False, False])
+    want = lin(torch.where(removed[None, :], mean[None, :], x))
+    fold_mean_(lin, removed, mean)
+    torch.testing.assert_close(lin(x), want)
+    assert lin.weight[:, removed].abs().sum() == 0
+
+
+def test_contributions_shapes_and_zero_replacement():
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    g = torch.tensor([[0.5, -1.0, 2.0]])
+    inc = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # column 1 is shared
+    t = group_contributions(x, g, inc, None)
+    torch.testing.assert_close(t, torch.tensor([[-(0.5 - 2.0), -(-2.0 + 6.0)]]))
+    t_mean = Gate(nn.Identity(), inc, Replace.MEAN).contributions(x, g, x[0])
+    assert t_mean.abs().sum() == 0
+
+
+def test_score_kind_properties():
+    assert ScoreKind("fisher").loss_scale and ScoreKind.HOLDOUT.loss_scale
+    assert not ScoreKind.CENTERED.loss_scale and ScoreKind.CENTERED.folds_mean
+    assert not ScoreKind.WEIGHT.folds_mean and not ScoreKind.ACTIVATION.folds_mean
+    with pytest.raises(ValueError):
+        ScoreKind("nonsense")

@@ -1,0 +1,362 @@
+r"""Group importance: estimates of the loss increase when a group is removed.
+
+UMEC ranks the groups of every set by a score: the prox shrinks the least-scored groups,
+the ``s`` step prices one more pruned group by the next-smallest score and the final fill
+gives back the groups of highest score per unit of resource. This module computes those
+scores. Every group set has a *gate*: the tensor through which its groups reach the rest
+of the model, the first positional input ``x`` of one module,
+
+* sparse features (``cat``, ``dot``): the input of the first over-arch Linear, whose
+  columns belong to features through an incidence matrix ``M`` (``[C, G]``; with ``dot``
+  a pair column has two owners);
+* sparse features (``dcn``): the input ``x_0`` of the cross net, one block per feature;
+* hidden units: the input of the Linear that consumes the layer (one column per unit).
+
+Removing group ``g`` changes the gate by ``delta_g`` and, to second order with the
+per-sample Fisher approximation of the Hessian, the loss of sample ``n`` by
+
+.. math::
+    t_{ng} = \sum_{c \in g} \frac{\partial \ell_n}{\partial x_{nc}}\, \delta_{nc}, \qquad
+    \Delta\ell_{ng} \approx t_{ng} + \tfrac12 t_{ng}^2 .
+
+A removed group is *replaced by its mean* where its consumer is a Linear
+(``delta = mu - x``; the mean's contribution ``W_{:,g}\,\mu_g`` is folded into the
+consumer's bias when the group is pruned, see :func:`fold_mean_`), so a constant input
+costs nothing; where the consumer is not linear in it (the DCN cross net) it is zeroed
+(``delta = -x``). Score kinds (:class:`ScoreKind`):
+
+* ``weight``: the squared L2 norm of the group's weights (the paper's);
+* ``activation``: squared column norms weighted by ``E[x_c^2]`` (``E||W_g x_g||^2`` under a
+  diagonal approximation; invariant to moving scale between a table and its columns);
+* ``centered``: the same with the variance ``Var[x_c]``: the mean is folded into the bias,
+  so only the varying part of a group's input counts;
+* ``fisher``: :math:`\tfrac12 E_n[t_{ng}^2]` on training batches (group Fisher pruning,
+  Liu et al. 2021; first-order Taylor, Molchanov et al. 2019). At a trained model the
+  first-order term averages to zero on the training data, leaving the Fisher term;
+* ``holdout``: :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]` on *validation* batches
+  (:func:`holdout_scores`), clamped at zero: a group that only memorises training labels
+  helps nothing on unseen rows (its ``t`` has no systematic sign, or the sign that says
+  removal helps).
+
+``fisher`` and ``holdout`` are in units of log loss for every set, so one budget dual can
+trade a feature against a neuron; the norm-based kinds are rescaled per set by the
+optimizer. Costs: one ``[B, C] x [C, G]`` product per gate and step (``fisher``), nothing
+but moment updates otherwise; ``holdout`` runs forward and backward (to the gates only,
+never into the tables, so fused table optimizers are not stepped) on ``k`` validation
+batches every ``N`` steps.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "ScoreKind",
+    "Replace",
+    "Gate",
+    "GateStats",
+    "ImportanceTracker",
+    "group_contributions",
+    "holdout_scores",
+    "fold_mean_",
+]
+
+
+class ScoreKind(str, enum.Enum):
+    """How groups are scored (see the module docstring)."""
+
+    WEIGHT = "weight"
+    ACTIVATION = "activation"
+    CENTERED = "centered"
+    FISHER = "fisher"
+    HOLDOUT = "holdout"
+
+    @property
+    def loss_scale(self) -> bool:
+        """Scores in units of log loss, comparable across sets."""
+        return self in (ScoreKind.FISHER, ScoreKind.HOLDOUT)
+
+    @property
+    def folds_mean(self) -> bool:
+        """Pruning replaces a group by its mean (folded into the consumer's bias)."""
+        return self in (ScoreKind.CENTERED, ScoreKind.FISHER, ScoreKind.HOLDOUT)
+
+    @property
+    def needs_stats(self) -> bool:
+        return self is not ScoreKind.WEIGHT
+
+
+class Replace(str, enum.Enum):
+    """What a removed group's gate columns become."""
+
+    MEAN = "mean"
+    ZERO = "zero"
+
+
+@dataclass
+class Gate:
+    """Where one group set meets the rest of the model.
+
+    Args:
+        module: the module whose first positional input ``x`` (``[B, C]``) carries the groups.
+        incidence: ``[C, G]`` 0/1 map of columns to groups; ``None`` is the identity (column
+            ``j`` is group ``j``).
+        replace: :class:`Replace`: ``MEAN`` where ``module`` is a Linear (the mean is folded
+            into its bias on pruning), ``ZERO`` otherwise.
+        downstream: the model's logits as a function of the gate tensor (``[N, C] -> [N]``),
+            when it is cheap to run alone (the over arch for feature gates); with it,
+            :func:`holdout_scores` *measures* each removal instead of estimating it.
+    """
+
+    module: nn.Module
+    incidence: Optional[torch.Tensor] = None
+    replace: Replace = Replace.MEAN
+    downstream: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def replaced(self, x: torch.Tensor, mean: Optional[torch.Tensor], groups: torch.Tensor) -> torch.Tensor:
+        """``[len(groups), B, C]``: ``x`` with the columns of each group replaced (one group at a time)."""
+        C = x.shape[1]
+        inc = self.incidence if self.incidence is not None else torch.eye(C, device=x.device)
+        hit = inc.to(x.device)[:, groups].t() > 0  # [k, C]
+        fill = torch.zeros_like(x[0]) if mean is None or self.replace is Replace.ZERO else mean.to(x.dtype)
+        return torch.where(hit[:, None, :], fill[None, None, :], x[None, :, :])
+
+    def contributions(self, x: torch.Tensor, grad: torch.Tensor, mean: Optional[torch.Tensor]) -> torch.Tensor:
+        """Per-sample first-order loss change of removing each group, ``[B, G]``."""
+        return group_contributions(x, grad, self.incidence, mean if self.replace is Replace.MEAN else None)
+
+
+def group_contributions(
+    x: torch.Tensor, grad: torch.Tensor, incidence: Optional[torch.Tensor], mean: Optional[torch.Tensor]
+) -> torch.Tensor:
+    r"""``t[n, g] = sum_{c in g} grad[n, c] * delta[n, c]`` with ``delta = mean - x`` (or ``-x``).
+
+    Args:
+        x: ``[B, C]`` gate values.
+        grad: ``[B, C]`` per-sample loss gradients ``d l_n / d x_n`` (not divided by ``B``).
+        incidence: ``[C, G]`` or ``None`` (identity).
+        mean: ``[C]`` replacement values, or ``None`` to zero the group.
+
+    Returns:
+        ``[B, G]``.
+    """
+    delta = -x if mean is None else mean[None, :] - x
+    prod = (grad * delta).float()
+    return prod if incidence is None else prod @ incidence.to(prod.dtype)
+
+
+class GateStats:
+    """Moving averages at one gate: ``mean`` and ``sq`` (``E[x]``, ``E[x^2]``, ``[C]``) and,
+    when tracked, ``fisher`` (``E[t^2] / 2``, ``[G]``)."""
+
+    def __init__(self) -> None:
+        self.mean: Optional[torch.Tensor] = None
+        self.sq: Optional[torch.Tensor] = None
+        self.fisher: Optional[torch.Tensor] = None
+
+    @property
+    def var(self) -> Optional[torch.Tensor]:
+        return None if self.mean is None else (self.sq - self.mean.pow(2)).clamp(min=0.0)
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        return {k: v for k, v in (("mean", self.mean), ("sq", self.sq), ("fisher", self.fisher)) if v is not None}
+
+
+def _lerp(prev: Optional[torch.Tensor], new: torch.Tensor, momentum: float) -> torch.Tensor:
+    return new if prev is None else prev.lerp(new, momentum)
+
+
+class ImportanceTracker:
+    """Forward hooks (training mode only) that keep the moments of every gate, and with
+    ``fisher=True`` the group Fisher of mean replacement from the gates' gradients.
+
+    Args:
+        gates: one :class:`Gate` per group set (``None`` for a set without one).
+        momentum: weight of the newest batch in the moving averages.
+        fisher: also track ``E[t^2] / 2`` (one gradient hook per gate and step).
+
+    Example::
+
+        tracker = ImportanceTracker([Gate(first_linear, incidence)], fisher=True)
+        ...                             # training steps (forward + backward)
+        stats = tracker.synced()        # identical on every rank
+        stats[0].var, stats[0].fisher
+    """
+
+    def __init__(self, gates: Sequence[Optional[Gate]], momentum: float = 0.1, fisher: bool = False) -> None:
+        self.gates = list(gates)
+        self.momentum = momentum
+        self.track_fisher = fisher
+        self.enabled = True
+        self.stats: List[GateStats] = [GateStats() for _ in self.gates]
+        self._handles: List = []
+        for i, gate in enumerate(self.gates):
+            if gate is not None:
+                self._handles.append(gate.module.register_forward_pre_hook(self._hook(i)))
+
+    def _hook(self, i: int) -> Callable:
+        gate = self.gates[i]
+        st = self.stats[i]
+
+        def hook(module: nn.Module, args) -> None:
+            if not (self.enabled and module.training) or not args:
+                return
+            x = args[0]
+            with torch.no_grad():
+                xd = x.detach().float()
+                st.mean = _lerp(st.mean, xd.mean(dim=0), self.momentum)
+                st.sq = _lerp(st.sq, xd.pow(2).mean(dim=0), self.momentum)
+            if self.track_fisher and x.requires_grad and torch.is_grad_enabled():
+                mean = st.mean
+
+                def on_grad(g: torch.Tensor) -> None:
+                    with torch.no_grad():
+                        t = gate.contributions(xd, g.detach().float() * g.shape[0], mean)
+                        st.fisher = _lerp(st.fisher, 0.5 * t.pow(2).mean(dim=0), self.momentum)
+
+                x.register_hook(on_grad)
+
+        return hook
+
+    def synced(self, group: Optional[dist.ProcessGroup] = None) -> List[GateStats]:
+        """The averages, all-reduced (mean) over ranks in one collective; the local copies
+        are replaced by the synced ones, so every rank scores identically."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return self.stats
+        parts = [(st, k, v) for st in self.stats for k, v in sorted(st.tensors().items())]
+        if not parts:
+            return self.stats
+        flat = torch.cat([v.flatten() for _, _, v in parts])
+        dist.all_reduce(flat, group=group)
+        flat /= dist.get_world_size(group)
+        i = 0
+        for st, k, v in parts:
+            setattr(st, k, flat[i: i + v.numel()].view_as(v).clone())
+            i += v.numel()
+        return self.stats
+
+    def state_dict(self) -> List[Dict[str, torch.Tensor]]:
+        return [{k: v.detach().cpu().clone() for k, v in st.tensors().items()} for st in self.stats]
+
+    def load_state_dict(self, state: Sequence[Mapping[str, torch.Tensor]], device: torch.device) -> None:
+        if len(state) != len(self.stats):
+            raise ValueError(f"importance state has {len(state)} gates, this model {len(self.stats)}")
+        for st, d in zip(self.stats, state):
+            for k in ("mean", "sq", "fisher"):
+                setattr(st, k, torch.as_tensor(d[k]).to(device) if k in d else None)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def holdout_scores(
+    forward: Callable[[object], torch.Tensor],
+    batches: Iterable[object],
+    labels: Callable[[object], torch.Tensor],
+    gates: Sequence[Optional[Gate]],
+    means: Sequence[Optional[torch.Tensor]],
+) -> List[Optional[torch.Tensor]]:
+    r"""Log-loss increase of removing each group, on held-out batches.
+
+    For every batch: one forward (``forward(batch) -> logits``). For a gate with a
+    ``downstream`` function the removal is *measured*: the loss of the downstream part with
+    each group's columns replaced, minus the loss as it is (``G`` variants of the batch, in
+    chunks). Otherwise it is *estimated* from one backward of the mean BCE loss to the gate
+    tensors only (``torch.autograd.grad``: no parameter gradient is written and no fused
+    table optimizer runs): :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]` per group
+    (:func:`group_contributions`). Batches are weighted by their size; the result is
+    clamped at zero.
+
+    Args:
+        forward: the model's logits for a batch (call the module below any DDP wrapper).
+        batches: held-out batches.
+        labels: a batch's labels (``[B]`` floats).
+        gates: one gate per set (``None``: no score, returned as ``None``).
+        means: the replacement means per gate (``[C]``; from training batches).
+
+    Returns:
+        one ``[G]`` tensor per gate (or ``None``).
+    """
+    captured: Dict[int, torch.Tensor] = {}
+    handles = []
+    for i, gate in enumerate(gates):
+        if gate is not None:
+            def hook(module, args, i=i):
+                if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+                    captured[i] = args[0]
+            handles.append(gate.module.register_forward_pre_hook(hook))
+    sums: List[Optional[torch.Tensor]] = [None] * len(gates)
+    rows = 0
+    try:
+        for batch in batches:
+            captured.clear()
+            with torch.enable_grad():
+                logits = forward(batch).flatten().float()
+                y = labels(batch).flatten().float().to(logits.device)
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
+                idx = [i for i in sorted(captured) if gates[i].downstream is None]
+                grads = torch.autograd.grad(loss, [captured[i] for i in idx], allow_unused=True) if idx else []
+            B = logits.numel()
+            parts = {i: _estimated(gates[i], captured[i], g, B, means[i]) for i, g in zip(idx, grads) if g is not None}
+            for i in sorted(captured):
+                if gates[i].downstream is not None:
+                    parts[i] = _measured(gates[i], captured[i].detach(), y, means[i])
+            for i, part in parts.items():
+                sums[i] = part if sums[i] is None else sums[i] + part
+            rows += B
+    finally:
+        for h in handles:
+            h.remove()
+    return [None if s is None else (s / max(rows, 1)).clamp(min=0.0) for s in sums]
+
+
+def _estimated(gate: Gate, x: torch.Tensor, grad: torch.Tensor, B: int, mean: Optional[torch.Tensor]) -> torch.Tensor:
+    """Summed second-order estimate over the batch, ``[G]``."""
+    t = gate.contributions(x.detach().float(), grad.float() * B, mean)
+    return (t + 0.5 * t.pow(2)).sum(dim=0)
+
+
+@torch.no_grad()
+def _measured(gate: Gate, x: torch.Tensor, y: torch.Tensor, mean: Optional[torch.Tensor],
+              max_rows: int = 1 << 16) -> torch.Tensor:
+    """Summed measured loss increase over the batch, ``[G]`` (downstream runs on
+    ``G x B`` rows, at most ``max_rows`` at a time)."""
+    assert gate.downstream is not None
+    loss = nn.functional.binary_cross_entropy_with_logits
+    base = loss(gate.downstream(x).flatten().float(), y, reduction="sum")
+    G = x.shape[1] if gate.incidence is None else gate.incidence.shape[1]
+    per = max(1, max_rows // max(1, x.shape[0]))
+    out = []
+    for start in range(0, G, per):
+        groups = torch.arange(start, min(G, start + per), device=x.device)
+        xs = gate.replaced(x, mean, groups)  # [k, B, C]
+        logits = gate.downstream(xs.flatten(0, 1)).float().view(len(groups), -1)
+        out.append(loss(logits, y[None, :].expand_as(logits), reduction="none").sum(dim=1) - base)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def fold_mean_(consumer: nn.Linear, removed: torch.Tensor, mean: torch.Tensor) -> None:
+    """Fold the mean of removed input columns into ``consumer``'s bias and zero them:
+    ``b += W[:, removed] @ mean[removed]``, ``W[:, removed] = 0``. The output is then what
+    it was with those inputs replaced by their means.
+
+    Args:
+        consumer: the Linear that reads the gate (it must have a bias).
+        removed: ``[C]`` bool, the columns to remove.
+        mean: ``[C]`` the columns' means.
+    """
+    if consumer.bias is None:
+        raise ValueError("cannot fold a removed group's mean: the consuming Linear has no bias")
+    w = consumer.weight
+    sel = removed.to(w.device).to(w.dtype)
+    consumer.bias.add_((w * sel[None, :]) @ mean.to(w.device).to(w.dtype))
+    w.mul_(1.0 - sel[None, :])
