@@ -21,10 +21,11 @@ SCHEMA = "label=y,dense=price;age,categorical=user;item"
 
 def _check_bundle(b: DataBundle) -> None:
     """Shared invariants: ids within table sizes, sizes recorded, batches keyed by features."""
-    assert isinstance(b.train, CTRData) and isinstance(b.test, CTRData)
-    assert b.train.table_sizes == b.test.table_sizes == list(b.info["table_sizes"].values())
+    assert isinstance(b.train, CTRData) and isinstance(b.valid, CTRData) and isinstance(b.test, CTRData)
+    assert b.train.table_sizes == b.valid.table_sizes == b.test.table_sizes == list(b.info["table_sizes"].values())
     assert list(b.info["table_sizes"]) == b.train.feature_names
-    for part in (b.train, b.test):
+    assert b.info["rows"]["total"] == len(b.train) + len(b.valid) + len(b.test)
+    for part in (b.train, b.valid, b.test):
         assert part.sparse.dtype == torch.int64 and part.dense.dtype == torch.float32
         assert (part.sparse >= 0).all()
         assert (part.sparse < torch.tensor(part.table_sizes)).all()
@@ -54,7 +55,7 @@ def test_parse_spec_grammar():
 def test_inline_options_override_dataoptions():
     """Generated (synthetic): inline spec options win over the DataOptions argument."""
     b = load_data("synthetic:rows=400,test_fraction=0.5", DataOptions(test_fraction=0.1))
-    assert b.info["rows"] == {"total": 400, "train": 200, "test": 200}
+    assert b.info["rows"] == {"total": 400, "train": 160, "valid": 40, "test": 200}
     assert b.info["options"]["test_fraction"] == 0.5
 
 
@@ -68,12 +69,12 @@ def test_criteo_tsv_plain_and_gzip(tmp_path, name):
     _check_bundle(b)
     assert b.train.dense_names == [f"I{i}" for i in range(1, 14)]
     assert b.train.feature_names == [f"C{i}" for i in range(1, 27)]
-    assert len(b.train) + len(b.test) == 60 and b.info["bad_lines"] == 0
+    assert len(b.train) + len(b.valid) + len(b.test) == 60 and b.info["bad_lines"] == 0
     # dense transform log(1 + max(x, 0)), missing -> 0, against a direct parse of the file
     lines = T.criteo_lines(60, 1)
     raw = np.array([[float(v) if v else 0.0 for v in l.split("\t")[1:14]] for l in lines])
     expect = np.log1p(np.maximum(raw, 0)).astype(np.float32)
-    rows = torch.cat([b.train.dense, b.test.dense]).numpy()
+    rows = torch.cat([b.train.dense, b.valid.dense, b.test.dense]).numpy()
     order = np.lexsort(rows.T[::-1]); order_e = np.lexsort(expect.T[::-1])
     np.testing.assert_allclose(rows[order], expect[order_e], rtol=1e-6)
 
@@ -87,7 +88,7 @@ def test_criteo_real_sample(criteo_sample):
     # README: C9 and C20 have 3 distinct values; the table adds an OOV row (and missing is a value)
     sizes = b.info["table_sizes"]
     assert sizes["C9"] <= 5 and sizes["C3"] > 5000
-    assert abs(float(torch.cat([b.train.labels, b.test.labels]).mean()) - 0.238) < 0.005
+    assert abs(float(torch.cat([b.train.labels, b.valid.labels, b.test.labels]).mean()) - 0.238) < 0.005
     # time-ordered: the test split is the last 23% of the file
     assert len(b.test) == round(19532 * 0.23)
 
@@ -129,7 +130,7 @@ def test_csv_schema_header(tmp_path):
     lines = p.read_text().splitlines()[1:]
     n_missing_age = sum(1 for l in lines if l.split(",")[3] == "")
     assert n_missing_age > 0
-    assert int((torch.cat([b.train.dense, b.test.dense])[:, 1] == 0).sum()) >= n_missing_age
+    assert int((torch.cat([b.train.dense, b.valid.dense, b.test.dense])[:, 1] == 0).sum()) >= n_missing_age
 
 
 def test_csv_no_header_gzip_tab(tmp_path):
@@ -208,7 +209,8 @@ def test_splits_seeded_and_time_ordered():
     assert not torch.equal(a.test.dense, c.test.dense)
     t = load_data("synthetic:rows=1000,time_ordered=1")
     raw = generate(rows=1000)
-    assert torch.equal(t.train.labels, torch.from_numpy(raw.labels[:770]).float())
+    assert torch.equal(t.train.labels, torch.from_numpy(raw.labels[:670]).float())
+    assert torch.equal(t.valid.labels, torch.from_numpy(raw.labels[670:770]).float())
     assert torch.equal(t.test.labels, torch.from_numpy(raw.labels[770:]).float())
     assert t.info["split"]["time_ordered"] is True
 
@@ -220,7 +222,7 @@ def test_synthetic_deterministic_and_ground_truth():
     a = load_data("synthetic:rows=2000,seed=7")
     b = load_data("synthetic:rows=2000,seed=7")
     c = load_data("synthetic:rows=2000,seed=8")
-    for x, y in ((a.train, b.train), (a.test, b.test)):
+    for x, y in ((a.train, b.train), (a.valid, b.valid), (a.test, b.test)):
         assert torch.equal(x.dense, y.dense) and torch.equal(x.sparse, y.sparse) and torch.equal(x.labels, y.labels)
     assert not torch.equal(a.train.labels, c.train.labels)
     info = a.info

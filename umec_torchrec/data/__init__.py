@@ -1,11 +1,12 @@
 """Click-log readers and batching into TorchRec ``Batch`` objects.
 
-* :func:`load_data` (``spec`` string -> :class:`DataBundle` of train/test :class:`CTRData`);
+* :func:`load_data` (``spec`` string -> :class:`DataBundle` of train/valid/test :class:`CTRData`);
   the spec grammar is documented in :mod:`umec_torchrec.data.spec`;
 * sources: :mod:`~umec_torchrec.data.criteo` (TSV), :mod:`~umec_torchrec.data.criteo_npy`,
   :mod:`~umec_torchrec.data.libsvm`, :mod:`~umec_torchrec.data.delimited`,
   :mod:`~umec_torchrec.data.synthetic`;
-* :class:`DataOptions` (split, vocabulary, bad-line policy, csv schema), :class:`DataError`.
+* :class:`DataOptions` (split, vocabulary, bad-line policy, csv schema), :class:`DataError`;
+* :mod:`~umec_torchrec.data.split` (the three-way row split: :func:`~umec_torchrec.data.split.split_rows`).
 """
 
 from umec_torchrec.data.bundle import DataBundle

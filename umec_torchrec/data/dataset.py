@@ -6,9 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+__all__ = ["CTRData"]
 
 
 @dataclass
@@ -65,6 +68,20 @@ class CTRData:
         else:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         return self.subset(order[: n - n_test]), self.subset(order[n - n_test:])
+
+    def split_three(self, test_fraction: float, valid_fraction: float = 0.1, seed: int = 0,
+                    time_ordered: bool = False) -> Tuple["CTRData", "CTRData", "CTRData"]:
+        """(train, valid, test) by :func:`~umec_torchrec.data.split.split_rows`: the test rows
+        are those of :meth:`split` with the same arguments; valid is carved out of its train.
+
+        Example::
+
+            train, valid, test = data.split_three(0.23, 0.1, seed=0)
+        """
+        from umec_torchrec.data.split import split_rows
+
+        tr, va, te = split_rows(len(self), test_fraction, valid_fraction, seed, time_ordered)
+        return tuple(self.subset(torch.from_numpy(np.ascontiguousarray(r))) for r in (tr, va, te))  # type: ignore[return-value]
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)

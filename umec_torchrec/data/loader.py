@@ -1,8 +1,9 @@
-""":func:`load_data`: a data spec string -> seeded train/test :class:`CTRData` splits.
+""":func:`load_data`: a data spec string -> seeded train/valid/test :class:`CTRData` splits.
 
 Pipeline: parse the spec (:mod:`~umec_torchrec.data.spec`), read a :class:`RawTable`
-with the source's reader, split rows (seeded or time-ordered), fit the vocabulary on the
-training rows only (:mod:`~umec_torchrec.data.vocab`), encode both splits, apply DLRM's
+with the source's reader, split rows three ways (seeded or time-ordered,
+:mod:`~umec_torchrec.data.split`), fit the vocabulary on the training rows only
+(:mod:`~umec_torchrec.data.vocab`), encode the three splits, apply DLRM's
 dense transform ``log(1 + max(x, 0))`` (missing = 0), and wrap everything into a
 :class:`DataBundle`.
 """
@@ -21,8 +22,10 @@ from umec_torchrec.data.errors import DataError
 from umec_torchrec.data.options import DataOptions
 from umec_torchrec.data.raw import RawTable, dense_transform
 from umec_torchrec.data.spec import DataSpec, parse_spec
-from umec_torchrec.data.split import split_indices
+from umec_torchrec.data.split import split_rows
 from umec_torchrec.data.vocab import Vocabulary
+
+__all__ = ["DENSE_TRANSFORM", "encode", "load_data", "read_raw"]
 
 DENSE_TRANSFORM = "log(1 + max(x, 0)), missing = 0"
 
@@ -62,11 +65,13 @@ def read_raw(spec: DataSpec, options: DataOptions) -> RawTable:
 
 
 def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
-    """Split ``raw``, fit the vocabulary on train, encode both splits (see module docstring)."""
+    """Split ``raw`` three ways, fit the vocabulary on train, encode every split (see module docstring)."""
     n = len(raw)
-    if n < 2:
-        raise DataError(raw.info.get("path", source), None, None, f"need at least 2 rows to split, got {n}")
-    tr, te = split_indices(n, float(options.test_fraction), int(options.split_seed), bool(options.time_ordered))
+    try:
+        tr, va, te = split_rows(n, float(options.test_fraction), float(options.valid_fraction),
+                                int(options.split_seed), bool(options.time_ordered))
+    except ValueError as e:
+        raise DataError(raw.info.get("path", source), None, None, str(e)) from None
     voc = Vocabulary.fit(raw.cats[tr], raw.feature_names, mode=options.vocab, min_count=options.min_count,
                          hash_size=options.hash_size)
     sizes = voc.table_sizes
@@ -81,12 +86,15 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
         "table_sizes": dict(zip(raw.feature_names, sizes)),
         "feature_names": list(raw.feature_names),
         "dense_names": list(raw.dense_names),
-        "rows": {"total": int(n), "train": int(len(tr)), "test": int(len(te))},
-        "split": {"test_fraction": float(options.test_fraction), "seed": int(options.split_seed),
-                  "time_ordered": bool(options.time_ordered)},
+        "rows": {"total": int(n), "train": int(len(tr)), "valid": int(len(va)), "test": int(len(te))},
+        "split": {"kind": "time_ordered" if options.time_ordered else "random",
+                  "seed": int(options.split_seed), "test_fraction": float(options.test_fraction),
+                  "valid_fraction": float(options.valid_fraction), "time_ordered": bool(options.time_ordered),
+                  "rows": {"train": int(len(tr)), "valid": int(len(va)), "test": int(len(te))}},
         "bad_lines": int(src_info.pop("bad_lines", 0)),
         "dense_transform": "pre-transformed by the source" if raw.dense_transformed else DENSE_TRANSFORM,
-        "ctr": {"train": float(labels[tr].mean()), "test": float(labels[te].mean())},
+        "ctr": {name: (float(labels[rows].mean()) if len(rows) else None)
+                for name, rows in (("train", tr), ("valid", va), ("test", te))},
         "options": dataclasses.asdict(options),
     }
     for k, v in src_info.items():  # source extras (ground truth, ...); never shadow the keys above
@@ -103,11 +111,12 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
             info={**info, "split_name": split},
         )
 
-    return DataBundle(train=make(tr, "train"), test=make(te, "test"), info=info, vocabulary=voc)
+    return DataBundle(train=make(tr, "train"), valid=make(va, "valid"), test=make(te, "test"), info=info,
+                      vocabulary=voc)
 
 
 def load_data(spec: str, options: Optional[DataOptions] = None) -> DataBundle:
-    """Read the source named by ``spec`` and return its seeded train/test split.
+    """Read the source named by ``spec`` and return its seeded train/valid/test split.
 
     Args:
         spec: a data spec (grammar: :mod:`umec_torchrec.data.spec`), e.g. ``"synthetic"``,

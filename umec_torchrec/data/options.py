@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+__all__ = ["DataOptions", "VOCAB_MODES"]
+
 VOCAB_MODES = ("min_count", "hash")
 
 
@@ -14,11 +16,17 @@ class DataOptions:
     """Options of :func:`umec_torchrec.data.load_data`; inline spec options override them.
 
     Args:
-        test_fraction: share of rows in the test split, in (0, 1).
+        test_fraction: share of rows in the test split, in (0, 1). The test rows depend
+            only on ``test_fraction``, ``split_seed`` and ``time_ordered`` (not on
+            ``valid_fraction``).
+        valid_fraction: share of rows in the validation split, in [0, 1) with
+            ``valid_fraction + test_fraction < 1``; carved out of the rows that would
+            otherwise train. 0: an empty validation split (the former two-way split).
         split_seed: seed of the random split (ignored when ``time_ordered``).
-        time_ordered: the first rows train, the later rows test (file order = time order).
+        time_ordered: the first rows train, then validation, then test (file order = time
+            order).
         vocab: ``"min_count"`` (a vocabulary built on the training split; values seen fewer
-            than ``min_count`` times in train, and test values unseen in train, go to the
+            than ``min_count`` times in train, and valid/test values unseen in train, go to the
             out-of-vocabulary row 0) or ``"hash"`` (a stable 64-bit hash of each value, mod
             ``hash_size``; no OOV row).
         min_count: minimum training count of a value to get its own row.
@@ -33,6 +41,7 @@ class DataOptions:
     """
 
     test_fraction: float = 0.23
+    valid_fraction: float = 0.1
     split_seed: int = 0
     time_ordered: bool = False
     vocab: str = "min_count"
@@ -52,6 +61,11 @@ class DataOptions:
 
         if not 0.0 < float(self.test_fraction) < 1.0:
             raise DataError(where, None, full_path=True, field="test_fraction", reason=f"must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= float(self.valid_fraction) < 1.0:
+            raise DataError(where, None, full_path=True, field="valid_fraction", reason=f"must be in [0, 1), got {self.valid_fraction}")
+        if float(self.valid_fraction) + float(self.test_fraction) >= 1.0:
+            raise DataError(where, None, full_path=True, field="valid_fraction",
+                            reason=f"valid_fraction + test_fraction must be < 1, got {self.valid_fraction} + {self.test_fraction}")
         if self.vocab not in VOCAB_MODES:
             raise DataError(where, None, full_path=True, field="vocab", reason=f"unknown vocabulary mode {self.vocab!r}; expected one of {VOCAB_MODES}")
         if self.vocab == "hash" and (self.hash_size is None or int(self.hash_size) < 1):

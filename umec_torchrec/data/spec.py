@@ -22,7 +22,7 @@ Kinds (``KIND``):
   ``seed``, ``n_dense``, ``n_sparse``, ``signal_sparse``, ``signal_dense`` (all optional).
 
 Any source also takes the :class:`~umec_torchrec.data.options.DataOptions` keys inline:
-``test_fraction``, ``split_seed``, ``time_ordered``, ``vocab`` (``min_count``|``hash``),
+``test_fraction``, ``valid_fraction``, ``split_seed``, ``time_ordered``, ``vocab`` (``min_count``|``hash``),
 ``min_count``, ``hash_size``, ``skip_bad_lines``, ``max_rows`` (booleans: ``1/0/true/false``).
 Inline values override the ``DataOptions`` passed to ``load_data``.
 
@@ -31,6 +31,7 @@ Examples::
     synthetic
     synthetic:rows=5000,seed=3
     criteo:../shared/data/criteo_kaggle_train_sample.tsv.gz,time_ordered=1
+    criteo:../shared/data/criteo_kaggle_train_sample.tsv.gz,valid_fraction=0.15,test_fraction=0.2
     criteo-npy:/data/criteo_1tb,days=0;1,vocab=hash,hash_size=1000000,max_rows=5000000
     libsvm:../shared/data/frappe/frappe.valid.libsvm.gz
     csv:logs.csv,label=clicked,dense=price;age,categorical=user;item,delimiter=tab
@@ -56,6 +57,7 @@ _DELIMS = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"
 # DataOptions keys allowed inline, with their parsers.
 _OPTION_KEYS = {
     "test_fraction": float,
+    "valid_fraction": float,
     "split_seed": int,
     "time_ordered": "bool",
     "vocab": str,
