@@ -9,7 +9,7 @@ from torchrec.datasets.utils import Batch
 from mp import run_multiprocess
 from test_export import kjt_of, masked_logits, random_masks, small_config
 from umec_torchrec.export import export_run, load_compact
-from umec_torchrec.export.exporter import sample_inputs
+from umec_torchrec.export.samples import sample_inputs
 from umec_torchrec.models import build_model
 from umec_torchrec.umec import apply_masks_
 

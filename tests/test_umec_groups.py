@@ -4,9 +4,9 @@ deleting it. Generated data and models (no real data)."""
 import pytest
 import torch
 
-from umec_torchrec.models import MODEL_KINDS, ModelConfig, build_dlrm, find_dlrm
+from umec_torchrec.models import MODEL_KINDS, find_dlrm
 from umec_torchrec.umec import FeatureMask, PruningMasks, apply_masks_
-from umec_torchrec.umec.groups import declare_groups, discover_groups
+from umec_torchrec.umec.groups import ChainStructure, DLRMStructure, declare_groups, discover_groups
 from umec_torchrec.umec import layout
 
 from umec_helpers import random_data, small_model
@@ -105,3 +105,33 @@ def test_declare_groups_for_custom_model():
         declare_groups(head[0], {"a": [0]}, chain=[head[4]])
     with pytest.raises(ValueError, match="columns must be"):
         declare_groups(head[0], {"a": [12]})
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_discovered_structure_matches_the_model(kind):
+    """Generated model: the DLRMStructure read from the modules equals the ModelConfig it was
+    built from, and the config-only layer names (layout.prunable_widths) are the discovered
+    hidden layers' names and widths."""
+    data = random_data()
+    model, cfg = small_model(kind, data)
+    spec = discover_groups(model)
+    st = spec.structure
+    assert isinstance(st, DLRMStructure) and st.kind == kind
+    assert (st.embedding_dim, st.num_features, st.dense_in_features) == (
+        cfg.embedding_dim, len(cfg.feature_names), cfg.dense_in_features)
+    assert st.bottom == list(cfg.bottom) and st.top == list(cfg.top)
+    assert (st.dcn_layers, st.dcn_rank) == ((cfg.dcn_num_layers, cfg.dcn_low_rank_dim) if kind == "dcn" else (0, 0))
+    hidden = {h.name: h.width for h in layout.hidden_layers(find_dlrm(model))}
+    assert layout.prunable_widths(cfg) == hidden
+    assert st.bottom_names + st.top_names == list(hidden)
+    assert [s.kind for s in spec.sets] == ["features"] + ["units"] * len(hidden)
+
+
+def test_declared_structure_is_a_chain():
+    """Declared custom head: the structure records the chain's widths, names and incidence."""
+    head = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+    spec = declare_groups(head[0], {"a": [0, 1, 2], "b": [2, 3, 4, 5]}, chain=[head[2]], extra_flops=7.0)
+    st = spec.structure
+    assert isinstance(st, ChainStructure)
+    assert st.widths == [6, 5, 1] and st.layer_names == ["layer0"] and st.extra_flops == 7.0
+    assert st.incidence.tolist() == [[1, 0], [1, 0], [1, 1], [0, 1], [0, 1], [0, 1]]

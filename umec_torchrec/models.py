@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple, get_args
 
 import torch
 from torch import nn
@@ -23,7 +23,12 @@ from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain, OverArch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-MODEL_KINDS = ("dot", "dcn", "cat")
+ModelKind = Literal["dot", "dcn", "cat"]
+"""The interaction layout of a model (a plain string in ``config.json`` and on the command line)."""
+MODEL_KINDS: Tuple[ModelKind, ...] = get_args(ModelKind)
+"""Every :data:`ModelKind`, e.g. for ``argparse`` ``choices``."""
+DEFAULT_MODEL_KIND: ModelKind = "cat"
+"""The kind the commands build when none is given (the UMEC paper's layout)."""
 
 
 class ConcatInteractionArch(nn.Module):
@@ -101,7 +106,7 @@ class ModelConfig:
         dcn_num_layers / dcn_low_rank_dim: cross-net shape for ``kind="dcn"``.
     """
 
-    kind: str
+    kind: ModelKind
     feature_names: List[str]
     table_sizes: List[int]
     dense_in_features: int
@@ -201,7 +206,7 @@ def find_dlrm(module: nn.Module) -> DLRM:
     )
 
 
-def model_kind(dlrm: DLRM) -> str:
+def model_kind(dlrm: DLRM) -> ModelKind:
     """``"dot"``, ``"dcn"`` or ``"cat"`` for a DLRM instance."""
     if isinstance(dlrm, DLRMConcat):
         return "cat"
@@ -211,7 +216,9 @@ def model_kind(dlrm: DLRM) -> str:
 
 
 __all__ = [
+    "ModelKind",
     "MODEL_KINDS",
+    "DEFAULT_MODEL_KIND",
     "ConcatInteractionArch",
     "DLRMConcat",
     "ModelConfig",

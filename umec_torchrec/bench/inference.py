@@ -45,20 +45,17 @@ from umec_torchrec.bench.kaggle import kaggle_model_config
 from umec_torchrec.export.compact import build_compact, compact_config, skeleton
 from umec_torchrec.export.measure import dense_path_flops
 from umec_torchrec.export.program import export_program
-from umec_torchrec.models import ModelConfig, build_dlrm
-from umec_torchrec.umec import FeatureMask, apply_masks_
+from umec_torchrec.export.samples import one_id_kjt
+from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelConfig, ModelKind, build_dlrm
+from umec_torchrec.umec import FeatureMask, apply_masks_, layout
 from umec_torchrec.umec.masks import PruningMasks
 
 
 def _width_masks(cfg: ModelConfig, kept: List[str], scale: float, gen_seed: int) -> PruningMasks:
     g = torch.Generator().manual_seed(gen_seed)
-    layers, widths = {}, {}
-    for part, sizes, prefix in (("bottom", cfg.bottom, "dense_arch.model._mlp"), ("top", cfg.top, "over_arch.model.0._mlp")):
-        for i, w in enumerate(sizes[:-1]):
-            name = f"{prefix}.{i}"
-            widths[name] = w
-            k = max(1, min(w, int(round(w * scale))))
-            layers[name] = torch.randperm(w, generator=g)[:k].tolist()
+    widths = layout.prunable_widths(cfg)
+    layers = {name: torch.randperm(w, generator=g)[: max(1, min(w, int(round(w * scale))))].tolist()
+              for name, w in widths.items()}
     return PruningMasks(list(cfg.feature_names), kept, layers, widths)
 
 
@@ -114,7 +111,7 @@ def _param_bytes(model: nn.Module) -> int:
 
 def _masked_model(dense: nn.Module, cfg: ModelConfig, masks: PruningMasks) -> nn.Module:
     """A DLRM sharing ``dense``'s tables, with copies of its dense weights, masked."""
-    sd = {k: (v if k.startswith("sparse_arch.") else v.clone()) for k, v in dense.state_dict().items()}
+    sd = {k: (v if layout.is_sparse_key(k) else v.clone()) for k, v in dense.state_dict().items()}
     m = skeleton(cfg)
     m.load_state_dict(sd, assign=True)
     apply_masks_(m, masks)
@@ -129,14 +126,6 @@ def _inputs(cfg: ModelConfig, batch: int, n_batches: int, seed: int) -> List[Tup
         ids = (torch.rand(batch, len(sizes), generator=g, dtype=torch.float64) * sizes).long()
         out.append((torch.rand(batch, cfg.dense_in_features, generator=g) * 3.0, ids))
     return out
-
-
-def _kjt(ids: torch.Tensor, names: Sequence[str]):
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-    b, f = ids.shape
-    return KeyedJaggedTensor.from_lengths_sync(keys=list(names), values=ids.t().reshape(-1),
-                                               lengths=torch.ones(b * f, dtype=torch.int32))
 
 
 GEMM_OPS = frozenset({"addmm", "mm", "bmm", "linear", "_linear_pointwise"})
@@ -188,7 +177,7 @@ def _time(fn: Callable[[], Any]) -> float:
 def run_inference_bench(
     batch_sizes: Sequence[int] = (128, 4096),
     budgets: Sequence[float] = (0.5, 0.3, 0.1),
-    kind: str = "cat",
+    kind: ModelKind = DEFAULT_MODEL_KIND,
     rounds: Optional[int] = None,
     warmup: int = 3,
     table_sizes: Optional[List[int]] = None,
@@ -208,7 +197,6 @@ def run_inference_bench(
     log(f"building the dense {kind} model ({sum(cfg.table_sizes):,} table rows, D={cfg.embedding_dim})...")
     dense = build_dlrm(cfg).eval()
     dense_bytes = _param_bytes(dense)
-    full_flops = dense_path_flops(cfg)
     dense_prog = export_program(dense, cfg.dense_in_features).module()
     setups = []
     for b in budgets:
@@ -230,7 +218,7 @@ def run_inference_bench(
     results = []
     for bs in batch_sizes:
         inputs = _inputs(cfg, bs, 4, seed + bs)
-        kjts = [_kjt(ids, cfg.feature_names) for _, ids in inputs]
+        kjts = [one_id_kjt(ids, cfg.feature_names) for _, ids in inputs]
         n_rounds = rounds or max(10, min(50, 50_000 // bs))
         dense_split = time_split(lambda i: dense_prog(inputs[i][0], inputs[i][1]), len(inputs))
         for s in setups:
@@ -306,7 +294,8 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
                     "measured speed-up next to the ideal one (1 / FLOPs ratio) and the memory ratio.")
     p.add_argument("--batch-sizes", default="128,4096", help="comma-separated batch sizes (default 128,4096)")
     p.add_argument("--budgets", default="0.5,0.3,0.1", help="comma-separated FLOPs budgets (default 0.5,0.3,0.1)")
-    p.add_argument("--model", choices=["dot", "dcn", "cat"], default="cat", help="interaction (default cat)")
+    p.add_argument("--model", choices=list(MODEL_KINDS), default=DEFAULT_MODEL_KIND,
+                   help=f"interaction (default {DEFAULT_MODEL_KIND})")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per model (default: ~2e5 samples)")
     p.add_argument("--feature-share", type=float, default=None, metavar="F",
                    help="share of the features the masks keep (default sqrt(budget)); the widths make up the "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from umec_torchrec.models import ModelConfig
+from umec_torchrec.models import DEFAULT_MODEL_KIND, ModelConfig, ModelKind
 
 # Rows per table of the 26 categorical features C1..C26 of Criteo Kaggle (the DLRM
 # reference's counts; 33,762,577 rows in all).
@@ -16,7 +16,7 @@ KAGGLE_DENSE = 13
 
 
 def kaggle_model_config(
-    kind: str = "cat",
+    kind: ModelKind = DEFAULT_MODEL_KIND,
     embedding_dim: int = 16,
     bottom: Optional[List[int]] = None,
     top: Optional[List[int]] = None,

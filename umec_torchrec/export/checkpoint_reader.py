@@ -22,8 +22,10 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
-from umec_torchrec.export.compact import TABLE_PREFIX, expected_shapes, index_plan, table_key
+from umec_torchrec.export.compact import expected_shapes, index_plan, table_key
 from umec_torchrec.models import ModelConfig
+from umec_torchrec.umec import layout
+from umec_torchrec.umec.layout import TABLE_PREFIX
 from umec_torchrec.umec.masks import PruningMasks
 
 
@@ -70,8 +72,8 @@ def check_architecture(shapes: Mapping[str, Tuple[int, ...]], prefix: str, cfg: 
                 f"(the {cfg.kind} model config needs it)"
             )
         if tuple(got) != tuple(shape):
-            if k.startswith(TABLE_PREFIX) and got[1:] == shape[1:]:
-                diff = f"{k[len(TABLE_PREFIX):-len('.weight')]} has {got[0]} rows, config says {shape[0]}"
+            if layout.is_table_key(k) and got[1:] == shape[1:]:
+                diff = f"{layout.table_of_key(k)} has {got[0]} rows, config says {shape[0]}"
             else:
                 diff = f"{k} has shape {tuple(got)}, config says {tuple(shape)}"
             raise ValueError(f"{ckpt_dir}: checkpoint from another architecture: {diff}")

@@ -27,12 +27,9 @@ from umec_torchrec.models import ModelConfig, build_dlrm
 from umec_torchrec.umec import layout
 from umec_torchrec.umec.masks import PruningMasks
 
-TABLE_PREFIX = "sparse_arch.embedding_bag_collection.embedding_bags."
-
-
 def table_key(cfg: ModelConfig, feature: str) -> str:
     """DLRM-relative state-dict key of ``feature``'s table."""
-    return f"{TABLE_PREFIX}{cfg.table_name(feature)}.weight"
+    return layout.feature_table_key(cfg, feature)
 
 
 def check_masks(cfg: ModelConfig, masks: PruningMasks) -> None:
@@ -49,7 +46,7 @@ def check_masks(cfg: ModelConfig, masks: PruningMasks) -> None:
             "the masks keep no sparse feature; a TorchRec DLRM needs at least one table, "
             "so this model cannot be exported"
         )
-    widths = _layer_widths(cfg)
+    widths = layout.prunable_widths(cfg)
     for name, kept in masks.layers.items():
         if name not in widths:
             raise ValueError(f"masks name layer {name!r}, the {cfg.kind} model has {sorted(widths)}")
@@ -59,21 +56,14 @@ def check_masks(cfg: ModelConfig, masks: PruningMasks) -> None:
             )
 
 
-def _layer_widths(cfg: ModelConfig) -> Dict[str, int]:
-    """Prunable layer name -> width (bottom hidden layers, top MLP layers)."""
-    out = {f"dense_arch.model._mlp.{i}": w for i, w in enumerate(cfg.bottom[:-1])}
-    out.update({f"over_arch.model.0._mlp.{i}": w for i, w in enumerate(cfg.top[:-1])})
-    return out
-
-
 def compact_config(cfg: ModelConfig, masks: PruningMasks) -> ModelConfig:
     """The :class:`ModelConfig` of the compact model: kept features/tables, kept widths."""
     check_masks(cfg, masks)
     kept = set(masks.kept_features)
     names = [f for f in cfg.feature_names if f in kept]
     sizes = [n for f, n in zip(cfg.feature_names, cfg.table_sizes) if f in kept]
-    bottom = [len(masks.layers.get(f"dense_arch.model._mlp.{i}", range(w))) for i, w in enumerate(cfg.bottom[:-1])]
-    top = [len(masks.layers.get(f"over_arch.model.0._mlp.{i}", range(w))) for i, w in enumerate(cfg.top[:-1])]
+    bottom = [len(masks.layers.get(layout.bottom_layer_name(i), range(w))) for i, w in enumerate(cfg.bottom[:-1])]
+    top = [len(masks.layers.get(layout.top_layer_name(i), range(w))) for i, w in enumerate(cfg.top[:-1])]
     return dataclasses.replace(
         cfg, feature_names=names, table_sizes=sizes, bottom=bottom + [cfg.bottom[-1]], top=top + [cfg.top[-1]]
     )
@@ -122,7 +112,7 @@ def index_plan(cfg: ModelConfig, masks: PruningMasks) -> Dict[str, Tuple[Optiona
             plan[f"{cn_name}.V_kernels.{i}"] = (None, keep)
             plan[f"{cn_name}.W_kernels.{i}"] = (keep, None)
             plan[f"{cn_name}.bias.{i}"] = (keep, None)
-    missing = {k for k, _ in sk.named_parameters() if not k.startswith(TABLE_PREFIX)} - set(plan)
+    missing = {k for k, _ in sk.named_parameters() if not layout.is_table_key(k)} - set(plan)
     if missing:  # a parameter the surgery does not know how to slice
         raise NotImplementedError(f"no slicing rule for parameters {sorted(missing)}")
     return plan
@@ -185,6 +175,21 @@ def build_compact(
     return model.eval()
 
 
+def tag_config(dlrm: DLRM, cfg: ModelConfig) -> DLRM:
+    """Attach ``cfg`` to ``dlrm`` as ``.umec_config`` (what :func:`config_of` reads); returns ``dlrm``."""
+    dlrm.umec_config = cfg  # type: ignore[attr-defined]
+    return dlrm
+
+
+def config_of(dlrm: DLRM) -> ModelConfig:
+    """The :class:`ModelConfig` a compact model carries (:func:`tag_config`, set by
+    ``export_model`` and ``load_compact``); ``ValueError`` if it carries none."""
+    cfg = getattr(dlrm, "umec_config", None)
+    if cfg is None:
+        raise ValueError("the model carries no ModelConfig (load it with load_compact, or tag it with tag_config)")
+    return cfg
+
+
 def kept_feature_indices(cfg: ModelConfig, masks: PruningMasks) -> List[int]:
     """Positions of the kept features among ``cfg.feature_names`` (for ``kjt.permute``)."""
     kept = set(masks.kept_features)
@@ -197,7 +202,6 @@ def full_masks(cfg: ModelConfig) -> PruningMasks:
 
 
 __all__ = [
-    "TABLE_PREFIX",
     "table_key",
     "check_masks",
     "compact_config",
@@ -206,6 +210,8 @@ __all__ = [
     "expected_shapes",
     "compact_state_dict",
     "build_compact",
+    "tag_config",
+    "config_of",
     "kept_feature_indices",
     "full_masks",
 ]

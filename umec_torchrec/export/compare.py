@@ -8,6 +8,8 @@ import torch
 from torchrec.models.dlrm import DLRM
 
 from umec_torchrec.export import measure
+from umec_torchrec.export.compact import config_of
+from umec_torchrec.export.loaders import load_compact
 from umec_torchrec.models import ModelConfig, find_dlrm
 
 
@@ -38,14 +40,14 @@ def compare_models(
         ``{"dense": {...}, "compact": {...}}`` with ``parameters``, ``embedding_bytes``,
         ``lookup_bytes_per_sample``, ``flops_per_sample`` (FlopCounterMode, dense path) and ``auc``.
     """
-    from umec_torchrec.export.exporter import load_compact
     from umec_torchrec.train.metrics import roc_auc
 
     if isinstance(compact, str):
         compact = load_compact(compact)
-    ccfg = getattr(compact, "umec_config", None)
-    if ccfg is None:
-        raise ValueError("the compact model carries no config; pass an export directory or a load_compact() model")
+    try:
+        ccfg = config_of(compact)
+    except ValueError:
+        raise ValueError("the compact model carries no config; pass an export directory or a load_compact() model") from None
     out: Dict[str, Dict[str, float]] = {}
     for name, model, cfg in (("dense", find_dlrm(dense), dense_cfg), ("compact", compact, ccfg)):
         was_training = model.training

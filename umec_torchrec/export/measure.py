@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from umec_torchrec.models import ModelConfig, build_dlrm
+from umec_torchrec.umec import layout
 
 
 def tiny_tables(cfg: ModelConfig) -> ModelConfig:
@@ -45,7 +46,7 @@ def lookup_bytes(cfg: ModelConfig, element_size: int = 4) -> int:
 
 def parameter_counts(cfg: ModelConfig) -> Dict[str, int]:
     """``{"embedding", "dense", "total"}`` parameter counts of ``cfg``'s model."""
-    dense = sum(p.numel() for n, p in build_dlrm(tiny_tables(cfg)).named_parameters() if not n.startswith("sparse_arch."))
+    dense = sum(p.numel() for n, p in build_dlrm(tiny_tables(cfg)).named_parameters() if not layout.is_sparse_key(n))
     emb = sum(cfg.table_sizes) * cfg.embedding_dim
     return {"embedding": int(emb), "dense": int(dense), "total": int(emb + dense)}
 

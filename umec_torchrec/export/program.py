@@ -30,13 +30,14 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from umec_torchrec.export.aligned import AlignedMLP
 from umec_torchrec.models import ConcatInteractionArch
+from umec_torchrec.umec import layout
 
 MAX_BATCH = 1 << 24
 DEFAULT_ALIGN = 16
 
 
 def _relu_flag(p: Perceptron) -> bool:
-    act = p._activation_fn
+    act = layout.perceptron_activation(p)
     if act in (torch.relu, F.relu) or isinstance(act, nn.ReLU):
         return True
     if isinstance(act, nn.Identity):
@@ -46,10 +47,9 @@ def _relu_flag(p: Perceptron) -> bool:
 
 def mlp_chains(dlrm: DLRM) -> Tuple[List[Tuple[nn.Linear, bool]], List[Tuple[nn.Linear, bool]]]:
     """The bottom and top MLPs of ``dlrm`` as ``(Linear, relu after it)`` chains."""
-    bottom = [(p._linear, _relu_flag(p)) for p in dlrm.dense_arch.model._mlp]
-    mlp, final = dlrm.over_arch.model[0], dlrm.over_arch.model[1]
-    top = [(p._linear, _relu_flag(p)) for p in mlp._mlp] + [(final, False)]
-    return bottom, top
+    bottom = [(layout.perceptron_linear(p), _relu_flag(p)) for p in layout.bottom_perceptrons(dlrm)]
+    top = [(layout.perceptron_linear(p), _relu_flag(p)) for p in layout.top_perceptrons(dlrm)]
+    return bottom, top + [(layout.logit_linear(dlrm), False)]
 
 
 class CompactPredictor(nn.Module):
@@ -78,18 +78,17 @@ class CompactPredictor(nn.Module):
 
     def __init__(self, dlrm: DLRM, align: int = DEFAULT_ALIGN) -> None:
         super().__init__()
-        ebc = dlrm.sparse_arch.embedding_bag_collection
-        bad = [c.name for c in ebc.embedding_bag_configs() if c.pooling not in (PoolingType.SUM, PoolingType.MEAN)]
+        bad = [c.name for c in layout.embedding_configs(dlrm) if c.pooling not in (PoolingType.SUM, PoolingType.MEAN)]
         if bad:
             raise NotImplementedError(f"serving program: tables {bad} are neither SUM- nor MEAN-pooled")
-        self.feature_names: List[str] = list(dlrm.sparse_arch.sparse_feature_names)
+        self.feature_names: List[str] = layout.feature_names(dlrm)
         self.align = int(align)
-        self.tables = nn.ParameterList([bag.weight for bag in ebc.embedding_bags.values()])
+        self.tables = nn.ParameterList(layout.table_weights(dlrm))
         bottom, top = mlp_chains(dlrm)
         self.bottom = AlignedMLP([lin for lin, _ in bottom], [r for _, r in bottom], align)
         self.top = AlignedMLP([lin for lin, _ in top], [r for _, r in top], align)
-        self.concat = isinstance(dlrm.inter_arch, ConcatInteractionArch)
-        self.inter_arch = dlrm.inter_arch
+        self.inter_arch = layout.interaction(dlrm)
+        self.concat = isinstance(self.inter_arch, ConcatInteractionArch)
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         d = self.bottom(dense)

@@ -34,13 +34,23 @@ Custom models: :func:`declare_groups`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from umec_torchrec.models import find_dlrm, model_kind
+from umec_torchrec.models import MODEL_KINDS, ModelKind, find_dlrm, model_kind
 from umec_torchrec.umec import layout
+
+GroupKind = Literal["features", "units"]
+"""What the groups of a :class:`GroupSet` are: sparse features (plus, optionally, the
+dense-arch output) or the units of one hidden layer."""
+FEATURES: GroupKind = "features"
+UNITS: GroupKind = "units"
+FEATURE_SET = "features"
+"""Name of the feature group set (the other sets are named by their layer)."""
+DENSE_LABEL = "<dense>"
+"""Label of the dense-arch output's group in the feature set (``prune_dense=True``)."""
 
 
 @dataclass
@@ -67,14 +77,14 @@ class GroupSet:
 
     Args:
         name: ``"features"`` or a hidden layer's FQN (the ``PruningMasks`` key).
-        kind: ``"features"`` or ``"units"``.
+        kind: :data:`GroupKind`, ``"features"`` or ``"units"``.
         labels: one label per group (feature names, or unit indices as strings).
         members: the parameter slices that make up the groups.
         min_keep: groups that are never pruned (at least one survives).
     """
 
     name: str
-    kind: str
+    kind: GroupKind
     labels: List[str]
     members: List[Member]
     min_keep: int = 1
@@ -112,13 +122,65 @@ class GroupSet:
         return total
 
 
+@dataclass(frozen=True)
+class DLRMStructure:
+    """The dense-path shape of a discovered TorchRec DLRM (what the FLOPs model needs).
+
+    Args:
+        kind: the interaction layout.
+        embedding_dim: D.
+        num_features: F, all sparse features.
+        dense_in_features: input width of the bottom MLP.
+        bottom: bottom MLP widths (the last is D).
+        top: over-arch widths, ending with the logit (1).
+        bottom_names / top_names: FQNs of the prunable hidden layers of each MLP, in order
+            (the group set names; a layer whose set is absent keeps its full width).
+        dcn_layers / dcn_rank: cross-net depth and low rank (0 unless ``kind == "dcn"``).
+        prune_dense: whether the dense-arch output is a feature-like group.
+    """
+
+    kind: ModelKind
+    embedding_dim: int
+    num_features: int
+    dense_in_features: int
+    bottom: List[int]
+    top: List[int]
+    bottom_names: List[str]
+    top_names: List[str]
+    dcn_layers: int = 0
+    dcn_rank: int = 0
+    prune_dense: bool = False
+
+
+@dataclass(frozen=True)
+class ChainStructure:
+    """The dense-path shape of a custom model declared with :func:`declare_groups`.
+
+    Args:
+        incidence: ``[in, F]`` 0/1 map of the first Linear's input columns to the features.
+        widths: the chain's widths: the first Linear's input, then every layer's output.
+        layer_names: names of the hidden layers (the unit group sets), in order.
+        extra_flops: fixed FLOPs per sample outside the chain.
+    """
+
+    incidence: torch.Tensor
+    widths: List[int]
+    layer_names: List[str]
+    extra_flops: float = 0.0
+
+
+Structure = Union[DLRMStructure, ChainStructure]
+"""The dense-path shape recorded in a :class:`GroupSpec`."""
+
+
 @dataclass
 class GroupSpec:
     """All group sets of a model, plus what the resource models need to know.
 
     Args:
         sets: the group sets; the feature set (if any) first.
-        structure: the dense-path shape (see :mod:`umec_torchrec.umec.resources`).
+        structure: the dense-path shape (:class:`DLRMStructure` or :class:`ChainStructure`),
+            read by the FLOPs model of :mod:`umec_torchrec.umec.resources`.
         feature_table_bytes: bytes of each feature's table (feature order).
         feature_lookup_bytes: bytes each feature reads from its table per sample (dim x
             element size: one id per feature and sample), feature order.
@@ -127,7 +189,7 @@ class GroupSpec:
     """
 
     sets: List[GroupSet]
-    structure: Dict[str, object]
+    structure: Structure
     feature_table_bytes: List[float] = field(default_factory=list)
     feature_lookup_bytes: List[float] = field(default_factory=list)
     feature_names: List[str] = field(default_factory=list)
@@ -135,6 +197,7 @@ class GroupSpec:
     watch: Dict[str, nn.Module] = field(default_factory=dict)  # module whose input feeds each moment
 
     def set_index(self, name: str) -> int:
+        """Position of the set called ``name`` (``KeyError`` if there is none)."""
         for i, s in enumerate(self.sets):
             if s.name == name:
                 return i
@@ -160,9 +223,11 @@ class GroupSpec:
 
     @property
     def feature_set(self) -> Optional[GroupSet]:
-        return next((s for s in self.sets if s.kind == "features"), None)
+        """The set of feature groups, if features are pruned."""
+        return next((s for s in self.sets if s.kind == FEATURES), None)
 
     def to(self, device: torch.device) -> "GroupSpec":
+        """Move the incidence matrices to ``device`` (in place); returns ``self``."""
         for s in self.sets:
             for m in s.members:
                 if m.incidence is not None:
@@ -172,18 +237,15 @@ class GroupSpec:
 
 def feature_tables(model: nn.Module) -> Dict[str, str]:
     """``{feature: table name}`` of the DLRM inside ``model`` (sharded or not)."""
-    ebc = find_dlrm(model).sparse_arch.embedding_bag_collection
-    configs = ebc.embedding_bag_configs() if hasattr(ebc, "embedding_bag_configs") else ebc._embedding_bag_configs
+    configs = layout.embedding_configs(find_dlrm(model))
     return {f: c.name for c in configs for f in (c.feature_names or [c.name])}
 
 
 def _table_bytes(dlrm: nn.Module, names: List[str], rows: bool = True) -> List[float]:
     """rows x dim x bytes-per-element of each feature's table, from the EBC configs
     (``rows=False``: dim x bytes-per-element, the bytes of one looked-up row)."""
-    ebc = dlrm.sparse_arch.embedding_bag_collection
-    configs = ebc.embedding_bag_configs() if hasattr(ebc, "embedding_bag_configs") else ebc._embedding_bag_configs
     by_feature = {}
-    for c in configs:
+    for c in layout.embedding_configs(dlrm):
         elem = _elem_bytes(c)
         for f in c.feature_names or [c.name]:
             by_feature[f] = float((c.num_embeddings if rows else 1) * c.embedding_dim * elem)
@@ -211,7 +273,7 @@ def discover_groups(
     """
     dlrm = find_dlrm(model)
     kind = model_kind(dlrm)
-    if kind not in ("dot", "dcn", "cat"):
+    if kind not in MODEL_KINDS:
         raise TypeError(f"unsupported DLRM variant {type(dlrm).__name__}")
     names = layout.feature_names(dlrm)
     D = layout.embedding_dim(dlrm)
@@ -230,8 +292,8 @@ def discover_groups(
                     Member(w, 0, blk, moment="cross_input"),
                     Member(b, 0, blk, moment="cross_input"),
                 ]
-        labels = (["<dense>"] if prune_dense else []) + names
-        sets.append(GroupSet("features", "features", labels, members, min_keep=1))
+        labels = ([DENSE_LABEL] if prune_dense else []) + names
+        sets.append(GroupSet(FEATURE_SET, FEATURES, labels, members, min_keep=1))
 
     for h in layout.hidden_layers(dlrm):
         if (h.part == "bottom" and not prune_bottom) or (h.part == "top" and not prune_top):
@@ -240,29 +302,30 @@ def discover_groups(
         if h.linear.bias is not None:
             members.append(Member(h.linear.bias, 0))
         members.append(Member(h.next.weight, 1))
-        sets.append(GroupSet(h.name, "units", [str(i) for i in range(h.width)], members, min_keep=1))
+        sets.append(GroupSet(h.name, UNITS, [str(i) for i in range(h.width)], members, min_keep=1))
 
     if not sets:
         raise ValueError("nothing to prune: enable features, bottom or top groups")
 
-    bottom = [lin.out_features for lin in layout.bottom_linears(dlrm)]
-    top_lin = [p._linear for p in dlrm.over_arch.model[0]._mlp]
-    structure = {
-        "kind": kind,
-        "D": D,
-        "F": len(names),
-        "dense_in": layout.bottom_linears(dlrm)[0].in_features,
-        "bottom": bottom,
-        "top": [lin.out_features for lin in top_lin] + [dlrm.over_arch.model[1].out_features],
-        "bottom_names": [h.name for h in layout.hidden_layers(dlrm) if h.part == "bottom"],
-        "top_names": [h.name for h in layout.hidden_layers(dlrm) if h.part == "top"],
-        "dcn_layers": len(layout.cross_net(dlrm).V_kernels) if kind == "dcn" else 0,
-        "dcn_rank": layout.cross_net(dlrm).V_kernels[0].shape[0] if kind == "dcn" else 0,
-        "prune_dense": prune_dense,
-    }
+    bottom_lin = layout.bottom_linears(dlrm)
+    hidden = layout.hidden_layers(dlrm)
+    cn = layout.cross_net(dlrm)
+    structure = DLRMStructure(
+        kind=kind,
+        embedding_dim=D,
+        num_features=len(names),
+        dense_in_features=bottom_lin[0].in_features,
+        bottom=[lin.out_features for lin in bottom_lin],
+        top=[lin.out_features for lin in layout.top_linears(dlrm)],
+        bottom_names=[h.name for h in hidden if h.part == "bottom"],
+        top_names=[h.name for h in hidden if h.part == "top"],
+        dcn_layers=len(cn.V_kernels) if cn is not None else 0,
+        dcn_rank=cn.V_kernels[0].shape[0] if cn is not None else 0,
+        prune_dense=prune_dense,
+    )
     watch = {"over_arch_input": layout.first_top_linear(dlrm)}
-    if kind == "dcn":
-        watch["cross_input"] = layout.cross_net(dlrm)
+    if cn is not None:
+        watch["cross_input"] = cn
     return GroupSpec(
         sets=sets,
         structure=structure,
@@ -311,21 +374,38 @@ def declare_groups(
         if cols.numel() == 0 or int(cols.min()) < 0 or int(cols.max()) >= first_linear.in_features:
             raise ValueError(f"feature {f!r}: columns must be a non-empty subset of range({first_linear.in_features})")
         inc[cols.to(inc.device), g] = 1.0
-    sets = [GroupSet("features", "features", feats, [Member(first_linear.weight, 1, inc, moment="over_arch_input")])]
+    sets = [GroupSet(FEATURE_SET, FEATURES, feats, [Member(first_linear.weight, 1, inc, moment="over_arch_input")])]
     layers = [first_linear, *chain]
     names = list(layer_names) if layer_names is not None else [f"layer{i}" for i in range(len(layers) - 1)]
     for i, (lin, nxt) in enumerate(zip(layers[:-1], layers[1:])):
         if nxt.in_features != lin.out_features:
             raise ValueError(f"chain broken at {names[i]}: {lin.out_features} outputs feed {nxt.in_features} inputs")
         members = [Member(lin.weight, 0)] + ([Member(lin.bias, 0)] if lin.bias is not None else []) + [Member(nxt.weight, 1)]
-        sets.append(GroupSet(names[i], "units", [str(j) for j in range(lin.out_features)], members))
-    structure = {
-        "kind": "custom",
-        "incidence": inc.detach().cpu(),
-        "widths": [first_linear.in_features] + [lin.out_features for lin in layers],
-        "layer_names": names,
-        "extra_flops": float(extra_flops),
-    }
+        sets.append(GroupSet(names[i], UNITS, [str(j) for j in range(lin.out_features)], members))
+    structure = ChainStructure(
+        incidence=inc.detach().cpu(),
+        widths=[first_linear.in_features] + [lin.out_features for lin in layers],
+        layer_names=names,
+        extra_flops=float(extra_flops),
+    )
     tb, lb = feature_table_bytes or {}, feature_lookup_bytes or {}
     return GroupSpec(sets, structure, [float(tb.get(f, 0.0)) for f in feats], [float(lb.get(f, 0.0)) for f in feats],
                      feats, watch={"over_arch_input": first_linear})
+
+
+__all__ = [
+    "GroupKind",
+    "FEATURES",
+    "UNITS",
+    "FEATURE_SET",
+    "DENSE_LABEL",
+    "Member",
+    "GroupSet",
+    "DLRMStructure",
+    "ChainStructure",
+    "Structure",
+    "GroupSpec",
+    "feature_tables",
+    "discover_groups",
+    "declare_groups",
+]

@@ -14,19 +14,142 @@ the dense-arch output and index ``k + 1`` the k-th sparse feature):
 * ``dcn``: the cross net keeps the ``cat`` layout, so feature k owns block k+1 of the first
   over-arch Linear and of every cross layer (``V_kernels`` columns, ``W_kernels`` rows,
   ``bias`` entries).
+
+This is the only module that knows TorchRec's DLRM internals: module paths (FQN prefixes of
+the MLPs and tables), ``Perceptron._linear`` / ``._activation_fn``, the over-arch's
+``model[0]`` (MLP) / ``model[1]`` (logit Linear), the EmbeddingBagCollection and its
+configs. Everything else asks for them through the accessors below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, Dict, List, Literal, Optional
 
 import torch
 from torch import nn
 from torchrec.models.dlrm import DLRM
 from torchrec.modules.mlp import Perceptron
 
-from umec_torchrec.models import model_kind
+from umec_torchrec.models import ModelConfig, model_kind
+
+# --- module paths (DLRM-relative FQNs) ------------------------------------------------------
+BOTTOM_MLP = "dense_arch.model._mlp"
+"""FQN of the bottom (dense-arch) MLP's Perceptron list; layer ``i`` is ``f"{BOTTOM_MLP}.{i}"``."""
+TOP_MLP = "over_arch.model.0._mlp"
+"""FQN of the over-arch MLP's Perceptron list (the logit Linear is not in it)."""
+SPARSE_PREFIX = "sparse_arch."
+"""Prefix of every state-dict key of the sparse arch (the embedding tables)."""
+TABLE_PREFIX = "sparse_arch.embedding_bag_collection.embedding_bags."
+"""Prefix of the table keys: ``f"{TABLE_PREFIX}{table name}.weight"``."""
+
+Part = Literal["bottom", "top"]
+"""Which MLP a hidden layer belongs to."""
+
+
+def bottom_layer_name(i: int) -> str:
+    """FQN of the bottom MLP's ``i``-th layer (the ``PruningMasks`` key)."""
+    return f"{BOTTOM_MLP}.{i}"
+
+
+def top_layer_name(i: int) -> str:
+    """FQN of the over-arch MLP's ``i``-th layer (the ``PruningMasks`` key)."""
+    return f"{TOP_MLP}.{i}"
+
+
+def table_key(table: str) -> str:
+    """DLRM-relative state-dict key of the weight of the table called ``table``."""
+    return f"{TABLE_PREFIX}{table}.weight"
+
+
+def feature_table_key(cfg: ModelConfig, feature: str) -> str:
+    """DLRM-relative state-dict key of ``feature``'s table in the model of ``cfg``."""
+    return table_key(cfg.table_name(feature))
+
+
+def table_of_key(key: str) -> str:
+    """The table name in a table key (inverse of :func:`table_key`)."""
+    return key[len(TABLE_PREFIX):-len(".weight")]
+
+
+def is_table_key(key: str) -> bool:
+    """Whether a DLRM-relative state-dict key is an embedding table's."""
+    return key.startswith(TABLE_PREFIX)
+
+
+def is_sparse_key(key: str) -> bool:
+    """Whether a DLRM-relative parameter/buffer key belongs to the sparse arch."""
+    return key.startswith(SPARSE_PREFIX)
+
+
+def prunable_widths(cfg: ModelConfig) -> Dict[str, int]:
+    """``{layer FQN: width}`` of the prunable hidden layers of ``cfg``'s model, without
+    building it: every bottom layer but the last (width D) and every top layer but the logit."""
+    out = {bottom_layer_name(i): w for i, w in enumerate(cfg.bottom[:-1])}
+    out.update({top_layer_name(i): w for i, w in enumerate(cfg.top[:-1])})
+    return out
+
+
+# --- modules ----------------------------------------------------------------------------------
+def bottom_perceptrons(dlrm: DLRM) -> List[Perceptron]:
+    """The bottom MLP's layers, input first (the last one outputs the D-wide dense vector)."""
+    return [p for p in dlrm.dense_arch.model._mlp if isinstance(p, Perceptron)]
+
+
+def top_perceptrons(dlrm: DLRM) -> List[Perceptron]:
+    """The over-arch MLP's layers, input first (without the logit Linear)."""
+    return [p for p in dlrm.over_arch.model[0]._mlp if isinstance(p, Perceptron)]
+
+
+def perceptron_linear(p: Perceptron) -> nn.Linear:
+    """The ``nn.Linear`` of a Perceptron."""
+    return p._linear
+
+
+def perceptron_activation(p: Perceptron) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation a Perceptron applies after its Linear."""
+    return p._activation_fn
+
+
+def logit_linear(dlrm: DLRM) -> nn.Linear:
+    """The over-arch's final Linear (one output: the logit)."""
+    return dlrm.over_arch.model[1]
+
+
+def top_linears(dlrm: DLRM) -> List[nn.Linear]:
+    """The over-arch's Linear layers, input first, ending with the logit Linear."""
+    return [perceptron_linear(p) for p in top_perceptrons(dlrm)] + [logit_linear(dlrm)]
+
+
+def interaction(dlrm: DLRM) -> nn.Module:
+    """The interaction module (``dot`` pairs, DCN cross net, or concatenation)."""
+    return dlrm.inter_arch
+
+
+def embedding_bag_collection(dlrm: DLRM) -> nn.Module:
+    """The DLRM's EmbeddingBagCollection (plain, quantized or sharded)."""
+    return dlrm.sparse_arch.embedding_bag_collection
+
+
+def sparse_parameters(dlrm: DLRM) -> List[nn.Parameter]:
+    """The parameters of the sparse arch (the embedding tables), e.g. for their own optimizer."""
+    return list(dlrm.sparse_arch.parameters())
+
+
+def set_embedding_bag_collection(dlrm: DLRM, ebc: nn.Module) -> None:
+    """Replace the DLRM's EmbeddingBagCollection (e.g. by a quantized one)."""
+    dlrm.sparse_arch.embedding_bag_collection = ebc
+
+
+def embedding_configs(dlrm: DLRM) -> list:
+    """The ``EmbeddingBagConfig`` of every table, in model order (also for a sharded EBC)."""
+    ebc = embedding_bag_collection(dlrm)
+    return ebc.embedding_bag_configs() if hasattr(ebc, "embedding_bag_configs") else ebc._embedding_bag_configs
+
+
+def table_weights(dlrm: DLRM) -> List[torch.Tensor]:
+    """The weight of every table of an unsharded EBC, in model order."""
+    return [bag.weight for bag in embedding_bag_collection(dlrm).embedding_bags.values()]
 
 
 @dataclass
@@ -43,15 +166,16 @@ class HiddenLayer:
     name: str
     linear: nn.Linear
     next: nn.Linear
-    part: str
+    part: Part
 
     @property
     def width(self) -> int:
+        """Number of units (output features of ``linear``)."""
         return self.linear.out_features
 
 
-def _perceptrons(mlp_seq: nn.Module, prefix: str) -> List[tuple]:
-    return [(f"{prefix}.{i}", p) for i, p in enumerate(mlp_seq) if isinstance(p, Perceptron)]
+def _named(mlp_seq: nn.Module, name: Callable[[int], str]) -> List[tuple]:
+    return [(name(i), p) for i, p in enumerate(mlp_seq) if isinstance(p, Perceptron)]
 
 
 def hidden_layers(dlrm: DLRM) -> List[HiddenLayer]:
@@ -60,33 +184,35 @@ def hidden_layers(dlrm: DLRM) -> List[HiddenLayer]:
     The bottom MLP's last layer (width D, feeding the interaction) and the over-arch's
     final Linear (the logit) are not prunable.
     """
-    bottom = _perceptrons(dlrm.dense_arch.model._mlp, "dense_arch.model._mlp")
-    top = _perceptrons(dlrm.over_arch.model[0]._mlp, "over_arch.model.0._mlp")
+    bottom = _named(dlrm.dense_arch.model._mlp, bottom_layer_name)
+    top = _named(dlrm.over_arch.model[0]._mlp, top_layer_name)
     layers: List[HiddenLayer] = []
     for (name, p), (_, q) in zip(bottom[:-1], bottom[1:]):
-        layers.append(HiddenLayer(name, p._linear, q._linear, "bottom"))
-    final = dlrm.over_arch.model[1]
+        layers.append(HiddenLayer(name, perceptron_linear(p), perceptron_linear(q), "bottom"))
+    final = logit_linear(dlrm)
     for i, (name, p) in enumerate(top):
-        nxt = top[i + 1][1]._linear if i + 1 < len(top) else final
-        layers.append(HiddenLayer(name, p._linear, nxt, "top"))
+        nxt = perceptron_linear(top[i + 1][1]) if i + 1 < len(top) else final
+        layers.append(HiddenLayer(name, perceptron_linear(p), nxt, "top"))
     return layers
 
 
 def first_top_linear(dlrm: DLRM) -> nn.Linear:
     """The over-arch Linear that reads the interaction output."""
-    top = _perceptrons(dlrm.over_arch.model[0]._mlp, "over_arch.model.0._mlp")
-    return top[0][1]._linear if top else dlrm.over_arch.model[1]
+    return top_linears(dlrm)[0]
 
 
 def bottom_linears(dlrm: DLRM) -> List[nn.Linear]:
-    return [p._linear for _, p in _perceptrons(dlrm.dense_arch.model._mlp, "")]
+    """The bottom MLP's Linear layers, input first."""
+    return [perceptron_linear(p) for p in bottom_perceptrons(dlrm)]
 
 
 def feature_names(dlrm: DLRM) -> List[str]:
+    """The sparse features, in model order."""
     return list(dlrm.sparse_arch.sparse_feature_names)
 
 
 def embedding_dim(dlrm: DLRM) -> int:
+    """D, the dimension shared by all tables."""
     return int(dlrm.sparse_arch.D)
 
 
@@ -139,3 +265,48 @@ def kept_columns(dlrm: DLRM, kept_features: List[str], dense_kept: bool = True) 
 def cross_net(dlrm: DLRM) -> Optional[nn.Module]:
     """The LowRankCrossNet of a DCN model, else None."""
     return getattr(dlrm.inter_arch, "crossnet", None) if model_kind(dlrm) == "dcn" else None
+
+
+def over_arch_input_width(dlrm: DLRM) -> int:
+    """Input width of the first over-arch Linear (the interaction output width)."""
+    return int(first_top_linear(dlrm).in_features)
+
+
+__all__ = [
+    "BOTTOM_MLP",
+    "TOP_MLP",
+    "SPARSE_PREFIX",
+    "TABLE_PREFIX",
+    "Part",
+    "bottom_layer_name",
+    "top_layer_name",
+    "table_key",
+    "feature_table_key",
+    "table_of_key",
+    "is_table_key",
+    "is_sparse_key",
+    "prunable_widths",
+    "bottom_perceptrons",
+    "top_perceptrons",
+    "perceptron_linear",
+    "perceptron_activation",
+    "logit_linear",
+    "top_linears",
+    "interaction",
+    "embedding_bag_collection",
+    "sparse_parameters",
+    "set_embedding_bag_collection",
+    "embedding_configs",
+    "table_weights",
+    "HiddenLayer",
+    "hidden_layers",
+    "first_top_linear",
+    "bottom_linears",
+    "feature_names",
+    "embedding_dim",
+    "over_arch_incidence",
+    "block_incidence",
+    "kept_columns",
+    "cross_net",
+    "over_arch_input_width",
+]

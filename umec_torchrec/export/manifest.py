@@ -1,0 +1,171 @@
+"""The export directory's files and its ``manifest.json``: what was kept, sizes and costs
+before/after, budgets, source run, library versions, and the checks made at export.
+
+Files of an export directory:
+
+* ``model.pt`` (:data:`MODEL_FILE`): ``torch.save`` of ``{"state_dict", "config" (compact
+  ModelConfig dict), "source_config", "masks"}``;
+* ``program.pt2`` (:data:`PROGRAM_FILE`): the ``torch.export`` program of
+  :class:`~umec_torchrec.export.program.CompactPredictor`;
+* ``model_int8.pt`` (:data:`INT8_FILE`, optional): the int8 state dict;
+* ``manifest.json`` (:data:`MANIFEST`): this module's :func:`build_manifest`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+from torchrec.models.dlrm import DLRM
+
+from umec_torchrec.export import measure
+from umec_torchrec.export.compact import skeleton
+from umec_torchrec.export.program import CompactPredictor, program_signature
+from umec_torchrec.io import read_json
+from umec_torchrec.models import ModelConfig
+from umec_torchrec.umec import layout
+from umec_torchrec.umec.masks import PruningMasks
+
+FORMAT = "umec-torchrec-export/1"
+MODEL_FILE = "model.pt"
+INT8_FILE = "model_int8.pt"
+PROGRAM_FILE = "program.pt2"
+MANIFEST = "manifest.json"
+
+
+def _ratio(a: float, b: float) -> Optional[float]:
+    return None if not b else a / b
+
+
+def _before_after(before: Dict[str, int], after: Dict[str, int], key: str) -> Dict[str, Any]:
+    return {"before": before[key], "after": after[key], "ratio": _ratio(after[key], before[key])}
+
+
+def run_budgets(config: Dict[str, Any]) -> Dict[str, Any]:
+    """``{"<section>.<key>": value}`` of every budget-like key of a run's ``config.json``."""
+    out: Dict[str, Any] = {}
+    for section, body in config.items():
+        if isinstance(body, dict):
+            for k, v in body.items():
+                if "budget" in k.lower():
+                    out[f"{section}.{k}"] = v
+    return out
+
+
+def build_manifest(
+    cfg: ModelConfig,
+    ccfg: ModelConfig,
+    masks: PruningMasks,
+    compact: DLRM,
+    pred: CompactPredictor,
+    program_diff: float,
+    check_rows: int,
+    source_run: Optional[str] = None,
+    budgets: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """The manifest of an export (without ``int8`` and ``files``, which the writer fills in).
+
+    Args:
+        cfg / ccfg: the full and the compact model config.
+        masks: what survives.
+        compact: the compact DLRM.
+        pred: its serving predictor (the exported program's module).
+        program_diff: largest ``|program - module|`` logit difference on the check rows.
+        check_rows: number of rows the checks ran on.
+        source_run / budgets: the run exported and its budgets.
+    """
+    from umec_torchrec.runs import versions
+
+    before, after = measure.model_figures(cfg), measure.model_figures(ccfg)
+    kept = set(masks.kept_features)
+    flops = _before_after(before, after, "flops_per_sample")
+    flops["how"] = "torch.utils.flop_counter.FlopCounterMode, batch 1, dense path (lookups count 0)"
+    return {
+        "format": FORMAT,
+        "kind": cfg.kind,
+        "source_run": source_run,
+        "features": {"all": list(cfg.feature_names), "kept": list(ccfg.feature_names), "pruned": masks.pruned_features},
+        "tables": {
+            "kept": {cfg.table_name(f): n for f, n in zip(cfg.feature_names, cfg.table_sizes) if f in kept},
+            "pruned": {cfg.table_name(f): n for f, n in zip(cfg.feature_names, cfg.table_sizes) if f not in kept},
+        },
+        "embedding_dim": cfg.embedding_dim,
+        "dense_in_features": cfg.dense_in_features,
+        "layers": {
+            "bottom": {"before": list(cfg.bottom), "after": list(ccfg.bottom)},
+            "top": {"before": list(cfg.top), "after": list(ccfg.top)},
+            "over_arch_in": {
+                "before": layout.over_arch_input_width(skeleton(cfg)),
+                "after": layout.over_arch_input_width(compact),
+            },
+        },
+        "flops_per_sample": flops,
+        "embedding_bytes": _before_after(before, after, "embedding_bytes"),
+        "lookup_bytes_per_sample": _before_after(before, after, "lookup_bytes_per_sample"),
+        "parameters": {"before": before["parameters"], "after": after["parameters"]},
+        "budgets": budgets or {},
+        "model_config": ccfg.to_dict(),
+        "source_model_config": cfg.to_dict(),
+        "program": {"file": PROGRAM_FILE, **program_signature(cfg.dense_in_features, pred),
+                    "max_abs_diff_vs_module": program_diff, "check_rows": int(check_rows)},
+        "int8": None,
+        "versions": versions(),
+    }
+
+
+def int8_entry(max_abs_logit_diff: float, check_rows: int, embedding_bytes: int, method: str) -> Dict[str, Any]:
+    """The manifest's ``int8`` section."""
+    return {
+        "file": INT8_FILE,
+        "method": method,
+        "max_abs_logit_diff": float(max_abs_logit_diff),
+        "check_rows": int(check_rows),
+        "embedding_bytes": int(embedding_bytes),
+    }
+
+
+def read_manifest(export_dir: str) -> Dict[str, Any]:
+    """The export's ``manifest.json`` (clear error if ``export_dir`` is not an export).
+
+    Raises:
+        FileNotFoundError: no ``manifest.json``.
+        ValueError: a manifest of another format.
+    """
+    p = os.path.join(export_dir, MANIFEST)
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"{export_dir}: not an export directory (no {MANIFEST})")
+    m = read_json(p)
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ValueError(f"{p}: not a {FORMAT} manifest")
+    return m
+
+
+def summary_lines(manifest: Dict[str, Any], out_dir: str) -> List[str]:
+    """A few human-readable lines about an export."""
+    m = manifest
+    f, e = m["flops_per_sample"], m["embedding_bytes"]
+    lines = [
+        f"exported {m['kind']} model to {out_dir}: {len(m['features']['kept'])}/{len(m['features']['all'])} features kept",
+        f"  bottom {m['layers']['bottom']['before']} -> {m['layers']['bottom']['after']}, "
+        f"top {m['layers']['top']['before']} -> {m['layers']['top']['after']}",
+        f"  FLOPs/sample {f['before']:,} -> {f['after']:,} ({f['ratio']:.3f}), "
+        f"embedding bytes {e['before']:,} -> {e['after']:,} ({e['ratio']:.3f})",
+    ]
+    if m.get("int8"):
+        lines.append(f"  int8 tables: {m['int8']['embedding_bytes']:,} bytes, "
+                     f"max |logit diff| {m['int8']['max_abs_logit_diff']:.2e} on {m['int8']['check_rows']} rows")
+    return lines
+
+
+__all__ = [
+    "FORMAT",
+    "MODEL_FILE",
+    "INT8_FILE",
+    "PROGRAM_FILE",
+    "MANIFEST",
+    "run_budgets",
+    "build_manifest",
+    "int8_entry",
+    "read_manifest",
+    "summary_lines",
+]
