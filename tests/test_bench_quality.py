@@ -99,3 +99,46 @@ def test_paired_differences_use_only_the_seeds_both_methods_have():
     assert summ[("magnitude", 0.1)]["d_auc_n"] == 0  # no UMEC row at that budget: no pairing
     md = format_markdown(QualityConfig(seeds=4), rows, 1.0)
     assert "| magnitude | 0.3 |" in md
+
+
+def test_suite_quick_runs_end_to_end_on_generated_data(tmp_path):
+    """``--suite --quick`` on GENERATED data (the clicklog family): one report with a row per
+    item, budget and UMEC variant, and the field recovery at the signal budget."""
+    import json
+
+    out = tmp_path / "s"
+    assert main(["bench", "quality", "--suite", "--quick", "--out", str(out), "--no-progress"]) == 0
+    md = (out / "suite.md").read_text()
+    table = [l for l in md.splitlines() if l.startswith("| clicklog0-")]
+    rows = [l for l in table if l.count("|") == 10]
+    # joint at 0.3; features at fields=0.25 and at the signal budget; umec and umec_auto each
+    assert len(rows) == 2 * 3, md
+    assert sum("(signal)" in l for l in rows) == 2 and sum("(fields=0.25)" in l for l in rows) == 2
+    assert all("| magnitude |" in l and "/2 |" in l for l in rows)
+    recovery = [l for l in table if l.count("|") == 6]
+    assert {l.split("|")[3].strip() for l in recovery} == {"umec", "umec_auto", "magnitude"}
+    assert "Total time" in md
+    suite = json.loads((out / "suite.json").read_text())
+    assert [it["name"] for it in suite["items"]] == ["clicklog0-joint", "clicklog0-features"]
+    for it in suite["items"]:
+        for r in it["rows"]:
+            assert r["valid_auc"] is not None  # every row was also measured on the validation split
+            if r["method"] == "umec_auto":  # chosen on validation, among the score kinds tried
+                assert r["extra"]["score"] in r["extra"]["valid_auc_by_score"]
+                assert r["extra"]["valid_auc_by_score"][r["extra"]["score"]] == max(r["extra"]["valid_auc_by_score"].values())
+        sig = [r for r in it["rows"] if r.get("budget_label") == "signal"]
+        assert all(r["n_kept_features"] <= 7 for r in sig)  # the budget fits exactly the 7 signal fields
+    assert (out / "clicklog0-joint" / "quality.csv").is_file()
+
+
+def test_suite_skips_real_data_items_when_the_files_are_absent(tmp_path):
+    from umec_torchrec.bench.quality.suite import run_suite, suite_items
+
+    items = suite_items(quick=False, data_root=str(tmp_path / "none"))
+    names = [it.name for it in items]
+    assert {"criteo-random-joint", "criteo-time-features", "frappe-joint", "clicklog2-features"} <= set(names)
+    real = [it for it in items if it.needs is not None]
+    res = run_suite(str(tmp_path / "o"), data_root=str(tmp_path / "none"), items=real, log=lambda m: None)
+    assert all(r["skipped"] and not r["rows"] for r in res)
+    md = (tmp_path / "o" / "suite.md").read_text()
+    assert md.count("skipped (") == len(real)

@@ -81,7 +81,7 @@ def test_demo_library_function(tmp_path, capsys):
     under the budgets, finetunes, exports, and prints dense against compact."""
     import json
 
-    from umec_torchrec.train.demo import run_demo
+    from umec_torchrec.stages.demo import run_demo
 
     r = run_demo(str(tmp_path / "demo"), data="synthetic:rows=3000,min_count=2", epochs=1, progress=False,
                  compress_epochs=1, finetune_epochs=1)

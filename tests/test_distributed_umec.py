@@ -24,7 +24,8 @@ import torch.distributed.checkpoint as dcp
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from mp import run_multiprocess
-from umec_torchrec.compress.api import load_umec_blob, umec_blob
+from umec_torchrec.io import from_blob as load_umec_blob
+from umec_torchrec.io import to_blob as umec_blob
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.distributed import init_distributed
 from umec_torchrec.models import ModelConfig, find_dlrm

@@ -261,7 +261,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
 def test_sigint_in_process_writes_checkpoint_and_exits_130(tmp_path, capsys):
     """Generated data: a SIGINT delivered during step 5 (in process) stops after that step
     with a checkpoint at step 5 and exit 130; --resume completes to the uninterrupted result."""
-    from umec_torchrec.train import commands as tc_cmd
+    from umec_torchrec.cli import running as tc_cmd
 
     argv = ["train", "--data", DATA, *SMALL, "--steps", "12", "--checkpoint-every", "100"]
     ref, run = str(tmp_path / "ref"), str(tmp_path / "run")

@@ -20,7 +20,6 @@ from umec_torchrec.train import (
     binary_metrics,
     build_training,
     evaluate,
-    evaluate_run,
     fit,
     load_checkpoint,
     make_model_config,
@@ -28,9 +27,9 @@ from umec_torchrec.train import (
     roc_auc,
     save_checkpoint,
     train_batches,
-    train_run,
     train_steps,
 )
+from umec_torchrec.stages import evaluate_run, train_run
 
 
 @pytest.fixture(scope="module")

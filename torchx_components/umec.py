@@ -21,6 +21,8 @@ from typing import Dict, Optional
 import torchx.specs as specs
 from torchx.components.dist import ddp
 
+__all__ = ["train", "compress", "finetune", "MODULE"]
+
 MODULE = "umec_torchrec.cli"
 IMAGE = "ghcr.io/pytorch/torchx:0.7.0"  # used only by container schedulers, not local_cwd
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -48,8 +48,56 @@ class DistContext:
 
     def barrier(self) -> None:
         """Barrier over all ranks (no-op without a process group)."""
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+        barrier()
+
+
+# --- the default group, whoever created it ------------------------------------------------
+def is_distributed() -> bool:
+    """True when a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_world() -> Tuple[int, int]:
+    """``(rank, world size)`` of the default group; ``(0, 1)`` without one."""
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def get_rank() -> int:
+    """This process's rank in the default group (0 without one)."""
+    return rank_world()[0]
+
+
+def get_world_size() -> int:
+    """Size of the default group (1 without one)."""
+    return rank_world()[1]
+
+
+def barrier() -> None:
+    """Barrier over the default group (no-op without one)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def local_tensors(value: Any) -> List[torch.Tensor]:
+    """The tensors this rank holds of a (possibly sharded) state-dict value.
+
+    ``ShardedTensor`` -> its local shards' tensors; ``DTensor`` -> its local tensor; a plain
+    tensor (a replica) -> itself; anything else with ``local_shards()`` -> those shards;
+    other values -> ``[]``.
+
+    Example::
+
+        n = sum(t.numel() for v in dmp.state_dict().values() for t in local_tensors(v))
+    """
+    if hasattr(value, "local_shards"):  # ShardedTensor (a Tensor subclass) and shard holders
+        return [s.tensor for s in value.local_shards()]
+    if isinstance(value, torch.Tensor):
+        if hasattr(value, "to_local"):  # DTensor
+            return [value.to_local()]
+        return [value]
+    return []
 
 
 def _env_int(name: str, default: int) -> int:
@@ -130,4 +178,5 @@ def session(backend: Optional[str] = None) -> Iterator[DistContext]:
             destroy()
 
 
-__all__ = ["DistContext", "init_distributed", "destroy", "session", "default_backend"]
+__all__ = ["DistContext", "init_distributed", "destroy", "session", "default_backend", "is_distributed",
+           "rank_world", "get_rank", "get_world_size", "barrier", "local_tensors"]

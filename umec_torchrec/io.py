@@ -1,11 +1,15 @@
-"""Atomic file writes: a temporary file in the same directory, fsync, then rename."""
+"""File I/O of the package: atomic writes (temp file in the same directory, fsync, rename),
+JSON, and the byte blobs that carry Python state through a DCP checkpoint."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 from typing import Any, Callable
+
+__all__ = ["atomic_write", "write_json", "read_json", "to_blob", "from_blob"]
 
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
@@ -44,3 +48,25 @@ def read_json(path: str) -> Any:
         raise FileNotFoundError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: corrupt JSON ({e})") from None
+
+
+def to_blob(obj: Any) -> bytes:
+    """``obj`` (tensors, dicts, lists, numbers) as bytes via ``torch.save``: a DCP leaf that
+    loads whatever its template holds (e.g. the UMEC state, the loop progress).
+
+    Example::
+
+        assert from_blob(to_blob({"s": torch.zeros(3)}))["s"].shape == (3,)
+    """
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def from_blob(blob: bytes) -> Any:
+    """The object of :func:`to_blob` (trusted input: a checkpoint this package wrote)."""
+    import torch
+
+    return torch.load(io.BytesIO(blob), weights_only=False)

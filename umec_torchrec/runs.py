@@ -31,12 +31,85 @@ def versions() -> Dict[str, str]:
     return out
 
 
-class Run:
-    """A run directory. Create with :meth:`create`, reopen with :meth:`open`."""
+def check_out_dir(
+    out_dir: str,
+    force: bool = False,
+    resume: bool = False,
+    source: Optional[str] = None,
+    *,
+    marker: Optional[str] = CONFIG,
+    what: str = "run directory",
+    kind: str = "a run directory",
+    resumable: bool = True,
+) -> str:
+    """Refuse an output directory that cannot be written, before any work is done.
 
-    def __init__(self, path: str, config: Optional[Dict[str, Any]] = None) -> None:
+    The one check of every output (a stage's run directory, an export directory). Raises
+    ``ValueError`` / ``FileExistsError`` naming the path when: ``resume`` and ``force`` are
+    both set; the output is the ``source`` run; the path exists and is not a directory; its
+    nearest existing ancestor is not a writable directory; it is a non-empty directory and
+    neither ``force`` nor ``resume`` is set; with ``force``, a non-empty directory that
+    does not hold ``marker`` (so a typo cannot delete an unrelated folder). Writes nothing.
+
+    Args:
+        out_dir: the output directory.
+        force: the caller will replace an existing output.
+        resume: the caller will continue an existing output (a run's ``--resume``).
+        source: the input run, which the output must not be.
+        marker: the file that proves an existing directory is ours (``config.json`` for a
+            run, ``manifest.json`` for an export; ``None``: no such check).
+        what: how messages name the output (``"run directory"``, ``"output"``).
+        kind: what a directory holding ``marker`` is (``"a run directory"``, ``"an export"``).
+        resumable: the refusal of an existing output mentions ``--resume``.
+
+    Returns:
+        the absolute path.
+
+    Example::
+
+        check_out_dir("runs/c", force=False, source="runs/dense")
+        check_out_dir("exports/c", force=True, marker="manifest.json", what="output", kind="an export",
+                      resumable=False)
+    """
+    path = os.path.abspath(out_dir).rstrip(os.sep) or os.sep
+    if resume and force:
+        raise ValueError("--resume and --force exclude each other (--resume continues RUN, --force deletes it)")
+    if source is not None and os.path.abspath(source) == path:
+        raise ValueError(f"{path}: the output run is the source run; choose another --out")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{path}: exists and is not a directory")
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ValueError(f"{path}: cannot create the {what}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: cannot write the {what}: {probe} is not writable")
+    if os.path.isdir(path) and os.listdir(path):
+        if not (force or resume):
+            hint = "pass --force to overwrite it" + (" or --resume to continue it" if resumable else "")
+            raise FileExistsError(f"{path}: {what} already exists; {hint}")
+        if force and marker is not None and not os.path.isfile(os.path.join(path, marker)):
+            raise FileExistsError(f"{path}: not empty and not {kind} (no {marker}); refusing to overwrite it")
+    return path
+
+
+class Run:
+    """A run directory. Create with :meth:`create`, reopen with :meth:`open`.
+
+    Args:
+        path: the directory.
+        config: its ``config.json`` (``{}`` for a new run).
+        resumed: True when a stage reopened the run to continue it (``--resume``).
+    """
+
+    def __init__(self, path: str, config: Optional[Dict[str, Any]] = None, resumed: bool = False) -> None:
         self.path = os.path.abspath(path)
         self.config: Dict[str, Any] = config or {}
+        self.resumed = bool(resumed)
 
     # --- creation / opening -------------------------------------------------------------
     @classmethod
@@ -63,8 +136,9 @@ class Run:
         return cls(path, {})
 
     @classmethod
-    def open(cls, path: str) -> "Run":
-        """Open an existing run; clear errors for a missing directory or ``config.json``."""
+    def open(cls, path: str, resumed: bool = False) -> "Run":
+        """Open an existing run; clear errors for a missing directory or ``config.json``.
+        ``resumed``: the caller continues this run (see :attr:`resumed`)."""
         p = os.path.abspath(path)
         if not os.path.isdir(p):
             raise FileNotFoundError(f"{p}: no such run directory")
@@ -77,7 +151,7 @@ class Run:
         for key in ("model", "data"):
             if key not in cfg:
                 raise ValueError(f"{cfg_path}: missing the {key!r} section")
-        return cls(p, cfg)
+        return cls(p, cfg, resumed=resumed)
 
     # --- paths ----------------------------------------------------------------------------
     def file(self, name: str) -> str:
@@ -119,8 +193,8 @@ class Run:
             raise ValueError(f"{self.file(CONFIG)}: bad 'model' section ({e})") from None
 
     def train_config(self):
-        """The recorded :class:`~umec_torchrec.train.optim.TrainConfig`."""
-        from umec_torchrec.train.optim import TrainConfig
+        """The recorded :class:`~umec_torchrec.train.config.TrainConfig`."""
+        from umec_torchrec.train.config import TrainConfig
 
         try:
             return TrainConfig.from_dict(self.config.get("train", {}))
@@ -189,4 +263,4 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-__all__ = ["Run", "versions", "data_record", "check_data_matches", "CONFIG", "METRICS", "CHECKPOINT"]
+__all__ = ["Run", "check_out_dir", "versions", "data_record", "check_data_matches", "CONFIG", "METRICS", "CHECKPOINT"]

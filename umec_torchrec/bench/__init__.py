@@ -6,5 +6,5 @@ BENCH_MODULES = [
     "umec_torchrec.bench.inference",  # umec bench inference
     "umec_torchrec.bench.overhead",  # umec bench overhead
     "umec_torchrec.bench.scaling",  # umec bench scaling
-    "umec_torchrec.bench.quality",  # umec bench quality
+    "umec_torchrec.bench.quality.command",  # umec bench quality (+ --suite)
 ]

@@ -14,8 +14,9 @@ import torch
 from umec_torchrec.bench.kaggle import KAGGLE_TABLE_SIZES, kaggle_model_config
 from umec_torchrec.bench.train import random_batches
 from umec_torchrec.distributed import DistContext, init_distributed
-from umec_torchrec.train.api import build_training, say
-from umec_torchrec.train.optim import TrainConfig
+from umec_torchrec.log import say
+from umec_torchrec.train.build import build_training
+from umec_torchrec.train.config import TrainConfig
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
 
 
@@ -95,7 +96,7 @@ def run_overhead_bench(
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
-    from umec_torchrec import cli
+    from umec_torchrec.cli import flags
 
     p = bsub.add_parser("overhead", help="UMEC step time over plain step time (target <= 1.05)",
                         description="Kaggle-size DLRM at batch 2048: rounds of plain training steps and UMEC "
@@ -105,7 +106,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--model", choices=["dot", "dcn", "cat"], default="cat")
     p.add_argument("--json", action="store_true")
-    cli.add_common_args(p)
+    flags.add_common_args(p)
     p.set_defaults(func=cmd_overhead)
 
 

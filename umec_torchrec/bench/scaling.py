@@ -65,8 +65,8 @@ def scaling_worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
     logging.getLogger("torchrec").setLevel(logging.ERROR)
     from umec_torchrec.bench.train import random_batches
     from umec_torchrec.distributed import destroy, init_distributed
-    from umec_torchrec.train.api import build_training
-    from umec_torchrec.train.optim import TrainConfig
+    from umec_torchrec.train.build import build_training
+    from umec_torchrec.train.config import TrainConfig
     from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
 
     torch.set_num_threads(cfg["threads"])
@@ -159,14 +159,14 @@ def format_table(res: Dict[str, Any]) -> str:
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
-    from umec_torchrec import cli
+    from umec_torchrec.cli import flags
 
     p = bsub.add_parser("scaling", help="samples/s on 1 and 2 ranks, plain vs UMEC training",
                         description="Launches each world size (TorchElastic, gloo on CPU / nccl on CUDA) and times "
                                     "plain and UMEC training of the Kaggle-shaped DLRM (tables capped), table-wise "
                                     "sharded, fixed global batch. The cores are split between the ranks. Run it as "
                                     "one process (it starts its own ranks).")
-    p.add_argument("--ranks", type=cli.int_list, default=[1, 2], help="world sizes, comma-separated (default 1,2)")
+    p.add_argument("--ranks", type=flags.int_list, default=[1, 2], help="world sizes, comma-separated (default 1,2)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per arm (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per arm (default 3)")
     p.add_argument("--batch-size", type=int, default=2048, help="global batch size (default 2048)")
@@ -176,7 +176,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", action="append", default=None, metavar="NAME=VALUE",
                    help="UMEC budgets (default flops=0.3 and embedding_bytes=0.5)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
-    cli.add_common_args(p)
+    flags.add_common_args(p)
     p.set_defaults(func=cmd_bench_scaling)
 
 

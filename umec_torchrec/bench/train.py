@@ -13,9 +13,10 @@ import torch
 from umec_torchrec.bench.kaggle import KAGGLE_TABLE_SIZES, kaggle_model_config
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.distributed import DistContext, init_distributed
-from umec_torchrec.train.api import build_training, say
+from umec_torchrec.log import say
+from umec_torchrec.train.build import build_training
 from umec_torchrec.train.loop import train_steps
-from umec_torchrec.train.optim import TrainConfig
+from umec_torchrec.train.config import TrainConfig
 
 
 def random_batches(table_sizes: List[int], n_dense: int, local_batch: int, count: int, seed: int) -> List[Any]:
@@ -99,7 +100,7 @@ def run_train_bench(
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
-    from umec_torchrec import cli
+    from umec_torchrec.cli import flags
 
     p = bsub.add_parser("train", help="training throughput of the Kaggle-size DLRM (samples/s)",
                         description="Kaggle-size DLRM (26 tables, 33.8M rows, D=16, bottom 512,256,64,16, top "
@@ -111,7 +112,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=["dot", "dcn", "cat"], default="cat", help="interaction (default cat)")
     p.add_argument("--embedding-optimizer", choices=["rowwise_adagrad", "adagrad", "sgd"], default="rowwise_adagrad")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
-    cli.add_common_args(p)
+    flags.add_common_args(p)
     p.set_defaults(func=cmd_bench_train)
 
 

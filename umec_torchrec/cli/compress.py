@@ -1,18 +1,18 @@
-"""CLI commands ``compress`` and ``finetune`` (see :mod:`umec_torchrec.cli`)."""
+"""Commands ``compress`` and ``finetune`` (see :mod:`umec_torchrec.cli`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from umec_torchrec import cli
+from umec_torchrec.cli import flags
+from umec_torchrec.cli.running import run_guarded
+
+__all__ = ["add_parser", "add_budget_args", "add_stage_args", "cmd_compress", "cmd_finetune"]
 
 
-def add_umec_args(p: argparse.ArgumentParser) -> None:
-    """``--budget`` (repeatable), group switches and the primal-dual hyper-parameters."""
-    from umec_torchrec.umec.optimizer import UMECConfig
-
-    d = UMECConfig()
-    g = p.add_argument_group("UMEC")
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    """``--budget`` (repeatable) and the switches of the pruned group sets."""
+    g = p.add_argument_group("budgets and groups")
     g.add_argument("--budget", action="append", required=True, metavar="NAME=VALUE",
                    help="resource budget, repeatable: flops=0.3 (fraction of dense), embedding_bytes=0.5, "
                         "lookup_bytes=0.4 (bytes read from the tables per sample), flops=abs:2.5e6, "
@@ -22,23 +22,16 @@ def add_umec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-prune-top", action="store_true", help="do not prune top-MLP units")
     g.add_argument("--prune-dense", action="store_true", help="let the dense-arch output be pruned like a feature")
     g.add_argument("--features-only", action="store_true", help="feature selection only (the paper's Figure 3)")
-    g.add_argument("--s-lr", type=float, default=d.s_lr, help=f"prune-count step (default {d.s_lr})")
-    g.add_argument("--y-lr", type=float, default=d.y_lr, help=f"per-layer dual step (default {d.y_lr})")
-    g.add_argument("--z-lr", type=float, default=d.z_lr, help=f"budget dual step (default {d.z_lr})")
-    g.add_argument("--prox-lr", type=float, default=None, help="prox step (default: the dense optimizer's lr)")
-    g.add_argument("--score", choices=["activation", "weight"], default=d.score,
-                   help="group score: activation-weighted (default) or the paper's weight norm")
-    g.add_argument("--warmup-steps", type=int, default=0, help="plain training steps before UMEC starts")
 
 
 def add_stage_args(p: argparse.ArgumentParser) -> None:
+    """``--from RUN``, ``--epochs`` / ``--steps`` (default: the source run's), the run and
+    checkpoint flags."""
     p.add_argument("--from", dest="from_run", required=True, metavar="RUN", help="the run to start from")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the source run's)")
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
-    cli.add_run_args(p, required=True)
-    from umec_torchrec.train.commands import add_checkpoint_args
-
-    add_checkpoint_args(p)
+    flags.add_run_args(p, required=True)
+    flags.add_checkpoint_args(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "budgets, hard-prune and write a compressed run (masks.json, metrics.json with "
                                    "the achieved resources, checkpoint with the UMEC state).")
     add_stage_args(p)
-    add_umec_args(p)
+    add_budget_args(p)
+    flags.add_umec_args(p)
     p.set_defaults(func=cmd_compress)
     p = sub.add_parser("finetune", help="train a compressed run on with its masks fixed",
                        description="Pruned weights stay exactly zero and pruned features are dropped from the input.")
@@ -58,23 +52,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_finetune)
 
 
-def umec_config_from_args(args: argparse.Namespace):
-    from umec_torchrec.umec.optimizer import UMECConfig
-
-    return UMECConfig(s_lr=args.s_lr, y_lr=args.y_lr, z_lr=args.z_lr, prox_lr=args.prox_lr,
-                      warmup_steps=args.warmup_steps, score=args.score)
-
-
 def cmd_compress(args: argparse.Namespace) -> int:
-    from umec_torchrec.compress.api import compress_run
     from umec_torchrec.distributed import session
-    from umec_torchrec.train.commands import checkpoint_policy_from_args, run_guarded
+    from umec_torchrec.stages.compress import compress_run
 
     only = args.features_only
-    policy = checkpoint_policy_from_args(args)
+    policy = flags.checkpoint_policy_from_args(args)
+    ucfg = flags.umec_config_from_args(args)
     with session(args.backend) as ctx:
         return run_guarded(ctx, lambda: compress_run(
-            args.from_run, args.budget, args.out, ctx, umec_config=umec_config_from_args(args),
+            args.from_run, args.budget, args.out, ctx, umec_config=ucfg,
             epochs=args.epochs, steps=args.steps,
             prune_features=not args.no_prune_features,
             prune_bottom=not (args.no_prune_bottom or only), prune_top=not (args.no_prune_top or only),
@@ -82,11 +69,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from umec_torchrec.compress.api import finetune_run
     from umec_torchrec.distributed import session
-    from umec_torchrec.train.commands import checkpoint_policy_from_args, run_guarded
+    from umec_torchrec.stages.compress import finetune_run
 
-    policy = checkpoint_policy_from_args(args)
+    policy = flags.checkpoint_policy_from_args(args)
     with session(args.backend) as ctx:
         return run_guarded(ctx, lambda: finetune_run(args.from_run, args.out, ctx, epochs=args.epochs,
                                                      steps=args.steps, force=args.force,

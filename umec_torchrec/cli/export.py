@@ -1,12 +1,18 @@
-"""``umec export --from RUN --out DIR [--int8] [--force]`` (thin layer over :func:`export_run`)."""
+"""Command ``export --from RUN --out DIR [--int8] [--force]`` (thin layer over :func:`export_run`)."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+
+__all__ = ["add_parser", "cmd_export"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from umec_torchrec.export.exporter import export_run
+
+    align = inspect.signature(export_run).parameters["align"].default
     p = sub.add_parser(
         "export", help="write the compact model of a (compressed) run",
         description="Build the compact TorchRec model of a run (kept tables only, pruned units removed) from its "
@@ -15,9 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="run", required=True, metavar="RUN", help="run directory (config.json, checkpoint/, masks.json)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--int8", action="store_true", help="also write row-wise int8 tables (TorchRec inference quantization)")
-    p.add_argument("--align", type=int, default=16, metavar="N",
+    p.add_argument("--align", type=int, default=align, metavar="N",
                    help="pad the program's MLP hidden widths to a multiple of N with zero units: same logits, "
-                        "faster CPU GEMMs (default 16, the AVX-512 float vector; 1 = exact widths)")
+                        "faster CPU GEMMs (default %(default)s; 16 = the AVX-512 float vector; 1 = exact widths)")
     p.add_argument("--force", action="store_true", help="replace an existing export in DIR")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_export)

@@ -30,11 +30,20 @@ __all__ = ["DENSE_TRANSFORM", "encode", "load_data", "read_raw"]
 DENSE_TRANSFORM = "log(1 + max(x, 0)), missing = 0"
 
 
+#: generated sources: spec kind -> (module, generator returning an object with ``to_raw()``)
+GENERATED_KINDS = {
+    "synthetic": ("umec_torchrec.data.synthetic", "generate"),
+    "clicklog": ("umec_torchrec.data.clicklog", "generate_clicklog"),
+}
+
+
 def read_raw(spec: DataSpec, options: DataOptions) -> RawTable:
     """Dispatch ``spec`` to its reader."""
-    if spec.kind == "synthetic":
-        from umec_torchrec.data.synthetic import generate
+    if spec.kind in GENERATED_KINDS:
+        import importlib
 
+        module, name = GENERATED_KINDS[spec.kind]
+        generate = getattr(importlib.import_module(module), name)
         p = dict(spec.params)
         if options.max_rows is not None:
             p["rows"] = min(int(p.get("rows", 20000)), int(options.max_rows))

@@ -49,7 +49,7 @@ from typing import Any, Dict, Optional
 from umec_torchrec.data.errors import DataError
 
 FILE_KINDS = ("criteo", "criteo-npy", "libsvm", "csv")
-KINDS = FILE_KINDS + ("synthetic",)
+KINDS = FILE_KINDS + ("synthetic", "clicklog")
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _DELIMS = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
@@ -74,6 +74,7 @@ _OPTION_KEYS = {
 # Source-specific parameters, per kind.
 _PARAM_KEYS: Dict[str, Dict[str, Any]] = {
     "synthetic": {"rows": int, "seed": int, "n_dense": int, "n_sparse": int, "signal_sparse": int, "signal_dense": int},
+    "clicklog": {"rows": int, "seed": int, "n_dense": int, "signal_dense": int, "high_cardinality": int, "ctr": float},
     "criteo": {},
     "criteo-npy": {"days": "intlist"},
     "libsvm": {"names": "list"},

@@ -1,8 +1,9 @@
-"""``umec demo``: the pipeline as far as it exists, end to end on synthetic data.
+"""``umec demo``: the whole pipeline end to end on synthetic data, in a few minutes.
 
-Stages: load data -> train (DMP, fused row-wise Adagrad + Adagrad) -> reload the checkpoint
-and evaluate -> compress with UMEC under FLOPs and embedding-bytes budgets -> finetune with
-the masks fixed -> export the physically pruned model, and print dense against compact.
+Stages: load the data (once; every stage is handed the same bundle) -> train (DMP, fused
+row-wise Adagrad + Adagrad) -> reload the checkpoint and evaluate -> compress with UMEC
+under FLOPs and embedding-bytes budgets -> finetune with the masks fixed -> export the
+physically pruned model, and print dense against compact.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Set
 
 from umec_torchrec.distributed import DistContext, init_distributed
-from umec_torchrec.compress.api import compress_run, finetune_run
 from umec_torchrec.export.checkpoint_reader import load_dlrm_state
 from umec_torchrec.export.compact import build_compact, full_masks
 from umec_torchrec.export.compare import compare_models, format_comparison
 from umec_torchrec.export.exporter import export_run, summary_lines
+from umec_torchrec.log import say
 from umec_torchrec.runs import Run
-from umec_torchrec.train.api import evaluate_run, format_metrics, say, train_run
-from umec_torchrec.train.optim import TrainConfig
+from umec_torchrec.stages.compress import compress_run, finetune_run
+from umec_torchrec.stages.lifecycle import format_metrics
+from umec_torchrec.stages.train import evaluate_run, train_run
+from umec_torchrec.train.config import TrainConfig
 
 # min_count=3: ids seen fewer than 3 times in the training split share the OOV row, as in
 # production vocabularies (otherwise 100k-id noise features memorise the training labels)
@@ -28,13 +31,10 @@ DEMO_BUDGETS = ("flops=0.3", "embedding_bytes=0.5")
 DEMO_MODEL = {"kind": "cat", "embedding_dim": 16, "bottom": [512, 256, 64, 16], "top": [512, 256, 1]}
 
 
-def _ground_truth(data: str) -> Set[str]:
-    """The signal features of a synthetic spec (empty for real data)."""
-    if not data.startswith("synthetic"):
-        return set()
-    from umec_torchrec.data import load_data
-
-    return set(load_data(data).info.get("signal_features", []))
+def _ground_truth(bundle: Any) -> Set[str]:
+    """The signal features of synthetic data (empty for real data)."""
+    info = getattr(bundle, "info", None) or {}
+    return set(info.get("signal_features", []))
 
 
 def run_demo(
@@ -75,15 +75,20 @@ def run_demo(
     say(ctx, f"umec demo: data {data!r}; model: the default concatenation ('cat') DLRM "
              f"(D={DEMO_MODEL['embedding_dim']}, bottom MLP {DEMO_MODEL['bottom']}, top MLP {DEMO_MODEL['top']})")
 
+    from umec_torchrec.data import DataOptions, load_data
+
+    opts = DataOptions()
+    bundle = load_data(data, opts)  # once: every stage below is handed this bundle
+
     say(ctx, "\n[1] train")
     cfg = TrainConfig(epochs=epochs, batch_size=128, log_every=100)
     t = time.perf_counter()
-    m = train_run(data, DEMO_MODEL, cfg, out_dir, ctx, force=force, progress=progress)
+    m = train_run(bundle, DEMO_MODEL, cfg, out_dir, ctx, data_options=opts, force=force, progress=progress)
     stages.append({"stage": "train", "seconds": time.perf_counter() - t, **m["test"]})
 
     say(ctx, "\n[2] evaluate: reload the run (config + checkpoint) and evaluate the held-out split")
     t = time.perf_counter()
-    ev = evaluate_run(out_dir, ctx)
+    ev = evaluate_run(out_dir, ctx, data=bundle)
     stages.append({"stage": "evaluate", "seconds": time.perf_counter() - t, **ev})
     say(ctx, format_metrics(ev, "evaluate"))
 
@@ -93,9 +98,10 @@ def run_demo(
 
     say(ctx, f"\n[3] compress with UMEC under budgets {', '.join(budgets)} (features, bottom and top MLP units)")
     t = time.perf_counter()
-    cm = compress_run(out_dir, budgets, c_dir, ctx, epochs=compress_epochs, force=force, progress=progress)
+    cm = compress_run(out_dir, budgets, c_dir, ctx, epochs=compress_epochs, force=force, progress=progress,
+                      data=bundle)
     stages.append({"stage": "compress", "seconds": time.perf_counter() - t, **cm["test"]})
-    truth = _ground_truth(data)
+    truth = _ground_truth(bundle)
     if truth:
         kept = set(cm["kept_features"])
         say(ctx, f"ground truth of the synthetic data: {len(kept & truth)}/{len(truth)} signal features kept, "
@@ -103,7 +109,7 @@ def run_demo(
 
     say(ctx, "\n[4] finetune the compressed architecture (pruned weights stay exactly zero)")
     t = time.perf_counter()
-    fm = finetune_run(c_dir, f_dir, ctx, epochs=finetune_epochs, force=force, progress=progress)
+    fm = finetune_run(c_dir, f_dir, ctx, epochs=finetune_epochs, force=force, progress=progress, data=bundle)
     stages.append({"stage": "finetune", "seconds": time.perf_counter() - t, **fm["test"]})
 
     say(ctx, "\n[5] export the physically pruned model (kept tables only, narrower layers)")
@@ -112,9 +118,9 @@ def run_demo(
         manifest = export_run(f_dir, x_dir, force=force)
         for line in summary_lines(manifest, x_dir):
             say(ctx, line)
-        bundle = Run.open(out_dir).load_data()
-        dense_cfg = Run.open(out_dir).model_config()
-        dense = build_compact(load_dlrm_state(Run.open(out_dir).checkpoint_dir, dense_cfg, full_masks(dense_cfg)),
+        dense_run = Run.open(out_dir)
+        dense_cfg = dense_run.model_config()
+        dense = build_compact(load_dlrm_state(dense_run.checkpoint_dir, dense_cfg, full_masks(dense_cfg)),
                               dense_cfg, full_masks(dense_cfg))
         cmp = compare_models(dense, dense_cfg, x_dir, bundle.test)
         say(ctx, "\ndense against compact (held-out split):\n" + format_comparison(cmp))

@@ -1,26 +1,24 @@
-"""Training: optimizers, sharding, the loop, metrics, checkpoints and the run-level API.
+"""The training runtime: settings, optimizers, sharding, the loop, ``fit``, metrics and
+checkpoints. The stages that write run directories (train, evaluate, compress, finetune,
+demo) are one layer up, in :mod:`umec_torchrec.stages`.
 
-Main entry points::
+Example::
 
-    from umec_torchrec.distributed import init_distributed
-    from umec_torchrec.train import TrainConfig, train_run, evaluate_run
-    ctx = init_distributed()
-    metrics = train_run("synthetic", {"kind": "cat"}, TrainConfig(), "runs/r1", ctx)
+    from umec_torchrec.distributed import session
+    from umec_torchrec.train import TrainConfig, build_training, fit, evaluate, make_model_config
+    with session() as ctx:
+        dmp, opt = build_training(make_model_config(data.train), TrainConfig(), ctx)
+        fit(dmp, opt, data.train, TrainConfig(), ctx)
+        print(evaluate(dmp, data.test, 8192, ctx))
 """
 
-from umec_torchrec.train.api import (
-    build_training,
-    evaluate_run,
-    fit,
-    load_run_model,
-    make_model_config,
-    resolve_data,
-    train_run,
-)
+from umec_torchrec.train.build import build_training, make_model_config
 from umec_torchrec.train.checkpoint import load_checkpoint, save_checkpoint
+from umec_torchrec.train.config import TrainConfig
+from umec_torchrec.train.fit import fit
 from umec_torchrec.train.loop import num_train_steps, train_batches, train_steps
 from umec_torchrec.train.metrics import binary_metrics, evaluate, roc_auc
-from umec_torchrec.train.optim import LRSchedule, TrainConfig, apply_embedding_optimizer, build_optimizer
+from umec_torchrec.train.optim import LRSchedule, apply_embedding_optimizer, build_optimizer
 from umec_torchrec.train.sharding import plan_summary, shard_model
 
 __all__ = [
@@ -40,9 +38,5 @@ __all__ = [
     "load_checkpoint",
     "build_training",
     "fit",
-    "train_run",
-    "evaluate_run",
-    "load_run_model",
     "make_model_config",
-    "resolve_data",
 ]

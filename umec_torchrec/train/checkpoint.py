@@ -19,24 +19,16 @@ import os
 import shutil
 from typing import Any, Dict, Optional
 
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
+from umec_torchrec.distributed import barrier as _barrier
+from umec_torchrec.distributed import get_rank as _rank
 from umec_torchrec.io import write_json
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _state(model: Optional[nn.Module], optimizer: Any, extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:

@@ -19,20 +19,22 @@ unloadable one with a warning on stderr naming it, and loads the first good one.
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import re
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from umec_torchrec.distributed import barrier as _barrier
+from umec_torchrec.distributed import rank_world as _rank_world
+from umec_torchrec.io import from_blob, to_blob
 from umec_torchrec.train.checkpoint import load_checkpoint, read_manifest, save_checkpoint, verify_checkpoint
 from umec_torchrec.train.guard import NonFiniteError, weights_finite
 
@@ -70,28 +72,6 @@ class Resumed:
     step: int
     progress: Dict[str, Any]
     extra: Dict[str, Any]
-
-
-def to_blob(obj: Any) -> bytes:
-    """``obj`` as bytes (a DCP leaf that loads whatever its template holds)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def from_blob(blob: bytes) -> Any:
-    return torch.load(io.BytesIO(blob), weights_only=False)
-
-
-def _rank_world() -> tuple:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def rng_state() -> Dict[str, Any]:
@@ -255,7 +235,7 @@ def progress_record(stage: str, loop_state: Any, schedule: Any, world_size: int,
         "step": int(loop_state.steps),
         "total": int(total),
         "ranks": gather_per_rank({"loop": loop_state.to_dict(), "rng": rng_state()}),
-        "sched": None if schedule is None else {"step_count": schedule.step_count, "base": list(schedule.base)},
+        "sched": None if schedule is None else schedule.state_dict(),
         "world_size": int(world_size),
         "batch_size": int(batch_size),
         "per_epoch": int(per_epoch),

@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from umec_torchrec.distributed import get_world_size, local_tensors
+
 FAULT_NAN_ENV = "UMEC_FAULT_NAN_STEP"
 
 _STOP: Dict[str, Optional[int]] = {"signum": None}
@@ -119,31 +121,13 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
         clear_stop()
 
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def _all_reduce_max(values: torch.Tensor) -> torch.Tensor:
-    if _world() > 1:
+    if get_world_size() > 1:
         backend = dist.get_backend()
         t = values.cuda() if backend == "nccl" else values
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t.cpu()
     return values
-
-
-def _local_tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        if hasattr(value, "local_shards"):  # ShardedTensor
-            for s in value.local_shards():
-                yield s.tensor
-        elif hasattr(value, "to_local"):  # DTensor
-            yield value.to_local()
-        else:
-            yield value
-    elif hasattr(value, "local_shards"):
-        for s in value.local_shards():
-            yield s.tensor
 
 
 @torch.no_grad()
@@ -152,7 +136,7 @@ def weights_finite(model: nn.Module) -> bool:
     finite on every rank (one all-reduce)."""
     ok = True
     for v in model.state_dict().values():
-        for t in _local_tensors(v):
+        for t in local_tensors(v):
             if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
                 ok = False
                 break
@@ -182,7 +166,7 @@ class StepGuard:
     def check(self, step: int, loss: float) -> Optional[int]:
         bad = not math.isfinite(loss)
         sig = stop_requested()
-        if _world() > 1:
+        if get_world_size() > 1:
             flags = _all_reduce_max(torch.tensor([1.0 if bad else 0.0, float(sig or 0)], dtype=torch.float64))
             any_bad, sig = bool(flags[0] > 0), (int(flags[1]) or None)
         else:

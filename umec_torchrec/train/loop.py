@@ -7,7 +7,6 @@ wrapper (e.g. the UMEC optimizer around the ``CombinedOptimizer``) can be passed
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 
 from umec_torchrec.data.dataset import CTRData
+from umec_torchrec.distributed import rank_world as _rank_world
 from umec_torchrec.train.guard import StepGuard
 
 StepCallback = Callable[[int, float], None]
@@ -53,12 +53,6 @@ class LoopState:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "LoopState":
         return cls(**d)
-
-
-def _rank_world() -> tuple:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _global_mean(x: float) -> float:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import logging
-import warnings
-from typing import Dict, Iterator, Optional
+from typing import Dict, Optional
 
-import torch
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -17,8 +13,9 @@ from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ShardingType
 
 from umec_torchrec.distributed import DistContext
+from umec_torchrec.log import quiet_torchrec  # also the old path of export/exporter.py: moved: shim until integration
 from umec_torchrec.models import find_dlrm
-from umec_torchrec.train.optim import SHARDING_TYPES
+from umec_torchrec.train.config import SHARDING_TYPES
 
 _KERNELS = {"data_parallel": ["dense"]}
 
@@ -38,25 +35,6 @@ def _constraints(model: nn.Module, sharding_type: str, world_size: int) -> Dict[
             **kw,
         )
     return out
-
-
-@contextlib.contextmanager
-def quiet_torchrec(enabled: bool = True) -> Iterator[None]:
-    """Silence TorchRec's planner/DMP warnings (topology, dry-run estimates, ...)."""
-    if not enabled:
-        yield
-        return
-    loggers = [logging.getLogger(), logging.getLogger("torchrec")]
-    old = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, old):
-            lg.setLevel(lv)
 
 
 def _tables_on_meta(model: nn.Module) -> bool:
@@ -111,4 +89,4 @@ def plan_summary(dmp: DistributedModelParallel) -> Dict[str, str]:
     return out
 
 
-__all__ = ["shard_model", "plan_summary", "quiet_torchrec"]
+__all__ = ["shard_model", "plan_summary"]

@@ -1,0 +1,33 @@
+"""Running a training stage from the command line: stop signals and divergence as exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from umec_torchrec.cli.errors import PROG
+
+__all__ = ["EXIT_DIVERGED", "run_guarded"]
+
+#: exit status when the loss or the weights became non-finite (the run stopped, see README)
+EXIT_DIVERGED = 3
+
+
+def run_guarded(ctx: Any, fn: Callable[[], Any]) -> int:
+    """Run a training stage with SIGTERM/SIGINT handlers installed (stop after the current
+    step, checkpoint, exit ``128 + signal``) and non-finite losses reported as one line
+    (exit :data:`EXIT_DIVERGED`). Messages come from rank 0 only."""
+    from umec_torchrec.train.guard import NonFiniteError, RunInterrupted, stop_on_signals
+
+    try:
+        with stop_on_signals():
+            fn()
+    except RunInterrupted as e:
+        if ctx.rank == 0:
+            print(f"{PROG}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except NonFiniteError as e:
+        if ctx.rank == 0:
+            print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
+    return 0
