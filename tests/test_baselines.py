@@ -11,7 +11,8 @@ from umec_torchrec.baselines import (GroupLassoOptimizer, budget_masks, fraction
                                      uniform_width_masks, weight_scores)
 from umec_torchrec.umec.groups import discover_groups
 from umec_torchrec.umec.hard_prune import pruned_indicators
-from umec_torchrec.umec.resources import make_resource, kept_of_masks
+from umec_torchrec.umec.allocation import kept_of_masks
+from umec_torchrec.umec.resources import make_resource
 
 from umec_helpers import random_data, small_model
 

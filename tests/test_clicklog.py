@@ -9,7 +9,7 @@ import pytest
 
 from umec_torchrec.data.clicklog import generate_clicklog, load_clicklog, parse_clicklog_spec
 from umec_torchrec.data.errors import DataError
-from umec_torchrec.data.synthetic import rank_auc
+from umec_torchrec.classification import roc_auc
 
 ROWS = 20000
 
@@ -22,7 +22,7 @@ def _target_encoding_auc(col: np.ndarray, y: np.ndarray) -> float:
     s = np.bincount(inv[:n], weights=y[:n], minlength=k)
     c = np.bincount(inv[:n], minlength=k)
     enc = (s + 10 * y[:n].mean()) / (c + 10)
-    return rank_auc(enc[inv[n:]], y[n:])
+    return roc_auc(enc[inv[n:]], y[n:])
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import torch
 
 from umec_torchrec.data import CTRData, DataBundle, DataError, DataOptions, load_data, parse_spec
 from umec_torchrec.data import testing as T
-from umec_torchrec.data.synthetic import generate, rank_auc
+from umec_torchrec.classification import roc_auc
+from umec_torchrec.data.synthetic import generate
 
 SCHEMA = "label=y,dense=price;age,categorical=user;item"
 
@@ -265,20 +266,20 @@ def test_synthetic_signal_learnable():
             opt.zero_grad(); loss.backward(); opt.step()
         with torch.no_grad():
             s = w[b.test.sparse[:, cols] + offs].sum(1)
-        return rank_auc(s.numpy(), b.test.labels.numpy())
+        return roc_auc(s.numpy(), b.test.labels.numpy())
 
     assert fit_auc(b.info["signal_features"]) > 0.7
     noise_small = [f for f in b.info["noise_features"] if b.info["cardinalities"][f] < 500]
     assert abs(fit_auc(noise_small) - 0.5) < 0.05
 
 
-def test_rank_auc():
+def test_roc_auc():
     """Generated numbers: rank AUC matches the pair-counting definition, with ties."""
     rng = np.random.default_rng(0)
     s = rng.integers(0, 5, 200).astype(float); y = rng.random(200) < 0.4
     pos, neg = s[y], s[~y]
     pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
-    assert abs(rank_auc(s, y) - pairs) < 1e-12
+    assert abs(roc_auc(s, y) - pairs) < 1e-12
 
 
 def test_max_rows_and_skip_counts_in_info(tmp_path):

@@ -401,7 +401,7 @@ def test_compare_models_dense_vs_compact(tmp_path):
     parameters, bytes and FLOPs for the compact model and the AUC of each model's own logits."""
     from umec_torchrec.data import CTRData
     from umec_torchrec.export.compare import compare_models, format_comparison
-    from umec_torchrec.train.metrics import roc_auc
+    from umec_torchrec.classification import roc_auc
 
     cfg = small_config("cat")
     dense_model = build_dlrm(cfg).eval()

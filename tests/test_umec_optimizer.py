@@ -86,12 +86,13 @@ def test_every_budget_met_within_one_group():
     assert fr["flops"] <= 0.35 + 1e-9 and fr["embedding_bytes"] <= 0.5 + 1e-9
     # within one group: un-pruning any pruned group violates a budget
     c = umec.s.clone()
-    ranks = umec._ranks(umec._scores())
-    ev = umec._evaluate(c, ranks, delta=-1.0)
-    can_restore = (c > 0) & (ev[1:] <= umec._B[None, :] + 1e-9).all(dim=1)
+    ev = umec.allocator.neighbours(c, umec.group_order(), delta=-1.0)
+    can_restore = (c > 0) & (ev[1:] <= umec.allocator.limits[None, :] + 1e-9).all(dim=1)
     assert not bool(can_restore.any())
+    assert umec.budget_fractions == pytest.approx([0.35, 0.5])
     # pruned weights stay exactly zero under further training, pruned ids are dropped
-    keep = umec._keep
+    keep = umec.keep_multipliers
+    assert keep and any(bool((k == 0).any()) for k in keep.values())
     train(model, umec, data, epochs=1, batch_size=64, mask=umec.feature_mask)
     for p, k in keep.items():
         assert float((p.detach() * (k == 0)).abs().sum()) == 0.0
@@ -142,17 +143,20 @@ def test_s_is_projected_not_pinned_and_never_prunes_a_whole_set():
     """At its upper bound s moves back when the gradient says so (the authors pinned it);
     ceil(s) never reaches the set size (the authors' one-step overshoot)."""
     data, model, umec = _fresh()
-    umec.s = umec._s_max.clone()
-    umec.y.fill_(5.0)  # penalty pushes s down; z = 0 gives no resource pressure
-    umec._scale = torch.ones_like(umec.s)
+    st = umec.umec_state_dict()
+    st["s"] = umec.max_counts
+    st["y"] = torch.full_like(umec.y, 5.0)  # penalty pushes s down; z = 0 gives no resource pressure
+    st["scale"] = torch.ones_like(umec.s)
+    umec.load_umec_state_dict(st)
+    assert torch.equal(umec.penalty_scale, torch.ones_like(umec.s))
     train(model, umec, data, epochs=1, batch_size=64)
-    assert bool((umec.s < umec._s_max).all())
-    umec.s = umec._s_max + 3.0
-    assert bool((umec._ceil_s(umec.s) <= umec._n - 1).all())
+    assert bool((umec.s < umec.max_counts).all())
+    umec.s = umec.max_counts + 3.0
+    assert bool((umec.pruned_counts() <= umec.set_sizes - 1).all())
     data, model, umec = _fresh()
     umec.z.fill_(1e6)  # enormous resource pressure
     train(model, umec, data, epochs=1, batch_size=32)
-    assert bool((umec.s <= umec._s_max).all()) and bool((umec._ceil_s(umec.s) <= umec._n - 1).all())
+    assert bool((umec.s <= umec.max_counts).all()) and bool((umec.pruned_counts() <= umec.set_sizes - 1).all())
 
 
 def test_z_ascends_on_resource_before_the_s_step_and_y_never_decreases():
@@ -160,8 +164,7 @@ def test_z_ascends_on_resource_before_the_s_step_and_y_never_decreases():
     ys = []
     for i, b in enumerate(data.batches(32, shuffle=True)):
         s_before, z_before = umec.s.clone(), umec.z.clone()
-        ranks = umec._ranks(umec._scores())
-        r_before = float(umec._evaluate(umec._ceil_s(s_before), ranks)[0, 0])
+        r_before = float(umec.allocator.neighbours(umec.pruned_counts(s_before), umec.group_order())[0, 0])
         loss, _ = model(b)
         loss.backward()
         umec.step()
@@ -193,3 +196,37 @@ def test_consistency_check_is_a_noop_single_process_and_state_vector_stable():
     umec.check_consistency()
     v = umec.state_vector()
     assert v.dtype == torch.float64 and v.numel() == 2 * len(umec.spec.sets) + 1 + 2
+
+
+def test_fixed_phase_is_the_same_for_umec_set_masks_and_masked_optimizer():
+    """Generated data: UMEC's finalize masks, fixed on a fresh model by set_masks and by
+    MaskedOptimizer, give the same keep multipliers and the same weights after a step; the
+    cost of the masks is the same through UMEC and through the baselines' evaluation."""
+    from torchrec.optim.keyed import KeyedOptimizerWrapper
+
+    from umec_torchrec.baselines import fractions_of_masks
+    from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
+
+    data, model, umec = _fresh()
+    train(model, umec, data, epochs=1, batch_size=32)
+    masks = umec.finalize()
+    assert masks.pruned_features or any(len(v) < masks.layer_widths[k] for k, v in masks.layers.items())
+    assert fractions_of_masks(umec.spec, masks, umec.budgets)[0] == pytest.approx(umec.resource_fractions()["flops"])
+    models, keeps = [], []
+    for wrap in ("umec", "masked"):
+        m, _ = small_model("cat", data, seed=5)
+        inner = KeyedOptimizerWrapper(dict(m.named_parameters()), lambda p: torch.optim.SGD(p, lr=0.1))
+        if wrap == "umec":
+            opt = UMECOptimizer(inner, m, ["flops=0.3"], UMECConfig(check_every=0))
+            opt.set_masks(masks)
+        else:
+            opt = MaskedOptimizer(inner, m, masks)
+        assert opt.masks == masks and set(opt.feature_mask.pruned) == set(masks.pruned_features)
+        keeps.append([opt.keep_multipliers.get(p) for p in m.parameters()])
+        assert sum(int((k == 0).sum()) for k in keeps[-1] if k is not None) > 0
+        train(m, opt, data, epochs=1, batch_size=64, mask=opt.feature_mask)
+        models.append(m)
+    for a, b in zip(*keeps):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+    for (n, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        assert torch.equal(p, q), n

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from umec_torchrec.bench.kaggle import KAGGLE_TABLE_SIZES, kaggle_model_config
+from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelKind
 from umec_torchrec.bench.train import random_batches
 from umec_torchrec.distributed import DistContext, init_distributed
 from umec_torchrec.log import say
@@ -34,7 +35,7 @@ def run_overhead_bench(
     rounds: int = 40,
     steps_per_round: int = 1,
     batch_size: int = 2048,
-    kind: str = "cat",
+    kind: ModelKind = DEFAULT_MODEL_KIND,
     budgets: Optional[List[str]] = None,
     table_sizes: Optional[List[int]] = None,
     ctx: Optional[DistContext] = None,
@@ -104,7 +105,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=40, help="alternating rounds (default 40)")
     p.add_argument("--steps-per-round", type=int, default=1, help="steps per arm per round (default 1)")
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--model", choices=["dot", "dcn", "cat"], default="cat")
+    p.add_argument("--model", choices=list(MODEL_KINDS), default=DEFAULT_MODEL_KIND)
     p.add_argument("--json", action="store_true")
     flags.add_common_args(p)
     p.set_defaults(func=cmd_overhead)

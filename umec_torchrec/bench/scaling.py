@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from umec_torchrec.bench.kaggle import KAGGLE_TABLE_SIZES, kaggle_model_config
+from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelKind
 
 DEFAULT_MAX_ROWS = 100_000
 
@@ -103,7 +104,7 @@ def run_scaling_bench(
     steps: int = 20,
     warmup: int = 3,
     batch_size: int = 2048,
-    kind: str = "cat",
+    kind: ModelKind = DEFAULT_MODEL_KIND,
     max_table_rows: int = DEFAULT_MAX_ROWS,
     budgets: Optional[List[str]] = None,
     backend: Optional[str] = None,
@@ -170,7 +171,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per arm (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per arm (default 3)")
     p.add_argument("--batch-size", type=int, default=2048, help="global batch size (default 2048)")
-    p.add_argument("--model", choices=["dot", "dcn", "cat"], default="cat", help="interaction (default cat)")
+    p.add_argument("--model", choices=list(MODEL_KINDS), default=DEFAULT_MODEL_KIND, help="interaction (default cat)")
     p.add_argument("--max-table-rows", type=int, default=DEFAULT_MAX_ROWS,
                    help=f"cap on each Kaggle table's rows (default {DEFAULT_MAX_ROWS:,}; 40000000 = full size)")
     p.add_argument("--budget", action="append", default=None, metavar="NAME=VALUE",

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from umec_torchrec.bench.kaggle import KAGGLE_TABLE_SIZES, kaggle_model_config
+from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelKind
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.distributed import DistContext, init_distributed
 from umec_torchrec.log import say
@@ -40,7 +41,7 @@ def run_train_bench(
     steps: int = 20,
     batch_size: int = 2048,
     warmup: int = 3,
-    kind: str = "cat",
+    kind: ModelKind = DEFAULT_MODEL_KIND,
     table_sizes: Optional[List[int]] = None,
     embedding_optimizer: str = "rowwise_adagrad",
     ctx: Optional[DistContext] = None,
@@ -109,7 +110,7 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
     p.add_argument("--batch-size", type=int, default=2048, help="global batch size (default 2048)")
-    p.add_argument("--model", choices=["dot", "dcn", "cat"], default="cat", help="interaction (default cat)")
+    p.add_argument("--model", choices=list(MODEL_KINDS), default=DEFAULT_MODEL_KIND, help="interaction (default cat)")
     p.add_argument("--embedding-optimizer", choices=["rowwise_adagrad", "adagrad", "sgd"], default="rowwise_adagrad")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     flags.add_common_args(p)

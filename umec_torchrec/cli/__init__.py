@@ -20,10 +20,6 @@ import sys
 from typing import List, Optional
 
 from umec_torchrec.cli.errors import PROG, UserError, user_error_types
-# the flag helpers under their old path (bench/quality.py uses cli.int_list, cli.add_common_args)
-from umec_torchrec.cli.flags import (add_common_args, add_data_args, add_model_args, add_run_args,  # noqa: F401
-                                     add_train_args, data_options_from_args, int_list,
-                                     model_overrides_from_args, train_config_from_args)  # moved: shim until integration
 from umec_torchrec.log import quiet_libraries
 
 __all__ = ["COMMAND_MODULES", "PROG", "UserError", "build_parser", "main"]

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from umec_torchrec.export.exporter import export_run, summary_lines
+    from umec_torchrec.export.exporter import export_run
+    from umec_torchrec.export.manifest import summary_lines
 
     if args.align < 1:
         raise ValueError(f"--align must be >= 1, got {args.align}")

@@ -43,7 +43,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from umec_torchrec.data.synthetic import SyntheticData, rank_auc
+from umec_torchrec.classification import roc_auc
+from umec_torchrec.data.synthetic import SyntheticData
 
 __all__ = ["ROLES", "SIGNAL_ROLES", "NOISE_ROLES", "DEFAULT_LAYOUT", "PARAMS", "generate_clicklog", "load_clicklog",
            "parse_clicklog_spec"]
@@ -190,7 +191,7 @@ def generate_clicklog(rows: int = 20000, seed: int = 0, n_dense: int = 6, signal
         "dense_weights": {dense_names[d]: float(wd) for wd, d in zip(w, sig_d)},
         "cardinalities": {n: int(len(np.unique(ids[:, j]))) for j, n in enumerate(names)},
         "label_rate": float(labels.mean()),
-        "bayes_auc": rank_auc(prob, labels),
+        "bayes_auc": roc_auc(prob, labels),
     }
     return SyntheticData(dense, raw, labels, prob, dense_names, names, info)
 

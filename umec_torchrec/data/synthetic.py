@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from umec_torchrec.classification import roc_auc
 from umec_torchrec.data.raw import MISSING, RawTable
 
 
@@ -57,23 +58,6 @@ class SyntheticData:
     def to_raw(self) -> RawTable:
         return RawTable(self.dense, self.sparse, self.labels, list(self.dense_names),
                         list(self.feature_names), dict(self.info))
-
-
-def rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC via ranks (Mann-Whitney U), ties get average ranks."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    labels = np.asarray(labels).reshape(-1).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    s = scores[order]
-    ranks = np.empty(len(s), dtype=np.float64)
-    # average ranks over ties
-    _, first, counts = np.unique(s, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def _zipf_ids(rng: np.random.Generator, n: int, card: int, s: float) -> np.ndarray:
@@ -206,6 +190,6 @@ def generate(
         "logit_std": float(logit_std),
         "variance_shares": {"per_id": shares[0], "pairwise": shares[1], "dense": shares[2]},
         "label_rate": float(labels.mean()),
-        "bayes_auc": rank_auc(prob, labels),
+        "bayes_auc": roc_auc(prob, labels),
     }
     return SyntheticData(dense, raw, labels, prob, dense_names, feature_names, info)

@@ -40,7 +40,7 @@ def compare_models(
         ``{"dense": {...}, "compact": {...}}`` with ``parameters``, ``embedding_bytes``,
         ``lookup_bytes_per_sample``, ``flops_per_sample`` (FlopCounterMode, dense path) and ``auc``.
     """
-    from umec_torchrec.train.metrics import roc_auc
+    from umec_torchrec.classification import roc_auc
 
     if isinstance(compact, str):
         compact = load_compact(compact)

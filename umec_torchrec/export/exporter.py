@@ -51,8 +51,6 @@ from umec_torchrec.models import ModelConfig
 from umec_torchrec.umec.masks import PruningMasks
 
 # train/demo.py and export/cli_export.py import these from here:
-from umec_torchrec.export.loaders import load_compact, load_program  # noqa: F401  moved: shim until integration
-from umec_torchrec.export.manifest import FORMAT, read_manifest, summary_lines  # noqa: F401  moved: shim until integration
 
 
 def export_model(

@@ -31,7 +31,7 @@ from umec_torchrec.umec.groups import GroupSpec, discover_groups
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
-from umec_torchrec.umec.resources import resources_of_masks
+from umec_torchrec.umec.allocation import resources_of_masks
 
 __all__ = ["compress_run", "finetune_run", "compression_report", "format_report", "load_masks", "MASKS_FILE"]
 

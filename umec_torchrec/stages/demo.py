@@ -16,7 +16,8 @@ from umec_torchrec.distributed import DistContext, init_distributed
 from umec_torchrec.export.checkpoint_reader import load_dlrm_state
 from umec_torchrec.export.compact import build_compact, full_masks
 from umec_torchrec.export.compare import compare_models, format_comparison
-from umec_torchrec.export.exporter import export_run, summary_lines
+from umec_torchrec.export.exporter import export_run
+from umec_torchrec.export.manifest import summary_lines
 from umec_torchrec.log import say
 from umec_torchrec.runs import Run
 from umec_torchrec.stages.compress import compress_run, finetune_run

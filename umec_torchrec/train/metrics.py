@@ -12,41 +12,8 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 
 from umec_torchrec.data.dataset import CTRData
+from umec_torchrec.classification import binary_metrics, roc_auc
 from umec_torchrec.distributed import DistContext
-
-
-def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Exact ROC AUC (Mann-Whitney U with average ranks for ties); ``nan`` if one class.
-
-    Args:
-        scores: ``[N]`` scores or logits (any monotone transform gives the same AUC).
-        labels: ``[N]`` in {0, 1}.
-    """
-    scores = scores.detach().double().flatten()
-    pos = labels.detach().flatten() > 0.5
-    n_pos = int(pos.sum())
-    n_neg = int(pos.numel() - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    uniq, inverse, counts = torch.unique(scores, sorted=True, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    avg_rank = ends - (counts.double() - 1) / 2  # 1-based average rank of each distinct value
-    rank_sum = avg_rank[inverse][pos].sum().item()
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
-def binary_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
-    """``{"auc", "log_loss", "accuracy", "rows"}`` of logits against 0/1 labels."""
-    logits = logits.detach().double().flatten()
-    labels = labels.detach().double().flatten()
-    if logits.numel() == 0:
-        raise ValueError("cannot compute metrics on zero rows")
-    return {
-        "auc": roc_auc(logits, labels),
-        "log_loss": float(F.binary_cross_entropy_with_logits(logits, labels).item()),
-        "accuracy": float(((logits > 0).double() == labels).double().mean().item()),
-        "rows": int(labels.numel()),
-    }
 
 
 def _gather(t: torch.Tensor, world: int) -> torch.Tensor:
@@ -123,4 +90,4 @@ def evaluate(
     return m
 
 
-__all__ = ["roc_auc", "binary_metrics", "predict", "evaluate"]
+__all__ = ["predict", "evaluate"]

@@ -19,8 +19,6 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from umec_torchrec.train.config import TrainConfig
-from umec_torchrec.train.config import (DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, LR_SCHEDULES,  # noqa: F401
-                                        SHARDING_TYPES)  # moved: shim until integration
 
 
 def _embedding_optimizer_class(name: str) -> tuple:

@@ -13,7 +13,7 @@ from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ShardingType
 
 from umec_torchrec.distributed import DistContext
-from umec_torchrec.log import quiet_torchrec  # also the old path of export/exporter.py: moved: shim until integration
+from umec_torchrec.log import quiet_torchrec
 from umec_torchrec.models import find_dlrm
 from umec_torchrec.train.config import SHARDING_TYPES
 

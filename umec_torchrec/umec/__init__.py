@@ -7,21 +7,25 @@ Typical use inside a training loop::
     masks = umec.finalize()
 """
 
+from umec_torchrec.umec.allocation import BudgetAllocator, SetOrder, resources_of_masks
 from umec_torchrec.umec.budgets import Budget, parse_budgets
 from umec_torchrec.umec.feature_mask import FeatureMask
 from umec_torchrec.umec.groups import GroupSpec, declare_groups, discover_groups
 from umec_torchrec.umec.hard_prune import apply_masks_, weight_masks
-from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
+from umec_torchrec.umec.masked_optimizer import FixedArchitecture, MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer, UMECStateMismatch
-from umec_torchrec.umec.resources import make_resource, resources_of_masks
+from umec_torchrec.umec.resources import make_resource
 
 __all__ = [
     "Budget",
+    "BudgetAllocator",
     "FeatureMask",
+    "FixedArchitecture",
     "GroupSpec",
     "MaskedOptimizer",
     "PruningMasks",
+    "SetOrder",
     "UMECConfig",
     "UMECOptimizer",
     "UMECStateMismatch",

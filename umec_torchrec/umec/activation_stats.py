@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+__all__ = ["ActivationStats"]
+
 
 class ActivationStats:
     """Forward pre-hooks that keep ``E[x^2]`` per input column of watched modules.

@@ -8,6 +8,8 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+__all__ = ["FeatureMask"]
+
 
 class FeatureMask:
     """Removes the ids of pruned features from every batch.

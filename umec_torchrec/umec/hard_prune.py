@@ -19,6 +19,8 @@ from torch import nn
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
 from umec_torchrec.umec.masks import PruningMasks
 
+__all__ = ["apply_masks_", "masks_from_pruned", "pruned_indicators", "weight_masks"]
+
 
 def pruned_indicators(spec: GroupSpec, masks: PruningMasks) -> List[torch.Tensor]:
     """One 0/1 vector per group set of ``spec`` (1 = pruned) for ``masks``."""

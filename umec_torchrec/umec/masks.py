@@ -7,6 +7,8 @@ from typing import Any, Dict, List
 
 from umec_torchrec.io import read_json, write_json
 
+__all__ = ["PruningMasks"]
+
 
 @dataclass
 class PruningMasks:

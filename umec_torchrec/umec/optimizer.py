@@ -43,13 +43,14 @@ Deliberate choices where the authors' code departs from Algorithm 1 or is broken
 * **y as in the paper**: the constraint ``||W||^2_{ceil(s)} = 0`` has a non-negative
   residual, so ``y`` never decreases; its increments vanish as the prox drives the selected
   groups to zero, so it settles. (Decaying it would re-admit the groups being removed.)
-* **hard pruning at the end** (:meth:`finalize`): the ``ceil(s)`` least-norm groups are
-  removed; if a budget is still violated, every set is pushed the same fraction of the way
-  to its bound (keeping UMEC's allocation between sets) until all budgets hold; if there is
-  slack (``s`` overshot), the strongest pruned groups are given back while every budget
-  still holds. So every budget is met, to within one group.
-  Pruned weights are then kept at exactly zero after every step, and pruned features are
-  dropped from the input by :attr:`feature_mask`.
+* **hard pruning at the end** (:meth:`finalize`, rules in :mod:`.allocation`, shared with
+  the baselines): the ``ceil(s)`` least-norm groups are removed; if a budget is still
+  violated, every set is pushed the same fraction of the way to its bound (keeping UMEC's
+  allocation between sets) until all budgets hold; if there is slack (``s`` overshot), the
+  strongest pruned groups are given back while every budget still holds. So every budget is
+  met, to within one group. Pruned weights are then kept at exactly zero after every step,
+  and pruned features are dropped from the input by :attr:`feature_mask`
+  (:class:`~umec_torchrec.umec.masked_optimizer.FixedArchitecture`, as in ``MaskedOptimizer``).
 
 Everything stays on the parameters' device: no Python loop over groups, no host sync in
 a step (only every ``check_every`` steps, for the cross-rank consistency check).
@@ -57,7 +58,6 @@ a step (only every ``check_every`` steps, for the cross-rank consistency check).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -67,13 +67,16 @@ from torch import nn
 from torchrec.optim.keyed import KeyedOptimizer, OptimizerWrapper
 
 from umec_torchrec.umec.activation_stats import ActivationStats
-from umec_torchrec.umec.budgets import Budget, parse_budgets
+from umec_torchrec.umec.allocation import BudgetAllocator, SetOrder
+from umec_torchrec.umec.budgets import Budget
 from umec_torchrec.umec.feature_mask import FeatureMask
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
 from umec_torchrec.umec.hard_prune import masks_from_pruned, pruned_indicators
+from umec_torchrec.umec.masked_optimizer import FixedArchitecture
 from umec_torchrec.umec.masks import PruningMasks
-from umec_torchrec.umec.resources import Resource, make_resource
-from umec_torchrec.umec.tables import zero_tables_
+from umec_torchrec.umec.resources import Resource
+
+__all__ = ["UMECConfig", "UMECOptimizer", "UMECStateMismatch"]
 
 
 @dataclass
@@ -169,38 +172,25 @@ class UMECOptimizer(OptimizerWrapper):
         self.model = model
         self.config = config or UMECConfig()
         self.spec = groups if groups is not None else discover_groups(model)
-        self.budgets: List[Budget] = parse_budgets(budgets)
-        self.resources: List[Resource] = [make_resource(b.resource, self.spec) for b in self.budgets]
-        self._dense = [r.dense_value() for r in self.resources]
-        self._fraction = []
-        for b, r, dense in zip(self.budgets, self.resources, self._dense):
-            frac = b.fraction(dense)
-            floor = r.min_value() / dense
-            if frac < floor - 1e-12:
-                raise ValueError(
-                    f"budget {b} is below the smallest model these groups allow "
-                    f"({floor:.4g} of dense, {r.min_value():.4g} {r.unit}); raise it or prune more group kinds"
-                )
-            self._fraction.append(frac)
-
         sets = self.spec.sets
         dev = sets[0].members[0].param.device
         self.device = dev
-        self._n = torch.tensor([float(s.size) for s in sets], device=dev)
-        self._s_max = torch.tensor([float(s.size - s.min_keep) for s in sets], device=dev)
-        self._min_keep = torch.tensor([float(s.min_keep) for s in sets], device=dev)
-        self._B = torch.tensor(self._fraction, device=dev)
-        self._dense_t = torch.tensor(self._dense, device=dev)
+        dt = torch.get_default_dtype()
+        self._alloc = BudgetAllocator(self.spec, budgets, dtype=dt, device=dev, resource_dtype=dt)
+        self._alloc.require_reachable()
+        self.budgets: List[Budget] = self._alloc.budgets
+        self.resources: List[Resource] = self._alloc.resources
+        self._n = self._alloc.sizes
+        self._s_max = self._alloc.max_counts
+        self._B = self._alloc.limits
         self.s = torch.zeros(len(sets), device=dev)
         self.y = torch.zeros(len(sets), device=dev)
         self.z = torch.zeros(len(self.budgets), device=dev)
         self.umec_step_count = 0
         self.inner_step_count = 0
-        self.masks: Optional[PruningMasks] = None
+        self._fixed: Optional[FixedArchitecture] = None
         self._scale: Optional[torch.Tensor] = None
-        self._keep: Dict[torch.Tensor, torch.Tensor] = {}
         self.feature_mask = FeatureMask()
-        self._fi = next((i for i, s in enumerate(sets) if s.kind == "features"), None)
         # the tensors each parameter-dimension penalty reaches: {id(param): (param, [(set, member)])}
         self._slots: Dict[int, Tuple[torch.Tensor, list]] = {}
         for li, gs in enumerate(sets):
@@ -214,11 +204,57 @@ class UMECOptimizer(OptimizerWrapper):
         )
         self._moments: Optional[Dict[str, torch.Tensor]] = None
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ read-only views
     @property
     def phase(self) -> str:
         """``"search"`` before :meth:`finalize`, ``"fixed"`` after."""
-        return "fixed" if self.masks is not None else "search"
+        return "fixed" if self._fixed is not None else "search"
+
+    @property
+    def masks(self) -> Optional[PruningMasks]:
+        """The fixed architecture (after :meth:`finalize` / :meth:`set_masks`), else ``None``."""
+        return None if self._fixed is None else self._fixed.masks
+
+    @property
+    def allocator(self) -> BudgetAllocator:
+        """The budgets' evaluation and the hard-pruning rules (:mod:`.allocation`)."""
+        return self._alloc
+
+    @property
+    def budget_fractions(self) -> List[float]:
+        """Each budget as a fraction of the dense model's resource (``B_b``), in budget order."""
+        return list(self._alloc.budget_fractions)
+
+    @property
+    def set_sizes(self) -> torch.Tensor:
+        """``[S]`` groups per set (``n_l``)."""
+        return self._n.clone()
+
+    @property
+    def max_counts(self) -> torch.Tensor:
+        """``[S]`` upper bound of ``s``: ``n_l - min_keep_l``."""
+        return self._s_max.clone()
+
+    @property
+    def penalty_scale(self) -> Optional[torch.Tensor]:
+        """``[S]`` the per-set unit ``T_l`` of the penalty (total score at the first UMEC step);
+        ``None`` before it. Set it through :meth:`load_umec_state_dict` (``"scale"``)."""
+        return None if self._scale is None else self._scale.clone()
+
+    @property
+    def keep_multipliers(self) -> Dict[torch.Tensor, torch.Tensor]:
+        """``{param: 0/1 multiplier}`` applied after every step in the fixed phase (empty before)."""
+        return {} if self._fixed is None else dict(self._fixed.keep)
+
+    def pruned_counts(self, s: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[S]`` the hard counts ``min(ceil(s), n_l - min_keep_l)`` of ``s`` (default: the current ``s``)."""
+        return self._ceil_s(self.s if s is None else s)
+
+    def group_order(self) -> SetOrder:
+        """Every set's groups in ascending score order, at the current weights and statistics."""
+        return SetOrder.of(self._scores())
+
+    # ------------------------------------------------------------------ helpers
 
     def _prox_lr(self) -> float:
         if self.config.prox_lr is not None:
@@ -237,41 +273,16 @@ class UMECOptimizer(OptimizerWrapper):
         cache: Dict = {}
         return [gs.scores(cache, self._moments) for gs in self.spec.sets]
 
-    def _ranks(self, scores: List[torch.Tensor]) -> List[torch.Tensor]:
-        """Rank of every group in its set by ascending score (0 = least norm)."""
-        out = []
-        for sc in scores:
-            order = torch.argsort(sc, stable=True)
-            r = torch.empty_like(order)
-            r[order] = torch.arange(order.numel(), device=order.device)
-            out.append(r)
-        return out
-
     def _ceil_s(self, s: torch.Tensor) -> torch.Tensor:
-        # 1e-6 tolerance: float noise must not prune an extra group
-        return torch.minimum(torch.ceil(s - 1e-6).clamp(min=0), self._s_max)
-
-    def _evaluate(self, pruned: torch.Tensor, ranks: List[torch.Tensor], delta: float = 1.0) -> torch.Tensor:
-        """Resource fractions ``[S + 1, n_budgets]`` at ``pruned`` counts (row 0) and with
-        ``delta`` more groups pruned in each set (row ``1 + l``), within ``[0, s_max]``."""
-        S = len(self.spec.sets)
-        counts = pruned[None, :].repeat(S + 1, 1)
-        step = delta * torch.eye(S, device=pruned.device)
-        counts[1:] = torch.minimum(counts[1:] + step, self._s_max[None, :]).clamp(min=0.0)
-        kept = self._n[None, :] - counts
-        alive = None
-        if self._fi is not None:
-            alive = (ranks[self._fi][None, :].to(counts.dtype) >= counts[:, self._fi: self._fi + 1]).to(counts.dtype)
-        cols = [r(kept, alive) for r in self.resources]
-        return torch.stack(cols, dim=1) / self._dense_t[None, :]
+        return self._alloc.counts_of(s)
 
     # ------------------------------------------------------------------ the step
     def step(self, closure: Any = None) -> None:
         """Wrapped optimizer step, then the UMEC step (search) or the re-masking (fixed)."""
         super().step(closure)
         self.inner_step_count += 1
-        if self.masks is not None:
-            self._reapply_masks()
+        if self._fixed is not None:
+            self._fixed.apply_()
         elif self.inner_step_count > self.config.warmup_steps:
             self.umec_step()
         if self.config.check_every and self.inner_step_count % self.config.check_every == 0:
@@ -287,9 +298,8 @@ class UMECOptimizer(OptimizerWrapper):
         if self._scale is None:  # fixed per-set unit of the penalty (see the class docstring)
             self._scale = torch.stack([sc.sum() for sc in scores]).clamp(min=1e-12)
         inv = 1.0 / self._scale
-        ranks = self._ranks(scores)
         c = self._ceil_s(self.s)
-        sel = [(r.to(c.dtype) < c[i]).to(scores[i].dtype) for i, r in enumerate(ranks)]
+        sel = [p.to(sc.dtype) for p, sc in zip(SetOrder.of(scores).pruned(c), scores)]
 
         # 1. prox on the selected groups: w / (1 + 2 lr sum of the penalties reaching w)
         for p, slots in self._slots.values():
@@ -303,21 +313,18 @@ class UMECOptimizer(OptimizerWrapper):
             p.div_(1.0 + 2.0 * lr * pen)
 
         # 2. s: straight-through step on the post-prox weights
-        scores = [sc * inv[i] for i, sc in enumerate(self._scores())]
-        ranks = self._ranks(scores)
-        evals = self._evaluate(c, ranks)  # R(s^t) and its one-more-group neighbours
+        order = SetOrder.of([sc * inv[i] for i, sc in enumerate(self._scores())])
+        evals = self._alloc.neighbours(c, order)  # R(s^t) and its one-more-group neighbours
         d_res = evals[1:] - evals[0:1]  # [S, nb], <= 0
-        sorted_scores = [torch.sort(sc).values for sc in scores]
-        nxt = torch.stack([ss[torch.clamp(c[i].long(), max=ss.numel() - 1)] for i, ss in enumerate(sorted_scores)])
+        nxt = order.score_at(c, 0)  # the next group's score
         grad = self.y * nxt + d_res @ self.z
         frac = self.s / self._n - cfg.s_lr * torch.clamp(grad * self._n, -1.0, 1.0)
         self.s = torch.minimum((frac * self._n).clamp(min=0.0), self._s_max)
 
         # 3. y ascent on the least-s norms at the new s
         c_new = self._ceil_s(self.s)
-        least = torch.stack([
-            torch.cat([ss.new_zeros(1), torch.cumsum(ss, 0)])[c_new[i].long()] for i, ss in enumerate(sorted_scores)
-        ])
+        prefix = torch.cat([order.sorted.new_zeros(len(c_new), 1), torch.cumsum(order.sorted, 1)], dim=1)
+        least = prefix.gather(1, c_new.long()[:, None])[:, 0]  # ||W_l||^2_{ceil(s_l), 2} / T_l
         self.y = (self.y + cfg.y_lr * least).clamp(min=0.0)
 
         # 4. z ascent on R(s^t) - B
@@ -329,115 +336,69 @@ class UMECOptimizer(OptimizerWrapper):
     def current_masks(self) -> PruningMasks:
         """The hard decision at the current ``s`` (the ``ceil(s)`` least-norm groups), without
         the budget repair of :meth:`finalize`. Host sync."""
-        if self.masks is not None:
-            return self.masks
-        ranks = self._ranks(self._scores())
-        c = self._ceil_s(self.s)
-        return self._masks_from([(r.to(c.dtype) < c[i]) for i, r in enumerate(ranks)])
-
-    def _masks_from(self, pruned: List[torch.Tensor]) -> PruningMasks:
-        return masks_from_pruned(self.spec, pruned)
+        if self._fixed is not None:
+            return self._fixed.masks
+        return masks_from_pruned(self.spec, self.group_order().pruned(self._ceil_s(self.s)))
 
     @torch.no_grad()
     def resource_fractions(self, masks: Optional[PruningMasks] = None) -> Dict[str, float]:
         """Each budgeted resource, as a fraction of dense, for ``masks`` (default: current)."""
-        masks = masks or self.current_masks()
-        pr = pruned_indicators(self.spec, masks)
-        counts = torch.stack([p.sum() for p in pr])
-        kept = self._n - counts
-        alive = None if self._fi is None else (1.0 - pr[self._fi])[None, :]
-        return {
-            b.resource: float(r(kept[None, :], alive)[0] / d)
-            for b, r, d in zip(self.budgets, self.resources, self._dense)
-        }
+        fr = self._alloc.fractions_of_masks(masks or self.current_masks())
+        return {b.resource: float(f) for b, f in zip(self.budgets, fr)}
 
     def budget_report(self) -> Dict[str, Dict[str, float]]:
         """``{resource: {"fraction", "budget"}}`` at the current hard decision (host sync)."""
         fr = self.resource_fractions()
-        return {b.resource: {"fraction": fr[b.resource], "budget": f} for b, f in zip(self.budgets, self._fraction)}
+        return {b.resource: {"fraction": fr[b.resource], "budget": f} for b, f in zip(self.budgets, self.budget_fractions)}
 
     # ------------------------------------------------------------------ hard pruning
     @torch.no_grad()
     def finalize(self, zero_tables: bool = True) -> PruningMasks:
-        """Hard-prune: remove the ``ceil(s)`` least-scored groups of each set; if a budget is
-        still violated, move every set the same (smallest sufficient) fraction of the way to
-        its bound; then, while every budget holds, give back the strongest pruned group (most
-        score per unit of resource), so the budgets are met to within one group.
+        r"""Hard-prune with the rules of :mod:`.allocation`, on the current scores ``sigma``:
+
+        1. remove the ``c = ceil(s)`` least-scored groups of each set;
+        2. **repair**: if a budget is violated, move every set the same (smallest sufficient,
+           by bisection) fraction ``t`` of the way to its bound, ``c + ceil(t (c_max - c))``;
+        3. **give-back**: while every budget holds, restore the strongest pruned group with
+           the most score per unit of resource,
+           ``argmax_l sigma_l,(c_l - 1) / (mean(sigma_l) sum_b [F_b(c - e_l) - F_b(c)])``,
+           so the budgets are met to within one group.
+
         Pruned weights become exact zeros and stay zero after every later step;
-        pruned features are dropped from the input (:attr:`feature_mask`). Returns the masks.
+        pruned features are dropped from the input (:attr:`feature_mask`). Sets
+        :attr:`repair_groups` and :attr:`restored_groups`. Returns the masks.
         Runs on every rank with identical results (the dense weights are replicated).
         """
-        if self.masks is not None:
-            return self.masks
+        if self._fixed is not None:
+            return self._fixed.masks
         self._sync_moments()
         scores = self._scores()
-        ranks = self._ranks(scores)
+        order = SetOrder.of(scores)
         c = self._ceil_s(self.s)
         mean_score = torch.stack([sc.mean().clamp(min=1e-30) for sc in scores])
-
-        def feasible(cnt: torch.Tensor) -> bool:
-            return bool((self._evaluate(cnt, ranks)[0] <= self._B + 1e-9).all())
-
-        # repair: move every set the same fraction t of the way to its bound (UMEC's relative
-        # allocation is kept), with the smallest t that meets all budgets (bisection)
-        extra = 0
-        if not feasible(c):
-            room = self._s_max - c
-            lo, hi = 0.0, 1.0
-            for _ in range(30):
-                mid = (lo + hi) / 2
-                if feasible(c + torch.ceil(mid * room - 1e-9)):
-                    hi = mid
-                else:
-                    lo = mid
-            new_c = c + torch.ceil(hi * room - 1e-9)
-            extra = int((new_c - c).sum())
-            c = new_c
-        # fill: give back the strongest pruned group (most norm per unit of resource) while
-        # every budget still holds, so the result is within one group of its budgets
-        restored = 0
-        sorted_scores = [torch.sort(sc).values for sc in scores]
-        while True:
-            ev = self._evaluate(c, ranks, delta=-1.0)
-            ok = (c > 0) & ((ev[1:] <= self._B[None, :] + 1e-9).all(dim=1))
-            if not bool(ok.any()):
-                break
-            last = torch.stack([ss[torch.clamp(c[i].long() - 1, min=0)] for i, ss in enumerate(sorted_scores)])
-            added = (ev[1:] - ev[0:1]).clamp(min=1e-12).sum(dim=1)
-            value = torch.where(ok, (last / mean_score) / added, torch.full_like(last, -math.inf))
-            c[int(torch.argmax(value))] -= 1
-            restored += 1
-        self.repair_groups = extra
-        self.restored_groups = restored
-        pruned = [(r.to(c.dtype) < c[i]) for i, r in enumerate(ranks)]
+        repaired = self._alloc.repair(c, order)
+        self.repair_groups = int((repaired - c).sum())
+        c, self.restored_groups = self._alloc.give_back(repaired, order, mean=mean_score)
+        pruned = order.pruned(c)
         self.s = c.clone()
-        self.masks = self._masks_from(pruned)
-        self._keep = self.spec.keep_multipliers([p.to(sc.dtype) for p, sc in zip(pruned, scores)])
-        self._reapply_masks()
-        self.feature_mask = FeatureMask(self.masks.pruned_features)
-        if zero_tables and self.masks.pruned_features:
-            try:
-                zero_tables_(self.model, self.masks.pruned_features)
-            except (AttributeError, KeyError, TypeError):
-                pass  # custom models declared without TorchRec tables
-        return self.masks
+        masks = masks_from_pruned(self.spec, pruned)
+        self._fix(FixedArchitecture.of_spec(self.spec, masks, [p.to(sc.dtype) for p, sc in zip(pruned, scores)]),
+                  zero_tables, strict=False)  # custom models may be declared without TorchRec tables
+        return masks
 
     def set_masks(self, masks: PruningMasks, zero_tables: bool = True) -> None:
         """Fix the architecture to ``masks`` (fine-tuning): zero the pruned groups now and
         after every step, and drop pruned features from the input."""
         pr = pruned_indicators(self.spec, masks)
-        self.masks = masks
         self.s = torch.stack([p.sum() for p in pr]).to(self.s)
-        self._keep = self.spec.keep_multipliers(pr)
-        self._reapply_masks()
-        self.feature_mask = FeatureMask(masks.pruned_features)
-        if zero_tables and masks.pruned_features:
-            zero_tables_(self.model, masks.pruned_features)
+        self._fix(FixedArchitecture.of_spec(self.spec, masks, pr), zero_tables, strict=True)
 
-    @torch.no_grad()
-    def _reapply_masks(self) -> None:
-        for p, k in self._keep.items():
-            p.mul_(k)
+    def _fix(self, fixed: FixedArchitecture, zero_tables: bool, strict: bool) -> None:
+        self._fixed = fixed
+        fixed.apply_()
+        self.feature_mask = fixed.feature_mask
+        if zero_tables:
+            fixed.zero_tables(self.model, strict=strict)
 
     # ------------------------------------------------------------------ distributed
     def state_vector(self) -> torch.Tensor:

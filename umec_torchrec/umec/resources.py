@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Type
 
 import torch
 
-from umec_torchrec.umec.groups import GroupSpec
+from umec_torchrec.umec.groups import FEATURE_SET, ChainStructure, DLRMStructure, GroupSpec
 
 
 class Resource:
@@ -85,56 +85,43 @@ def _set_index(spec: GroupSpec, name: str) -> Optional[int]:
         return None
 
 
-class DenseFlops(Resource):
-    """FLOPs per sample of the dense path (see the module docstring)."""
+def _width(kept: torch.Tensor, idx: Optional[int], full: int) -> torch.Tensor:
+    """``[...]`` width of a layer: its kept count (set ``idx``), or ``full`` if it has no set."""
+    if idx is None:
+        return torch.full(kept.shape[:-1], float(full), dtype=kept.dtype, device=kept.device)
+    return kept[..., idx]
 
-    name = "flops"
-    unit = "FLOPs"
 
-    def __init__(self, spec: GroupSpec) -> None:
-        super().__init__(spec)
-        st = spec.structure
-        self.kind = st["kind"]
-        self.fi = _set_index(spec, "features") if spec.feature_set is not None else None
-        if self.kind == "custom":
-            self.inc = st["incidence"].float()  # [in, F]
-            self.widths = list(st["widths"])
-            self.layer_idx = [_set_index(spec, n) for n in st["layer_names"]]
-            self.extra = float(st["extra_flops"])
-            return
-        self.D = int(st["D"])
-        self.nF = int(st["F"])
-        self.dense_in = int(st["dense_in"])
-        self.bottom = list(st["bottom"])
-        self.top = list(st["top"])
-        self.bottom_idx = [_set_index(spec, n) for n in st["bottom_names"]] + [None]
-        self.top_idx = [_set_index(spec, n) for n in st["top_names"]] + [None]
-        self.dcn_layers = int(st["dcn_layers"])
-        self.dcn_rank = int(st["dcn_rank"])
+def _chain(kept: torch.Tensor, first_in: torch.Tensor, widths: List[int], idx: List[Optional[int]]) -> torch.Tensor:
+    """``[...]`` FLOPs ``sum_i 2 w_{i-1} w_i`` of a Linear chain reading ``first_in`` columns."""
+    total = torch.zeros_like(first_in)
+    prev = first_in
+    for w, i in zip(widths, idx):
+        cur = _width(kept, i, w)
+        total = total + 2.0 * prev * cur
+        prev = cur
+    return total
+
+
+class DLRMFlops:
+    """FLOPs per sample of a discovered DLRM (:class:`DLRMStructure`): bottom MLP,
+    interaction and over-arch (see the module docstring); a strategy of :class:`DenseFlops`."""
+
+    def __init__(self, spec: GroupSpec, st: DLRMStructure) -> None:
+        self.kind = st.kind
+        self.fi = _set_index(spec, FEATURE_SET) if spec.feature_set is not None else None
+        self.D = int(st.embedding_dim)
+        self.nF = int(st.num_features)
+        self.dense_in = int(st.dense_in_features)
+        self.bottom = list(st.bottom)
+        self.top = list(st.top)
+        self.bottom_idx = [_set_index(spec, n) for n in st.bottom_names] + [None]
+        self.top_idx = [_set_index(spec, n) for n in st.top_names] + [None]
+        self.dcn_layers = int(st.dcn_layers)
+        self.dcn_rank = int(st.dcn_rank)
         self.dense_group = bool(spec.dense_is_group)
 
-    @staticmethod
-    def _width(kept: torch.Tensor, idx: Optional[int], full: int) -> torch.Tensor:
-        if idx is None:
-            return torch.full(kept.shape[:-1], float(full), dtype=kept.dtype, device=kept.device)
-        return kept[..., idx]
-
-    def _chain(self, kept: torch.Tensor, first_in: torch.Tensor, widths: List[int], idx: List[Optional[int]]) -> torch.Tensor:
-        total = torch.zeros_like(first_in)
-        prev = first_in
-        for w, i in zip(widths, idx):
-            cur = self._width(kept, i, w)
-            total = total + 2.0 * prev * cur
-            prev = cur
-        return total
-
     def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
-        if self.kind == "custom":
-            assert alive is not None
-            # a column survives iff none of its owners is pruned
-            dead = (1.0 - alive) @ self.inc.to(alive.device).t()  # [..., in]
-            first_in = (dead == 0).to(kept.dtype).sum(-1)
-            return self.extra + self._chain(kept, first_in, self.widths[1:], self.layer_idx + [None])
         D = float(self.D)
         # owners of the interaction: the dense vector plus the kept features
         if self.fi is None:
@@ -142,7 +129,7 @@ class DenseFlops(Resource):
         else:
             owners = kept[..., self.fi] + (0.0 if self.dense_group else 1.0)
         dense_in = torch.full_like(owners, float(self.dense_in))
-        flops = self._chain(kept, dense_in, self.bottom, self.bottom_idx)
+        flops = _chain(kept, dense_in, self.bottom, self.bottom_idx)
         if self.kind == "dot":
             flops = flops + 2.0 * owners * owners * D
             top_in = D + owners * (owners - 1.0) / 2.0
@@ -150,7 +137,41 @@ class DenseFlops(Resource):
             top_in = owners * D
             if self.kind == "dcn":
                 flops = flops + self.dcn_layers * 4.0 * self.dcn_rank * top_in
-        return flops + self._chain(kept, top_in, self.top, self.top_idx)
+        return flops + _chain(kept, top_in, self.top, self.top_idx)
+
+
+class ChainFlops:
+    """FLOPs per sample of a declared Linear chain (:class:`ChainStructure`): the first Linear
+    reads the columns whose owners all survive; a strategy of :class:`DenseFlops`."""
+
+    def __init__(self, spec: GroupSpec, st: ChainStructure) -> None:
+        self.inc = st.incidence.float()  # [in, F]
+        self.widths = list(st.widths)
+        self.layer_idx = [_set_index(spec, n) for n in st.layer_names]
+        self.extra = float(st.extra_flops)
+
+    def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+        assert alive is not None
+        # a column survives iff none of its owners is pruned
+        dead = (1.0 - alive) @ self.inc.to(alive.device).t()  # [..., in]
+        first_in = (dead == 0).to(kept.dtype).sum(-1)
+        return self.extra + _chain(kept, first_in, self.widths[1:], self.layer_idx + [None])
+
+
+class DenseFlops(Resource):
+    """FLOPs per sample of the dense path (see the module docstring), counted by
+    :class:`DLRMFlops` or :class:`ChainFlops` according to the spec's structure."""
+
+    name = "flops"
+    unit = "FLOPs"
+
+    def __init__(self, spec: GroupSpec) -> None:
+        super().__init__(spec)
+        st = spec.structure
+        self.counter = ChainFlops(spec, st) if isinstance(st, ChainStructure) else DLRMFlops(spec, st)
+
+    def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.counter(kept, alive)
 
 
 def _per_feature(spec: GroupSpec, values: List[float]) -> torch.Tensor:
@@ -210,33 +231,4 @@ def make_resource(name: str, spec: GroupSpec) -> Resource:
     return cls(spec)
 
 
-def kept_of_masks(spec: GroupSpec, masks) -> tuple:
-    """``(kept [1, S], alive [1, F])`` for a :class:`PruningMasks` (exact evaluation)."""
-    kept = []
-    for s in spec.sets:
-        if s.kind == "features":
-            k = len(masks.kept_features) + (1 if spec.dense_is_group and masks.dense_kept else 0)
-        else:
-            k = len(masks.layers.get(s.name, range(s.size)))
-        kept.append(float(k))
-    alive = None
-    fs = spec.feature_set
-    if fs is not None:
-        keep = set(masks.kept_features)
-        flags = [1.0 if (lbl in keep or (lbl == "<dense>" and masks.dense_kept)) else 0.0 for lbl in fs.labels]
-        alive = torch.tensor([flags])
-    return torch.tensor([kept]), alive
-
-
-def resources_of_masks(spec: GroupSpec, masks, names=("flops", "embedding_bytes", "lookup_bytes")) -> Dict[str, Dict[str, float]]:
-    """Absolute and relative cost of the model that ``masks`` leave, per resource."""
-    kept, alive = kept_of_masks(spec, masks)
-    out = {}
-    for n in names:
-        if RESOURCES[n].needs_features and spec.feature_set is None:
-            continue
-        r = make_resource(n, spec)
-        v = float(r(kept, alive)[0])
-        full = r.dense_value()
-        out[n] = {"value": v, "dense": full, "fraction": v / full if full else 1.0}
-    return out
+__all__ = ["RESOURCES", "DenseFlops", "DLRMFlops", "ChainFlops", "EmbeddingBytes", "LookupBytes", "Resource", "make_resource"]

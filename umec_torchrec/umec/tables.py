@@ -10,6 +10,8 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from umec_torchrec.umec.groups import feature_tables
 
+__all__ = ["local_parts", "zero_tables_"]
+
 try:  # DTensor tables appear with ShardingEnv(output_dtensor=True)
     from torch.distributed.tensor import DTensor
 except ImportError:  # pragma: no cover

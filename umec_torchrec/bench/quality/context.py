@@ -20,7 +20,7 @@ from umec_torchrec.train.metrics import evaluate
 from umec_torchrec.umec.groups import discover_groups
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
-from umec_torchrec.umec.resources import resources_of_masks
+from umec_torchrec.umec.allocation import resources_of_masks
 
 __all__ = ["MethodResult", "SeedContext", "finetune", "load_bench_data", "make_row"]
 
