@@ -16,9 +16,9 @@ import os
 
 import torch
 
-from umec_torchrec.io import to_blob
 from umec_torchrec.data import DataOptions, load_data
 from umec_torchrec.distributed import session
+from umec_torchrec.io import to_blob
 from umec_torchrec.train import TrainConfig, build_training, evaluate, make_model_config, save_checkpoint
 from umec_torchrec.umec import UMECConfig, UMECOptimizer  # UMEC
 

@@ -166,7 +166,8 @@ def table_configs(cfg: ModelConfig) -> List[EmbeddingBagConfig]:
     ]
 
 
-def build_dlrm(cfg: ModelConfig, device: Optional[torch.device] = None, tables_device: Optional[torch.device] = None) -> DLRM:
+def build_dlrm(cfg: ModelConfig, device: Optional[torch.device] = None,
+               tables_device: Optional[torch.device] = None) -> DLRM:
     """Build the DLRM of ``cfg`` (without the loss wrapper).
 
     Args:
@@ -190,7 +191,8 @@ def build_dlrm(cfg: ModelConfig, device: Optional[torch.device] = None, tables_d
     return DLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
 
 
-def build_model(cfg: ModelConfig, device: Optional[torch.device] = None, tables_device: Optional[torch.device] = None) -> DLRMTrain:
+def build_model(cfg: ModelConfig, device: Optional[torch.device] = None,
+                tables_device: Optional[torch.device] = None) -> DLRMTrain:
     """Build ``DLRMTrain(build_dlrm(cfg))``: ``forward(batch) -> (loss, (loss, logits, labels))``."""
     return DLRMTrain(build_dlrm(cfg, device=device, tables_device=tables_device))
 

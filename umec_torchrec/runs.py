@@ -218,7 +218,8 @@ class Run:
         return bundle
 
 
-def data_record(spec: Optional[str], options: Any, train_data: Any, info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def data_record(spec: Optional[str], options: Any, train_data: Any, info: Optional[Dict[str, Any]] = None) -> Dict[str,
+                                                                                                                   Any]:
     """The ``"data"`` section of ``config.json``."""
     opts = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
     return {

@@ -317,7 +317,8 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
     print(f"bench inference: {torch.get_num_threads()} threads; ideal = 1/FLOPs ratio, compact = exported compact "
           "program vs dense program, gemm = the same for GEMM time only, lookup = compact time share in embedding "
           "lookups, masked = masked eager vs dense eager, memory = param bytes compact/dense", flush=True)
-    res = run_inference_bench(batch_sizes, budgets, kind=args.model, rounds=args.rounds, feature_share=args.feature_share,
+    res = run_inference_bench(batch_sizes, budgets, kind=args.model, rounds=args.rounds,
+                              feature_share=args.feature_share,
                               log=lambda s: print(s, flush=True))
     print(format_table(res))
     big = [r for r in res if r["batch"] == max(batch_sizes)]

@@ -12,10 +12,10 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from umec_torchrec.bench.kaggle import KAGGLE_TABLE_SIZES, kaggle_model_config
-from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelKind
 from umec_torchrec.bench.train import random_batches
 from umec_torchrec.distributed import DistContext, init_distributed
 from umec_torchrec.log import say
+from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelKind
 from umec_torchrec.train.build import build_training
 from umec_torchrec.train.config import TrainConfig
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
@@ -53,7 +53,8 @@ def run_overhead_bench(
     tcfg = TrainConfig(batch_size=batch_size, log_every=0)
     dmp, opt = build_training(mcfg, tcfg, ctx, tables_on_meta=True)
     umec = UMECOptimizer(opt, dmp, budgets or ["flops=0.3", "embedding_bytes=0.5"], UMECConfig(check_every=0))
-    pool = [b.to(ctx.device) for b in random_batches(sizes, mcfg.dense_in_features, batch_size // ctx.world_size, 4, 99 + ctx.rank)]
+    pool = [b.to(ctx.device) for b in random_batches(sizes, mcfg.dense_in_features, batch_size // ctx.world_size, 4,
+                                                     99 + ctx.rank)]
 
     def sync() -> None:
         if ctx.device.type == "cuda":
@@ -121,7 +122,8 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         say(ctx, f"plain step {r['plain_step_ms']:.1f} ms, UMEC step {r['umec_step_ms']:.1f} ms "
                  f"(medians of {r['steps_each']} steps each, alternating)")
         say(ctx, f"UMEC overhead ratio: {r['ratio_paired']:.3f} (median of adjacent-step ratios), "
-                 f"{r['ratio_median']:.3f} (ratio of medians), {r['ratio_total']:.3f} (ratio of totals); target <= 1.05")
+                 f"{r['ratio_median']:.3f} (ratio of medians), {r['ratio_total']:.3f} (ratio of totals); "
+                 "target <= 1.05")
         if args.json:
             say(ctx, json.dumps(r))
     return 0

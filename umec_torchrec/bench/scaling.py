@@ -93,10 +93,40 @@ def scaling_worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
 def _launch(world_size: int, cfg: Dict[str, Any]) -> Dict[str, Any]:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world_size, run_id=f"umec-scaling-{uuid.uuid4().hex[:8]}",
+    lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world_size,
+                      run_id=f"umec-scaling-{uuid.uuid4().hex[:8]}",
                       rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
     out = elastic_launch(lc, scaling_worker)(cfg)
     return out[0]  # timings are barrier-aligned: rank 0's equal the job's
+
+
+def scaling_rows(timings: List[Dict[str, Any]], steps: int, batch_size: int) -> List[Dict[str, Any]]:
+    """Throughput rows of the bench from the timed seconds of each world size.
+
+    Args:
+        timings: one dict per world size, in order: ``world_size``, ``threads_per_rank``,
+            ``device``, ``plain_s`` / ``umec_s`` (seconds for ``steps`` steps), ``build_s``.
+        steps / batch_size: the timed steps and the global batch.
+
+    Returns:
+        one row per timing with ``plain_samples_per_s = steps * batch_size / plain_s`` (likewise
+        UMEC), ``umec_over_plain``, and ``plain_speedup`` / ``umec_speedup`` relative to the
+        first row.
+
+    Example::
+
+        scaling_rows([{"world_size": 1, "plain_s": 2.0, "umec_s": 4.0, ...}], steps=10, batch_size=100)
+        # -> [{"plain_samples_per_s": 500.0, "umec_samples_per_s": 250.0, "umec_over_plain": 0.5, ...}]
+    """
+    rows = [{"world_size": t["world_size"], "threads_per_rank": t["threads_per_rank"], "device": t["device"],
+             "plain_samples_per_s": steps * batch_size / t["plain_s"],
+             "umec_samples_per_s": steps * batch_size / t["umec_s"],
+             "build_seconds": t["build_s"]} for t in timings]
+    for r in rows:
+        r["umec_over_plain"] = r["umec_samples_per_s"] / r["plain_samples_per_s"]
+        r["plain_speedup"] = r["plain_samples_per_s"] / rows[0]["plain_samples_per_s"]
+        r["umec_speedup"] = r["umec_samples_per_s"] / rows[0]["umec_samples_per_s"]
+    return rows
 
 
 def run_scaling_bench(
@@ -121,7 +151,8 @@ def run_scaling_bench(
     if os.environ.get("WORLD_SIZE") not in (None, "", "1") or os.environ.get("TORCHELASTIC_RUN_ID"):
         raise ValueError("umec bench scaling launches its own ranks: run it as one process, not under torchrun")
     if steps < 1 or warmup < 0 or not ranks or min(ranks) < 1:
-        raise ValueError(f"need steps >= 1, warmup >= 0 and world sizes >= 1; got steps={steps}, warmup={warmup}, ranks={ranks}")
+        raise ValueError(f"need steps >= 1, warmup >= 0 and world sizes >= 1; got steps={steps}, warmup={warmup}, "
+                         f"ranks={ranks}")
     for n in ranks:
         if batch_size % n:
             raise ValueError(f"batch size {batch_size} does not divide by world size {n}")
@@ -129,21 +160,13 @@ def run_scaling_bench(
         raise ValueError(f"--max-table-rows must be >= 1, got {max_table_rows}")
     cores = cores or os.cpu_count() or 1
     sizes = [min(s, max_table_rows) for s in KAGGLE_TABLE_SIZES]
-    rows: List[Dict[str, Any]] = []
+    timings: List[Dict[str, Any]] = []
     for n in ranks:
         cfg = {"table_sizes": sizes, "kind": kind, "batch_size": batch_size, "steps": steps, "warmup": warmup,
                "budgets": list(budgets or ["flops=0.3", "embedding_bytes=0.5"]), "backend": backend,
                "threads": max(1, cores // n)}
-        r = _launch(n, cfg)
-        rows.append({"world_size": n, "threads_per_rank": cfg["threads"], "device": r["device"],
-                     "plain_samples_per_s": steps * batch_size / r["plain_s"],
-                     "umec_samples_per_s": steps * batch_size / r["umec_s"],
-                     "build_seconds": r["build_s"]})
-    base = rows[0]
-    for r in rows:
-        r["umec_over_plain"] = r["umec_samples_per_s"] / r["plain_samples_per_s"]
-        r["plain_speedup"] = r["plain_samples_per_s"] / base["plain_samples_per_s"]
-        r["umec_speedup"] = r["umec_samples_per_s"] / base["umec_samples_per_s"]
+        timings.append({"world_size": n, "threads_per_rank": cfg["threads"], **_launch(n, cfg)})
+    rows = scaling_rows(timings, steps, batch_size)
     return {"rows": rows, "cores": cores, "batch_size": batch_size, "steps": steps, "kind": kind,
             "table_rows": sum(sizes)}
 
@@ -197,4 +220,4 @@ def cmd_bench_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["run_scaling_bench", "scaling_worker", "format_table", "add_parser"]
+__all__ = ["run_scaling_bench", "scaling_rows", "scaling_worker", "format_table", "add_parser"]

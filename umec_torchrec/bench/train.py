@@ -11,13 +11,13 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from umec_torchrec.bench.kaggle import KAGGLE_TABLE_SIZES, kaggle_model_config
-from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelKind
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.distributed import DistContext, init_distributed
 from umec_torchrec.log import say
+from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelKind
 from umec_torchrec.train.build import build_training
-from umec_torchrec.train.loop import train_steps
 from umec_torchrec.train.config import TrainConfig
+from umec_torchrec.train.loop import train_steps
 
 
 def random_batches(table_sizes: List[int], n_dense: int, local_batch: int, count: int, seed: int) -> List[Any]:
@@ -106,7 +106,8 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("train", help="training throughput of the Kaggle-size DLRM (samples/s)",
                         description="Kaggle-size DLRM (26 tables, 33.8M rows, D=16, bottom 512,256,64,16, top "
                                     "512,256,1, fused row-wise Adagrad) on random ids: warm up, time N steps, "
-                                    "print samples/s. Multi-process: torchrun --nproc_per_node N -m umec_torchrec.cli bench train")
+                                    "print samples/s. Multi-process: "
+                                    "torchrun --nproc_per_node N -m umec_torchrec.cli bench train")
     p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
     p.add_argument("--batch-size", type=int, default=2048, help="global batch size (default 2048)")

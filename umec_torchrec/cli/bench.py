@@ -12,7 +12,8 @@ __all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help=f"benchmarks ({', '.join(m.rsplit('.', 1)[1] for m in BENCH_MODULES)})", description="Benchmarks; no pass/fail, they print figures.")
+    p = sub.add_parser("bench", help=f"benchmarks ({', '.join(m.rsplit('.', 1)[1] for m in BENCH_MODULES)})",
+                       description="Benchmarks; no pass/fail, they print figures.")
     bsub = p.add_subparsers(dest="bench", metavar="BENCH")
     bsub.required = True
     for path in BENCH_MODULES:

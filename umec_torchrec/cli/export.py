@@ -18,9 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Build the compact TorchRec model of a run (kept tables only, pruned units removed) from its "
                     "checkpoint (written by any number of ranks; pruned tables are never read) and write DIR/model.pt, "
                     "DIR/program.pt2 (torch.export, dynamic batch) and DIR/manifest.json, atomically.")
-    p.add_argument("--from", dest="run", required=True, metavar="RUN", help="run directory (config.json, checkpoint/, masks.json)")
+    p.add_argument("--from", dest="run", required=True, metavar="RUN",
+                   help="run directory (config.json, checkpoint/, masks.json)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--int8", action="store_true", help="also write row-wise int8 tables (TorchRec inference quantization)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write row-wise int8 tables (TorchRec inference quantization)")
     p.add_argument("--align", type=int, default=align, metavar="N",
                    help="pad the program's MLP hidden widths to a multiple of N with zero units: same logits, "
                         "faster CPU GEMMs (default %(default)s; 16 = the AVX-512 float vector; 1 = exact widths)")

@@ -34,11 +34,11 @@ __all__ = [
 DEFAULT_DATA = "synthetic"
 
 #: DataOptions fields set by :func:`add_data_args`
-DATA_FIELDS = ("test_fraction", "split_seed", "time_ordered", "vocab", "min_count", "hash_size", "skip_bad_lines",
-               "max_rows")
+DATA_FIELDS = ("test_fraction", "valid_fraction", "split_seed", "time_ordered", "vocab", "min_count", "hash_size",
+               "skip_bad_lines", "max_rows")
 #: UMECConfig fields set by :func:`add_umec_args`: {field: flag dest}
 UMEC_FIELDS = {"s_lr": "s_lr", "y_lr": "y_lr", "z_lr": "z_lr", "prox_lr": "prox_lr", "score": "score",
-               "warmup_steps": "umec_warmup_steps"}
+               "warmup_steps": "umec_warmup_steps", "holdout_every": "holdout_every"}
 
 
 def field_default(cls: type, name: str) -> Any:
@@ -81,8 +81,13 @@ def add_data_args(p: argparse.ArgumentParser, default: Optional[str] = DEFAULT_D
     g.add_argument("--data", default=default, metavar="SPEC",
                    help="data spec: synthetic[:rows=N,seed=S], criteo:PATH, criteo-npy:DIR, libsvm:PATH, csv:PATH,... "
                         "(default: %(default)s)")
-    g.add_argument("--test-fraction", type=float, default=d("test_fraction"), help="held-out share (default %(default)s)")
-    g.add_argument("--split-seed", type=int, default=d("split_seed"), help="seed of the random split (default %(default)s)")
+    g.add_argument("--test-fraction", type=float, default=d("test_fraction"),
+                   help="held-out share (default %(default)s)")
+    g.add_argument("--valid-fraction", type=float, default=d("valid_fraction"),
+                   help="validation share, carved from the training rows; everything chosen from data is "
+                        "chosen on it (default %(default)s)")
+    g.add_argument("--split-seed", type=int, default=d("split_seed"),
+                   help="seed of the random split (default %(default)s)")
     g.add_argument("--time-ordered", action="store_true", default=d("time_ordered"),
                    help="first rows train, later rows test")
     g.add_argument("--vocab", choices=["min_count", "hash"], default=d("vocab"),
@@ -134,8 +139,13 @@ def model_overrides_from_args(args: argparse.Namespace) -> Dict[str, Any]:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Optimiser, schedule, batch, length, sharding and seed flags (:class:`TrainConfig`).
     ``--warmup-steps`` is the learning-rate warm-up (UMEC's is ``--umec-warmup-steps``)."""
-    from umec_torchrec.train.config import (DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, LR_SCHEDULES, SHARDING_TYPES,
-                                            TrainConfig)
+    from umec_torchrec.train.config import (
+        DENSE_OPTIMIZERS,
+        EMBEDDING_OPTIMIZERS,
+        LR_SCHEDULES,
+        SHARDING_TYPES,
+        TrainConfig,
+    )
 
     d = TrainConfig()
     g = p.add_argument_group("training")
@@ -156,8 +166,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="pin every table's sharding type (default: the planner's choice)")
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
                    help="evaluation batch size (default %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of the model init and data order (default %(default)s)")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines (0: none; default %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the model init and data order (default %(default)s)")
+    g.add_argument("--log-every", type=int, default=d.log_every,
+                   help="steps between log lines (0: none; default %(default)s)")
 
 
 def train_config_from_args(args: argparse.Namespace) -> Any:
@@ -187,8 +199,14 @@ def add_umec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--y-lr", type=float, default=d.y_lr, help="per-layer dual step (default %(default)s)")
     g.add_argument("--z-lr", type=float, default=d.z_lr, help="budget dual step (default %(default)s)")
     g.add_argument("--prox-lr", type=float, default=d.prox_lr, help="prox step eta_1 (default %(default)s)")
-    g.add_argument("--score", choices=["activation", "weight"], default=d.score,
-                   help="group score: activation-weighted or the paper's weight norm (default %(default)s)")
+    from umec_torchrec.umec.importance import ScoreKind
+
+    g.add_argument("--score", choices=[k.value for k in ScoreKind], default=d.score,
+                   help="group score: weight (the paper's norm), activation (E[x^2]-weighted), centered "
+                        "(Var[x]-weighted), fisher (group Fisher on training batches), holdout (loss increase of "
+                        "each removal on the validation split) (default %(default)s)")
+    g.add_argument("--holdout-every", type=int, default=d.holdout_every,
+                   help="UMEC steps between refreshes of the holdout scores (default %(default)s)")
     g.add_argument("--umec-warmup-steps", type=int, default=d.warmup_steps,
                    help="plain training steps before the UMEC step starts (default %(default)s)")
 

@@ -43,7 +43,8 @@ def _load(path: str) -> np.ndarray:
 def read_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_rows: Optional[int] = None) -> RawTable:
     """Read TorchRec's ``day_*`` .npy files from ``directory`` (see module docstring)."""
     if not os.path.isdir(directory):
-        raise DataError(directory, None, None, full_path=True, reason="no such directory (expected TorchRec's day_X_{dense,sparse,labels}.npy)")
+        raise DataError(directory, None, None, full_path=True,
+                        reason="no such directory (expected TorchRec's day_X_{dense,sparse,labels}.npy)")
     if days is None:
         days = sorted(int(m.group(1)) for m in map(_DAY.fullmatch, os.listdir(directory)) if m)
         if not days:

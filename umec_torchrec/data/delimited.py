@@ -30,7 +30,8 @@ def _resolve(path: str, header: Optional[List[str]], col: str, role: str) -> int
     try:
         i = int(col)
     except ValueError:
-        raise DataError(path, None, col, f"{role} column must be a 0-based index without a header, got {col!r}") from None
+        raise DataError(path, None, col,
+                        f"{role} column must be a 0-based index without a header, got {col!r}") from None
     if i < 0:
         raise DataError(path, None, col, f"{role} column index must be >= 0")
     return i
@@ -70,7 +71,6 @@ def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
     need = max([li] + di + ci) + 1
     names_d = [c if header else f"col{c}" for c in dense] or []
     names_c = [c if header else f"col{c}" for c in categorical]
-    all_names = ["label"] + names_d + names_c
 
     bad = BadLines(skip_bad_lines)
     errors = {}  # line -> first DataError of that line; raised/counted in line order

@@ -27,7 +27,8 @@ _TOKEN = re.compile(r"([0-9]{1,18}):(1(?:\.0*)?)", re.ASCII)
 def _field_names(path: str, k: int, names: Optional[Sequence[str]]) -> List[str]:
     if names:
         if len(names) != k:
-            raise DataError(path, 1, None, f"{len(names)} field names given ({';'.join(names)}) but lines have {k} fields")
+            raise DataError(path, 1, None,
+                            f"{len(names)} field names given ({';'.join(names)}) but lines have {k} fields")
         return list(names)
     if k == len(FRAPPE_FIELDS) and "frappe" in os.path.basename(path).lower():
         return list(FRAPPE_FIELDS)
@@ -56,7 +57,8 @@ def read_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines
             fields = _field_names(path, k, names)
         if len(toks) != k + 1:
             field = "label" if not toks else (fields[len(toks) - 1] if len(toks) - 1 < k else f"#{k + 1}")
-            bad(DataError(path, lineno, field, f"expected a label and {k} idx:value tokens, got {max(len(toks) - 1, 0)}"))
+            bad(DataError(path, lineno, field,
+                          f"expected a label and {k} idx:value tokens, got {max(len(toks) - 1, 0)}"))
             continue
         lab = _LABELS.get(toks[0])
         if lab is None:

@@ -60,22 +60,29 @@ class DataOptions:
         from umec_torchrec.data.errors import DataError
 
         if not 0.0 < float(self.test_fraction) < 1.0:
-            raise DataError(where, None, full_path=True, field="test_fraction", reason=f"must be in (0, 1), got {self.test_fraction}")
+            raise DataError(where, None, full_path=True, field="test_fraction",
+                            reason=f"must be in (0, 1), got {self.test_fraction}")
         if not 0.0 <= float(self.valid_fraction) < 1.0:
-            raise DataError(where, None, full_path=True, field="valid_fraction", reason=f"must be in [0, 1), got {self.valid_fraction}")
+            raise DataError(where, None, full_path=True, field="valid_fraction",
+                            reason=f"must be in [0, 1), got {self.valid_fraction}")
         if float(self.valid_fraction) + float(self.test_fraction) >= 1.0:
             raise DataError(where, None, full_path=True, field="valid_fraction",
-                            reason=f"valid_fraction + test_fraction must be < 1, got {self.valid_fraction} + {self.test_fraction}")
+                            reason=f"valid_fraction + test_fraction must be < 1, "
+                                   f"got {self.valid_fraction} + {self.test_fraction}")
         if self.vocab not in VOCAB_MODES:
-            raise DataError(where, None, full_path=True, field="vocab", reason=f"unknown vocabulary mode {self.vocab!r}; expected one of {VOCAB_MODES}")
+            raise DataError(where, None, full_path=True, field="vocab",
+                            reason=f"unknown vocabulary mode {self.vocab!r}; expected one of {VOCAB_MODES}")
         if self.vocab == "hash" and (self.hash_size is None or int(self.hash_size) < 1):
-            raise DataError(where, None, full_path=True, field="hash_size", reason=f"vocab='hash' needs a positive hash_size, got {self.hash_size}")
+            raise DataError(where, None, full_path=True, field="hash_size",
+                            reason=f"vocab='hash' needs a positive hash_size, got {self.hash_size}")
         if int(self.min_count) < 1:
-            raise DataError(where, None, full_path=True, field="min_count", reason=f"must be >= 1, got {self.min_count}")
+            raise DataError(where, None, full_path=True, field="min_count",
+                            reason=f"must be >= 1, got {self.min_count}")
         if self.max_rows is not None and int(self.max_rows) < 1:
             raise DataError(where, None, full_path=True, field="max_rows", reason=f"must be >= 1, got {self.max_rows}")
         if len(self.delimiter) != 1:
-            raise DataError(where, None, full_path=True, field="delimiter", reason=f"must be one character, got {self.delimiter!r}")
+            raise DataError(where, None, full_path=True, field="delimiter",
+                            reason=f"must be one character, got {self.delimiter!r}")
 
     def replace(self, **changes: Any) -> "DataOptions":
         return dataclasses.replace(self, **changes)

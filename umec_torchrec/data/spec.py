@@ -119,12 +119,14 @@ def parse_spec(spec: str) -> DataSpec:
             unknown key, bad value).
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise DataError(str(spec), None, None, full_path=True, reason="empty data spec; expected e.g. 'synthetic' or 'criteo:PATH'")
+        raise DataError(str(spec), None, None, full_path=True,
+                        reason="empty data spec; expected e.g. 'synthetic' or 'criteo:PATH'")
     text = spec.strip()
     kind, sep, body = text.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise DataError(text, None, None, full_path=True, reason=f"unknown data source {kind!r}; expected one of {', '.join(KINDS)}")
+        raise DataError(text, None, None, full_path=True,
+                        reason=f"unknown data source {kind!r}; expected one of {', '.join(KINDS)}")
     items = [s for s in body.split(",")] if sep else []
     out = DataSpec(text=text, kind=kind)
     if kind in FILE_KINDS:
@@ -147,5 +149,6 @@ def parse_spec(spec: str) -> DataSpec:
             out.options[key] = _convert(text, key, value, _OPTION_KEYS[key])
         else:
             allowed = sorted(set(_PARAM_KEYS[kind]) | {k for k in _OPTION_KEYS if kind == "csv" or k not in _CSV_ONLY})
-            raise DataError(text, None, key, full_path=True, reason=f"unknown option for '{kind}'; expected one of {', '.join(allowed)}")
+            raise DataError(text, None, key, full_path=True,
+                            reason=f"unknown option for '{kind}'; expected one of {', '.join(allowed)}")
     return out

@@ -82,7 +82,8 @@ def split_rows(n: int, test_fraction: float, valid_fraction: float = 0.0, seed: 
     return order[:n_train], order[n_train:cut], order[cut:]
 
 
-def split_indices(n: int, test_fraction: float, seed: int = 0, time_ordered: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+def split_indices(n: int, test_fraction: float, seed: int = 0, time_ordered: bool = False) -> Tuple[np.ndarray,
+                                                                                                    np.ndarray]:
     """``(train_rows, test_rows)`` of ``n`` rows: :func:`split_rows` with no validation split.
 
     ``time_ordered``: the first ``n - n_test`` rows train, the rest test (file order).

@@ -115,7 +115,8 @@ def generate(
     dense_names = [f"I{i + 1}" for i in range(n_dense)]
 
     # table sizes over orders of magnitude (log-uniform grid, shuffled over features)
-    cards = np.unique(np.round(np.exp(np.linspace(np.log(min_cardinality), np.log(max_cardinality), n_sparse))).astype(np.int64))
+    cards = np.unique(np.round(np.exp(np.linspace(np.log(min_cardinality), np.log(max_cardinality),
+                                                  n_sparse))).astype(np.int64))
     cards = np.resize(cards, n_sparse)
     cards = cards[rng.permutation(n_sparse)]
     # signal features: drawn among the tables small enough to be learnable from `rows` rows

@@ -1,4 +1,5 @@
-"""Tiny generated input files for tests and examples (Criteo TSV/gz, libsvm, csv, npy).
+"""Tiny generated inputs for tests and examples: files (Criteo TSV/gz, libsvm, csv, npy) and
+encoded tensors with a planted signal (:func:`planted_ctr`).
 
 Every writer is deterministic per ``seed`` and returns the path it wrote. ``replace``
 maps 1-based line numbers to replacement lines, to plant bad input.
@@ -12,13 +13,19 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+
+from umec_torchrec.data.dataset import CTRData
+
+__all__ = ["criteo_lines", "planted_ctr", "truncate_file", "write_criteo_npy", "write_criteo_tsv", "write_csv",
+           "write_libsvm"]
 
 
 def _write_lines(path, lines: List[str], replace: Optional[Dict[int, str]] = None) -> Path:
     path = Path(path)
     for k, v in (replace or {}).items():
         lines[k - 1] = v
-    text = "".join(l + "\n" for l in lines)
+    text = "".join(line + "\n" for line in lines)
     if path.suffix == ".gz":
         with gzip.open(path, "wt", encoding="utf-8") as f:
             f.write(text)
@@ -71,7 +78,8 @@ def write_csv(path, rows: int = 50, seed: int = 0, delimiter: str = ",", header:
     for i in range(rows):
         age = "" if rng.random() < 0.2 else str(int(rng.integers(10, 80)))
         lines.append(delimiter.join([str(i), str(int(rng.random() < 0.3)), f"{rng.random() * 100:.2f}", age,
-                                     f"u{int(rng.integers(8))}", "" if rng.random() < 0.1 else f"item {int(rng.integers(5))}"]))
+                                     f"u{int(rng.integers(8))}",
+                                     "" if rng.random() < 0.1 else f"item {int(rng.integers(5))}"]))
     return _write_lines(path, lines, replace)
 
 
@@ -98,3 +106,57 @@ def truncate_file(src, dst, keep_fraction: float = 0.5) -> Path:
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: max(1, int(len(data) * keep_fraction))])
     return Path(dst)
+
+
+def planted_ctr(rows: int, table_sizes: Sequence[int], n_dense: int = 3, seed: int = 0, bias: float = -0.5,
+                feature_names: Optional[Sequence[str]] = None, dense_names: Optional[Sequence[str]] = None,
+                info: Optional[Dict] = None) -> CTRData:
+    """Encoded rows (ids already ``0..size-1``) whose label carries a small, known signal.
+
+    Ids are uniform per table, dense columns standard normal; the label is Bernoulli of
+    ``sigmoid(logit)`` with
+
+    .. math::
+
+        \\mathrm{logit} = 1.5 z_0 + 2 [x_0 \\bmod 2 = 1] - 1.5 [x_1 \\bmod 3 = 0] + b
+
+    so dense column 0 and features 0 and 1 carry signal, every other column is noise. Use it
+    where a test needs tensors of a given shape (table sizes, dense width) rather than the
+    Criteo-like raw log of :mod:`umec_torchrec.data.synthetic` (which draws its own table
+    sizes and goes through the vocabulary); deterministic per arguments (one
+    ``torch.Generator``: ids table by table, then dense, then labels).
+
+    Args:
+        rows: number of rows ``N``.
+        table_sizes: rows of each table (``F`` tables; the signal needs ``F >= 2``, with ``F == 1``
+            only feature 0 carries it).
+        n_dense: dense width ``D`` (>= 1).
+        seed: the generator seed.
+        bias: ``b``, sets the click rate.
+        feature_names / dense_names: default ``f0..`` / ``d0..``.
+        info: ``CTRData.info`` (default ``{"source": "generated"}``).
+
+    Returns:
+        :class:`~umec_torchrec.data.dataset.CTRData` with ``dense [N, D]`` float32, ``sparse
+        [N, F]`` int64, ``labels [N]`` float32 in {0, 1}.
+
+    Example::
+
+        d = planted_ctr(1000, [40, 300, 25], n_dense=3)   # signal in f0, f1 and d0
+    """
+    sizes = [int(s) for s in table_sizes]
+    if rows < 1 or not sizes or min(sizes) < 1 or n_dense < 1:
+        raise ValueError(f"planted_ctr needs rows >= 1, one or more tables of >= 1 rows and n_dense >= 1; got "
+                         f"rows={rows}, table_sizes={sizes}, n_dense={n_dense}")
+    g = torch.Generator().manual_seed(seed)
+    sparse = torch.stack([torch.randint(0, s, (rows,), generator=g) for s in sizes], 1)
+    dense = torch.randn(rows, n_dense, generator=g)
+    logit = 1.5 * dense[:, 0] + 2.0 * (sparse[:, 0] % 2).float()
+    if len(sizes) > 1:
+        logit = logit - (sparse[:, 1] % 3 == 0).float() * 1.5
+    logit = logit + bias
+    labels = (torch.rand(rows, generator=g) < torch.sigmoid(logit)).float()
+    names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(len(sizes))]
+    dnames = list(dense_names) if dense_names is not None else [f"d{i}" for i in range(n_dense)]
+    return CTRData(dense, sparse, labels, dnames, names, sizes,
+                   dict(info) if info is not None else {"source": "generated"})

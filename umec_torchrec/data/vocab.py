@@ -40,7 +40,8 @@ def hash_strings(values: Iterable[str]) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     uniq, inv = np.unique(arr.astype(str), return_inverse=True)
     codes = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(u.encode("utf-8"), digest_size=8).digest(), "little", signed=True) for u in uniq),
+        (int.from_bytes(hashlib.blake2b(u.encode("utf-8"), digest_size=8).digest(), "little",
+                        signed=True) for u in uniq),
         dtype=np.int64, count=len(uniq),
     )
     return codes[inv.reshape(-1)].reshape(arr.shape)

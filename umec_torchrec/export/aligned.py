@@ -1,10 +1,9 @@
 """An MLP for serving whose hidden widths are zero-padded to a multiple of the SIMD width.
 
 Pruning leaves widths such as 156 or 78. CPU GEMM kernels (MKL, oneDNN) run markedly slower
-when the output width is not a multiple of the vector width (16 floats with AVX-512): on the
-project's machine, ``[4096, 156] x [156, 78]`` takes 0.56 ms but ``[4096, 156] x [156, 80]``
-0.40 ms, although it does more work. :class:`AlignedMLP` pads each hidden layer with zero
-units, which changes nothing in the result:
+when the output width is not a multiple of the vector width (16 floats with AVX-512), although
+a wider output is more work (timings: ``docs/design.md``). :class:`AlignedMLP` pads each hidden
+layer with zero units, which changes nothing in the result:
 
 .. math::
     h_i = \\mathrm{relu}(h_{i-1} W_i^T + b_i), \\qquad

@@ -54,7 +54,8 @@ def dlrm_prefix(shapes: Mapping[str, Tuple[int, ...]], ckpt_dir: str = "checkpoi
     # optimizer state ("optim.state.<fqn>...") repeats the parameter FQNs: only model keys count
     prefixes = {k[: k.index(marker)] for k in shapes if marker in k and not k.startswith("optim.")}
     if not prefixes:
-        raise ValueError(f"{ckpt_dir}: the checkpoint holds no DLRM embedding tables (keys like '...{marker}t_<feature>.weight')")
+        raise ValueError(f"{ckpt_dir}: the checkpoint holds no DLRM embedding tables (keys like "
+                         f"'...{marker}t_<feature>.weight')")
     if len(prefixes) > 1:
         raise ValueError(f"{ckpt_dir}: the checkpoint holds several DLRMs (prefixes {sorted(prefixes)})")
     return prefixes.pop()
@@ -78,13 +79,16 @@ def check_architecture(shapes: Mapping[str, Tuple[int, ...]], prefix: str, cfg: 
                 diff = f"{k} has shape {tuple(got)}, config says {tuple(shape)}"
             raise ValueError(f"{ckpt_dir}: checkpoint from another architecture: {diff}")
     extra_tables = sorted(
-        k[len(prefix) + len(TABLE_PREFIX):] for k in shapes if k.startswith(prefix + TABLE_PREFIX) and k[len(prefix):] not in expected
+        k[len(prefix) + len(TABLE_PREFIX):] for k in shapes
+        if k.startswith(prefix + TABLE_PREFIX) and k[len(prefix):] not in expected
     )
     if extra_tables:
-        raise ValueError(f"{ckpt_dir}: checkpoint from another architecture: tables {extra_tables[:5]} are not in the model config")
+        raise ValueError(f"{ckpt_dir}: checkpoint from another architecture: tables {extra_tables[:5]} are not in the "
+                         f"model config")
 
 
-def load_tensors(ckpt_dir: str, keys: Iterable[str], shapes: Mapping[str, Tuple[int, ...]], dtypes: Optional[Mapping[str, torch.dtype]] = None) -> Dict[str, torch.Tensor]:
+def load_tensors(ckpt_dir: str, keys: Iterable[str], shapes: Mapping[str, Tuple[int, ...]],
+                 dtypes: Optional[Mapping[str, torch.dtype]] = None) -> Dict[str, torch.Tensor]:
     """Load exactly ``keys`` (flattened checkpoint keys) into fresh CPU tensors; nothing else is read."""
     sd = {k: torch.empty(shapes[k], dtype=(dtypes or {}).get(k, torch.float32)) for k in keys}
     try:

@@ -27,6 +27,7 @@ from umec_torchrec.models import ModelConfig, build_dlrm
 from umec_torchrec.umec import layout
 from umec_torchrec.umec.masks import PruningMasks
 
+
 def table_key(cfg: ModelConfig, feature: str) -> str:
     """DLRM-relative state-dict key of ``feature``'s table."""
     return layout.feature_table_key(cfg, feature)
@@ -75,7 +76,8 @@ def skeleton(cfg: ModelConfig) -> DLRM:
     return build_dlrm(cfg, device=torch.device("cpu"), tables_device=torch.device("meta"))
 
 
-def index_plan(cfg: ModelConfig, masks: PruningMasks) -> Dict[str, Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]:
+def index_plan(cfg: ModelConfig, masks: PruningMasks) -> Dict[str, Tuple[Optional[torch.Tensor],
+                                                                         Optional[torch.Tensor]]]:
     """For every dense parameter of the full model (DLRM-relative key), the indices kept along
     dim 0 and dim 1 (``None`` = all). Table keys of kept features map to ``(None, None)``;
     pruned tables are absent."""

@@ -47,7 +47,8 @@ def compare_models(
     try:
         ccfg = config_of(compact)
     except ValueError:
-        raise ValueError("the compact model carries no config; pass an export directory or a load_compact() model") from None
+        raise ValueError("the compact model carries no config; pass an export directory or a load_compact() "
+                         "model") from None
     out: Dict[str, Dict[str, float]] = {}
     for name, model, cfg in (("dense", find_dlrm(dense), dense_cfg), ("compact", compact, ccfg)):
         was_training = model.training

@@ -145,7 +145,8 @@ def summary_lines(manifest: Dict[str, Any], out_dir: str) -> List[str]:
     m = manifest
     f, e = m["flops_per_sample"], m["embedding_bytes"]
     lines = [
-        f"exported {m['kind']} model to {out_dir}: {len(m['features']['kept'])}/{len(m['features']['all'])} features kept",
+        f"exported {m['kind']} model to {out_dir}: "
+        f"{len(m['features']['kept'])}/{len(m['features']['all'])} features kept",
         f"  bottom {m['layers']['bottom']['before']} -> {m['layers']['bottom']['after']}, "
         f"top {m['layers']['top']['before']} -> {m['layers']['top']['after']}",
         f"  FLOPs/sample {f['before']:,} -> {f['after']:,} ({f['ratio']:.3f}), "

@@ -149,4 +149,5 @@ def program_signature(n_dense: int, pred: CompactPredictor) -> dict:
     }
 
 
-__all__ = ["CompactPredictor", "mlp_chains", "ids_of", "export_program", "program_signature", "MAX_BATCH", "DEFAULT_ALIGN"]
+__all__ = ["CompactPredictor", "mlp_chains", "ids_of", "export_program", "program_signature", "MAX_BATCH",
+           "DEFAULT_ALIGN"]

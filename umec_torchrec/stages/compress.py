@@ -19,21 +19,30 @@ from umec_torchrec.distributed import DistContext
 from umec_torchrec.io import from_blob, to_blob
 from umec_torchrec.log import say
 from umec_torchrec.runs import Run, check_out_dir
-from umec_torchrec.stages.lifecycle import (MASKS_FILE, finish_stage, load_source, stage_data, stage_train_config,
-                                            start_stage)
+from umec_torchrec.stages.lifecycle import (
+    MASKS_FILE,
+    finish_stage,
+    load_source,
+    stage_data,
+    stage_train_config,
+    start_stage,
+)
 from umec_torchrec.train.build import build_training
 from umec_torchrec.train.checkpoint import save_checkpoint
 from umec_torchrec.train.ckpt_manager import CheckpointPolicy
 from umec_torchrec.train.fit import fit
 from umec_torchrec.train.loop import num_train_steps
 from umec_torchrec.train.metrics import evaluate
+from umec_torchrec.umec.allocation import resources_of_masks
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
+from umec_torchrec.umec.importance import ScoreKind
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
-from umec_torchrec.umec.allocation import resources_of_masks
 
-__all__ = ["compress_run", "finetune_run", "compression_report", "format_report", "load_masks", "MASKS_FILE"]
+__all__ = [
+    "attach_validation", "compress_run", "finetune_run", "compression_report", "format_report", "load_masks",
+    "MASKS_FILE"]
 
 
 def compression_report(spec: GroupSpec, masks: PruningMasks) -> Dict[str, Any]:
@@ -54,6 +63,19 @@ def format_report(rep: Dict[str, Any]) -> str:
     parts = [f"{k}: {v['value']:.4g} of {v['dense']:.4g} ({100 * v['fraction']:.1f}% of dense)" for k, v in res.items()]
     return (f"{'; '.join(parts)}\nkept {len(rep['kept_features'])} features: {', '.join(rep['kept_features'])}\n"
             f"kept units: {rep['kept_units']}")
+
+
+def attach_validation(umec: UMECOptimizer, valid: Any, batch_size: int, ctx: DistContext) -> None:
+    """Give ``umec`` this rank's share of the validation split (a ``CTRData`` or ``None``)
+    when its score needs it (``holdout``); whole batches only on several ranks, so every
+    rank runs as many."""
+    if umec.score_kind is not ScoreKind.HOLDOUT:
+        return
+    if valid is None or len(valid) == 0:
+        raise ValueError("score 'holdout' needs a validation split: set --valid-fraction above 0")
+    bs = batch_size
+    umec.attach_holdout(lambda: valid.batches(bs, rank=ctx.rank, world_size=ctx.world_size,
+                                              drop_last=ctx.world_size > 1))
 
 
 def compress_run(
@@ -109,6 +131,7 @@ def compress_run(
                            prune_top=prune_top, prune_dense=prune_dense)
     ucfg = umec_config or UMECConfig()
     umec = UMECOptimizer(optimizer, dmp, list(budgets), ucfg, groups=spec)  # validates budgets first
+    attach_validation(umec, getattr(bundle, "valid", None), tcfg.eval_batch_size, ctx)
     groups = {"prune_features": prune_features, "prune_bottom": prune_bottom, "prune_top": prune_top,
               "prune_dense": prune_dense}
     cfg = dict(src.config)

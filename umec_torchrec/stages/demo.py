@@ -132,7 +132,8 @@ def run_demo(
     total = time.perf_counter() - t0
     say(ctx, f"\ndemo finished in {total:.1f}s; run directory: {out_dir}")
     for s in stages:
-        extra = "" if s["log_loss"] != s["log_loss"] else f"  log loss {s['log_loss']:.4f}  accuracy {s['accuracy']:.4f}"
+        nan = s["log_loss"] != s["log_loss"]
+        extra = "" if nan else f"  log loss {s['log_loss']:.4f}  accuracy {s['accuracy']:.4f}"
         say(ctx, f"  {s['stage']:<10} {s['seconds']:6.1f}s  AUC {s['auc']:.4f}{extra}")
     return {"run": out_dir, "stages": stages, "metrics": ev, "seconds": total}
 

@@ -9,8 +9,14 @@ from typing import Any, Callable, Dict, Optional, Union
 from umec_torchrec.distributed import DistContext
 from umec_torchrec.log import say
 from umec_torchrec.runs import Run, check_out_dir, data_record
-from umec_torchrec.stages.lifecycle import (finish_stage, format_metrics, load_run_model, resolve_data, stage_data,
-                                            start_stage)
+from umec_torchrec.stages.lifecycle import (
+    finish_stage,
+    format_metrics,
+    load_run_model,
+    resolve_data,
+    stage_data,
+    start_stage,
+)
 from umec_torchrec.train.build import build_training, make_model_config
 from umec_torchrec.train.checkpoint import save_checkpoint
 from umec_torchrec.train.ckpt_manager import CheckpointPolicy
@@ -73,7 +79,8 @@ def train_run(
     dmp, optimizer = build_training(model_cfg, train_cfg, ctx)
     run, mgr, resumed = start_stage(out_dir, force, ctx, policy, cfg, bundle, train_cfg, dmp, optimizer)
     plans = sorted(set(v.split(" ")[0] for v in plan_summary(dmp).values()))
-    say(ctx, f"model: {model_cfg.kind} DLRM, D={model_cfg.embedding_dim}, bottom {model_cfg.bottom}, top {model_cfg.top}; "
+    say(ctx,
+        f"model: {model_cfg.kind} DLRM, D={model_cfg.embedding_dim}, bottom {model_cfg.bottom}, top {model_cfg.top}; "
              f"{ctx.world_size} rank(s), tables {', '.join(plans)}; "
              f"optimizers: {train_cfg.embedding_optimizer} (tables, lr {train_cfg.emb_lr}) + "
              f"{train_cfg.dense_optimizer} (dense, lr {train_cfg.dense_lr})")

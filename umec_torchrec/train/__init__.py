@@ -12,12 +12,12 @@ Example::
         print(evaluate(dmp, data.test, 8192, ctx))
 """
 
+from umec_torchrec.classification import binary_metrics, roc_auc
 from umec_torchrec.train.build import build_training, make_model_config
 from umec_torchrec.train.checkpoint import load_checkpoint, save_checkpoint
 from umec_torchrec.train.config import TrainConfig
 from umec_torchrec.train.fit import fit
 from umec_torchrec.train.loop import num_train_steps, train_batches, train_steps
-from umec_torchrec.classification import binary_metrics, roc_auc
 from umec_torchrec.train.metrics import evaluate
 from umec_torchrec.train.optim import LRSchedule, apply_embedding_optimizer, build_optimizer
 from umec_torchrec.train.sharding import plan_summary, shard_model

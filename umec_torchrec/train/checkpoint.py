@@ -20,8 +20,8 @@ import shutil
 from typing import Any, Dict, Optional
 
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from umec_torchrec.distributed import barrier as _barrier
 from umec_torchrec.distributed import get_rank as _rank
@@ -160,7 +160,8 @@ def check_checkpoint(path: str) -> None:
         raise ValueError(f"{path}: not a complete checkpoint: {why}")
 
 
-def load_checkpoint(path: str, model: Optional[nn.Module], optimizer: Any = None, extra: Optional[Dict[str, Any]] = None) -> None:
+def load_checkpoint(path: str, model: Optional[nn.Module], optimizer: Any = None,
+                    extra: Optional[Dict[str, Any]] = None) -> None:
     """Load a checkpoint written by :func:`save_checkpoint` on any world size, in place.
 
     Args:

@@ -62,7 +62,8 @@ def fit(
         p = resumed.progress
         if (int(p.get("per_epoch", per_epoch)) != per_epoch
                 or int(p.get("batch_size", train_cfg.batch_size)) != train_cfg.batch_size):
-            raise ValueError(f"{resumed.path}: cannot resume: the checkpoint's data order ({p.get('per_epoch')} batches "
+            raise ValueError(f"{resumed.path}: cannot resume: the checkpoint's data order ({p.get('per_epoch')} "
+                             f"batches "
                              f"of {p.get('batch_size')} per epoch) differs from this run's ({per_epoch} of "
                              f"{train_cfg.batch_size} on {ctx.world_size} rank(s))")
         own = mine(p["ranks"], ctx.rank, ctx.world_size)

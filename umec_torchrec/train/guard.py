@@ -105,7 +105,8 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
 
     def handler(signum, frame):  # noqa: ARG001
         if _STOP["signum"] is not None:  # second signal: behave as if we had no handler
-            signal.signal(signum, old.get(signum, signal.SIG_DFL) if signum != signal.SIGINT else signal.default_int_handler)
+            signal.signal(signum, old.get(signum,
+                                          signal.SIG_DFL) if signum != signal.SIGINT else signal.default_int_handler)
             signal.raise_signal(signum)
             return
         request_stop(signum)

@@ -162,7 +162,8 @@ def train_steps(
                 st.last_window_loss = _global_mean(st.win_loss / st.win_n)
                 now = time.perf_counter()
                 sps = win_steps / max(now - t_win, 1e-9)
-                log(f"step {st.steps}: loss {st.last_window_loss:.4f}, {sps:.2f} steps/s, {sps * n * world:.0f} samples/s")
+                log(f"step {st.steps}: loss {st.last_window_loss:.4f}, {sps:.2f} steps/s, {sps * n * world:.0f} "
+                    f"samples/s")
                 t_win, win_steps = now, 0
                 st.win_loss, st.win_n = 0.0, 0
             if after_step is not None:
@@ -231,7 +232,8 @@ def train_batches(
         epoch += 1
 
 
-def num_train_steps(data: CTRData, batch_size: int, world_size: int = 1, epochs: int = 1, steps: Optional[int] = None) -> int:
+def num_train_steps(data: CTRData, batch_size: int, world_size: int = 1, epochs: int = 1,
+                    steps: Optional[int] = None) -> int:
     """Number of batches :func:`train_batches` yields."""
     if steps is not None:
         return steps

@@ -7,12 +7,11 @@ from typing import Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torchrec.datasets.utils import Batch
 
+from umec_torchrec.classification import binary_metrics
 from umec_torchrec.data.dataset import CTRData
-from umec_torchrec.classification import binary_metrics, roc_auc
 from umec_torchrec.distributed import DistContext
 
 

@@ -20,13 +20,17 @@ from torch import nn
 
 __all__ = ["ActivationStats"]
 
+MEAN_SUFFIX = ":mean"
+
 
 class ActivationStats:
-    """Forward pre-hooks that keep ``E[x^2]`` per input column of watched modules.
+    """Forward pre-hooks that keep ``E[x^2]`` (and, when ``centered``, ``E[x]``) per input
+    column of watched modules.
 
     Args:
         watch: ``{name: module}``; the module's first positional input is tracked.
         momentum: weight of the newest batch in the moving average.
+        centered: also track the mean, so :meth:`moments` gives ``Var[x]`` instead of ``E[x^2]``.
 
     Example::
 
@@ -35,8 +39,9 @@ class ActivationStats:
         moments = stats.synced()         # {name: [in_features]} identical on every rank
     """
 
-    def __init__(self, watch: Mapping[str, nn.Module], momentum: float = 0.1) -> None:
+    def __init__(self, watch: Mapping[str, nn.Module], momentum: float = 0.1, centered: bool = False) -> None:
         self.momentum = momentum
+        self.centered = centered
         self.enabled = True
         self.values: Dict[str, torch.Tensor] = {}
         self._handles: List = []
@@ -49,11 +54,25 @@ class ActivationStats:
                 return
             x = args[0]
             with torch.no_grad():
-                m = x.detach().float().pow(2).mean(dim=0)
-                prev = self.values.get(name)
-                self.values[name] = m if prev is None else prev.lerp(m, self.momentum)
+                xd = x.detach().float()
+                self._update(name, xd.pow(2).mean(dim=0))
+                if self.centered:
+                    self._update(name + MEAN_SUFFIX, xd.mean(dim=0))
 
         return hook
+
+    def _update(self, key: str, m: torch.Tensor) -> None:
+        prev = self.values.get(key)
+        self.values[key] = m if prev is None else prev.lerp(m, self.momentum)
+
+    def moments(self, group: Optional[dist.ProcessGroup] = None, sync: bool = True) -> Dict[str, torch.Tensor]:
+        """``{name: E[x^2]}`` or, when ``centered``, ``{name: Var[x]}``; synced over ranks
+        (one collective) unless ``sync=False``."""
+        v = self.synced(group) if sync else dict(self.values)
+        if not self.centered:
+            return v
+        return {k: (v[k] - v[k + MEAN_SUFFIX].pow(2)).clamp(min=0.0)
+                for k in v if not k.endswith(MEAN_SUFFIX) and k + MEAN_SUFFIX in v}
 
     def synced(self, group: Optional[dist.ProcessGroup] = None) -> Dict[str, torch.Tensor]:
         """The averages, all-reduced (mean) over ranks in one collective."""

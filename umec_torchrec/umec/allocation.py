@@ -141,8 +141,9 @@ def kept_of_masks(spec: GroupSpec, masks: PruningMasks) -> Tuple[torch.Tensor, O
     return kept.cpu(), None if alive is None else alive.cpu()
 
 
-def resources_of_masks(spec: GroupSpec, masks: PruningMasks,
-                       names: Sequence[str] = ("flops", "embedding_bytes", "lookup_bytes")) -> Dict[str, Dict[str, float]]:
+def resources_of_masks(
+    spec: GroupSpec, masks: PruningMasks, names: Sequence[str] = ("flops", "embedding_bytes", "lookup_bytes")
+) -> Dict[str, Dict[str, float]]:
     """Absolute and relative cost of the model that ``masks`` leave, per resource:
     ``{name: {"value", "dense", "fraction"}}`` (resources that need feature groups are
     skipped when ``spec`` has none)."""

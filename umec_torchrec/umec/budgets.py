@@ -19,7 +19,8 @@ from typing import Iterable, List, Union
 
 __all__ = ["Budget", "parse_budgets"]
 
-_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1024.0, "mi": 1024.0**2, "gi": 1024.0**3, "ti": 1024.0**4}
+_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1024.0, "mi": 1024.0**2, "gi": 1024.0**3,
+           "ti": 1024.0**4}
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from torch import nn
 
 from umec_torchrec.models import MODEL_KINDS, ModelKind, find_dlrm, model_kind
 from umec_torchrec.umec import layout
+from umec_torchrec.umec.importance import Gate, Replace
 
 GroupKind = Literal["features", "units"]
 """What the groups of a :class:`GroupSet` are: sparse features (plus, optionally, the
@@ -81,6 +82,8 @@ class GroupSet:
         labels: one label per group (feature names, or unit indices as strings).
         members: the parameter slices that make up the groups.
         min_keep: groups that are never pruned (at least one survives).
+        gate: where the groups meet the rest of the model (:class:`~.importance.Gate`), for
+            the loss-based scores and the folding of a removed group's mean into a bias.
     """
 
     name: str
@@ -88,6 +91,7 @@ class GroupSet:
     labels: List[str]
     members: List[Member]
     min_keep: int = 1
+    gate: Optional[Gate] = None
 
     @property
     def size(self) -> int:
@@ -293,7 +297,9 @@ def discover_groups(
                     Member(b, 0, blk, moment="cross_input"),
                 ]
         labels = ([DENSE_LABEL] if prune_dense else []) + names
-        sets.append(GroupSet(FEATURE_SET, FEATURES, labels, members, min_keep=1))
+        gate = (Gate(first, inc, Replace.MEAN, layout.feature_downstream(dlrm)) if cn is None
+                else Gate(cn, blk, Replace.ZERO, layout.feature_downstream(dlrm)))
+        sets.append(GroupSet(FEATURE_SET, FEATURES, labels, members, min_keep=1, gate=gate))
 
     for h in layout.hidden_layers(dlrm):
         if (h.part == "bottom" and not prune_bottom) or (h.part == "top" and not prune_top):
@@ -302,7 +308,8 @@ def discover_groups(
         if h.linear.bias is not None:
             members.append(Member(h.linear.bias, 0))
         members.append(Member(h.next.weight, 1))
-        sets.append(GroupSet(h.name, UNITS, [str(i) for i in range(h.width)], members, min_keep=1))
+        sets.append(GroupSet(h.name, UNITS, [str(i) for i in range(h.width)], members, min_keep=1,
+                             gate=Gate(h.next, None, Replace.MEAN)))
 
     if not sets:
         raise ValueError("nothing to prune: enable features, bottom or top groups")
@@ -374,14 +381,17 @@ def declare_groups(
         if cols.numel() == 0 or int(cols.min()) < 0 or int(cols.max()) >= first_linear.in_features:
             raise ValueError(f"feature {f!r}: columns must be a non-empty subset of range({first_linear.in_features})")
         inc[cols.to(inc.device), g] = 1.0
-    sets = [GroupSet(FEATURE_SET, FEATURES, feats, [Member(first_linear.weight, 1, inc, moment="over_arch_input")])]
+    sets = [GroupSet(FEATURE_SET, FEATURES, feats, [Member(first_linear.weight, 1, inc, moment="over_arch_input")],
+                     gate=Gate(first_linear, inc, Replace.MEAN))]
     layers = [first_linear, *chain]
     names = list(layer_names) if layer_names is not None else [f"layer{i}" for i in range(len(layers) - 1)]
     for i, (lin, nxt) in enumerate(zip(layers[:-1], layers[1:])):
         if nxt.in_features != lin.out_features:
             raise ValueError(f"chain broken at {names[i]}: {lin.out_features} outputs feed {nxt.in_features} inputs")
-        members = [Member(lin.weight, 0)] + ([Member(lin.bias, 0)] if lin.bias is not None else []) + [Member(nxt.weight, 1)]
-        sets.append(GroupSet(names[i], UNITS, [str(j) for j in range(lin.out_features)], members))
+        bias = [Member(lin.bias, 0)] if lin.bias is not None else []
+        members = [Member(lin.weight, 0)] + bias + [Member(nxt.weight, 1)]
+        sets.append(GroupSet(names[i], UNITS, [str(j) for j in range(lin.out_features)], members,
+                             gate=Gate(nxt, None, Replace.MEAN)))
     structure = ChainStructure(
         incidence=inc.detach().cpu(),
         widths=[first_linear.in_features] + [lin.out_features for lin in layers],

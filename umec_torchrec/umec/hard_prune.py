@@ -29,7 +29,8 @@ def pruned_indicators(spec: GroupSpec, masks: PruningMasks) -> List[torch.Tensor
         dev = gs.members[0].param.device
         if gs.kind == "features":
             keep = set(masks.kept_features)
-            flags = [0.0 if (l in keep or (l == "<dense>" and masks.dense_kept)) else 1.0 for l in gs.labels]
+            flags = [0.0 if (label in keep or (label == "<dense>" and masks.dense_kept)) else 1.0
+                     for label in gs.labels]
             out.append(torch.tensor(flags, device=dev))
         else:
             kept = masks.layers.get(gs.name)

@@ -267,12 +267,28 @@ def cross_net(dlrm: DLRM) -> Optional[nn.Module]:
     return getattr(dlrm.inter_arch, "crossnet", None) if model_kind(dlrm) == "dcn" else None
 
 
+def over_arch(dlrm: DLRM) -> nn.Module:
+    """The over arch: interaction output ``[B, C]`` -> logits ``[B, 1]``."""
+    return dlrm.over_arch
+
+
+def feature_downstream(dlrm: DLRM) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logits as a function of the feature gate: the over-arch input for ``cat`` and
+    ``dot``, the cross-net input ``x_0`` for ``dcn``."""
+    head, cn = over_arch(dlrm), cross_net(dlrm)
+    if cn is None:
+        return lambda x: head(x).squeeze(-1)
+    return lambda x: head(cn(x)).squeeze(-1)
+
+
 def over_arch_input_width(dlrm: DLRM) -> int:
     """Input width of the first over-arch Linear (the interaction output width)."""
     return int(first_top_linear(dlrm).in_features)
 
 
 __all__ = [
+    "over_arch",
+    "feature_downstream",
     "BOTTOM_MLP",
     "TOP_MLP",
     "SPARSE_PREFIX",

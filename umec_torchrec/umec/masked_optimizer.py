@@ -89,7 +89,8 @@ class MaskedOptimizer(OptimizerWrapper):
         loss, _ = dmp(opt.feature_mask(batch)); loss.backward(); opt.step()
     """
 
-    def __init__(self, optimizer: KeyedOptimizer, model: nn.Module, masks: PruningMasks, zero_tables: bool = True) -> None:
+    def __init__(self, optimizer: KeyedOptimizer, model: nn.Module, masks: PruningMasks,
+                 zero_tables: bool = True) -> None:
         super().__init__(optimizer)
         self.fixed = FixedArchitecture.of_model(model, masks)
         self.fixed.apply_()

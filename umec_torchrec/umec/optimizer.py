@@ -59,7 +59,7 @@ a step (only every ``check_every`` steps, for the cross-rank consistency check).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -72,6 +72,7 @@ from umec_torchrec.umec.budgets import Budget
 from umec_torchrec.umec.feature_mask import FeatureMask
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
 from umec_torchrec.umec.hard_prune import masks_from_pruned, pruned_indicators
+from umec_torchrec.umec.importance import ImportanceTracker, Replace, ScoreKind, fold_mean_, holdout_scores
 from umec_torchrec.umec.masked_optimizer import FixedArchitecture
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.resources import Resource
@@ -98,8 +99,14 @@ class UMECConfig:
             eta_1 is the default.
         warmup_steps: wrapped-optimizer steps before the UMEC step starts.
         check_every: steps between cross-rank consistency checks (0 disables).
-        score: ``"activation"`` (default) weights feature columns by the mean square of their
-            input (:mod:`.activation_stats`); ``"weight"`` is the paper's plain squared norm.
+        score: how groups are ranked, a :class:`~.importance.ScoreKind` value: ``"weight"``
+            (the paper's squared norm), ``"activation"`` (feature columns weighted by
+            ``E[x^2]`` of their input), ``"centered"`` (weighted by ``Var[x]``), ``"fisher"``
+            (group Fisher of mean replacement on training batches) or ``"holdout"`` (the
+            log-loss increase of each removal on validation batches: needs
+            :meth:`UMECOptimizer.attach_holdout`). With ``centered``, ``fisher`` and ``holdout``
+            a pruned group is replaced by its mean, folded into the consumer's bias.
+        holdout_every: UMEC steps between refreshes of the ``holdout`` scores.
     """
 
     s_lr: float = 1e-2
@@ -109,6 +116,7 @@ class UMECConfig:
     warmup_steps: int = 0
     check_every: int = 100
     score: str = "activation"
+    holdout_every: int = 25
 
 
 class UMECStateMismatch(RuntimeError):
@@ -197,12 +205,24 @@ class UMECOptimizer(OptimizerWrapper):
             for m in gs.members:
                 self._slots.setdefault(id(m.param), (m.param, []))[1].append((li, m))
         self._prox_param = sets[0].members[0].param
-        if self.config.score not in ("activation", "weight"):
-            raise ValueError(f"score must be 'activation' or 'weight', got {self.config.score!r}")
+        try:
+            self.score_kind = ScoreKind(self.config.score)
+        except ValueError:
+            known = [k.value for k in ScoreKind]
+            raise ValueError(f"score must be one of {known}, got {self.config.score!r}") from None
+        if self.config.holdout_every < 1:
+            raise ValueError(f"holdout_every must be >= 1, got {self.config.holdout_every}")
+        kind = self.score_kind
         self.stats: Optional[ActivationStats] = (
-            ActivationStats(self.spec.watch) if self.config.score == "activation" and self.spec.watch else None
+            ActivationStats(self.spec.watch, centered=kind is ScoreKind.CENTERED)
+            if kind in (ScoreKind.ACTIVATION, ScoreKind.CENTERED) and self.spec.watch else None
         )
         self._moments: Optional[Dict[str, torch.Tensor]] = None
+        self.importance: Optional[ImportanceTracker] = (
+            ImportanceTracker([gs.gate for gs in sets], fisher=kind is ScoreKind.FISHER) if kind.folds_mean else None
+        )
+        self._holdout: Optional[Tuple[Callable[[], Iterable[Any]], Callable[[Any], torch.Tensor]]] = None
+        self._holdout_scores: Optional[List[torch.Tensor]] = None
 
     # ------------------------------------------------------------------ read-only views
     @property
@@ -264,14 +284,78 @@ class UMECOptimizer(OptimizerWrapper):
                 return float(g["lr"])
         return float(next(iter(self.param_groups))["lr"])
 
+    def attach_holdout(self, batches: Callable[[], Iterable[Any]],
+                       forward: Optional[Callable[[Any], torch.Tensor]] = None) -> None:
+        """Validation batches for the ``holdout`` score.
+
+        Args:
+            batches: returns a fresh iterable of this rank's validation batches (torchrec
+                ``Batch``: ``dense_features``, ``sparse_features``, ``labels``); every rank
+                must yield the same number (the sharded tables' forward is collective).
+            forward: the logits of a batch (default: the DLRM inside the model, called below
+                any DDP wrapper, on the feature-masked batch).
+        """
+        if forward is None:
+            from umec_torchrec.models import find_dlrm
+
+            dlrm = find_dlrm(self.model)
+
+            def forward(b: Any) -> torch.Tensor:
+                b = self.feature_mask(b)
+                return dlrm(b.dense_features.to(self.device), b.sparse_features.to(self.device))
+        self._holdout = (batches, forward)
+
+    def _refresh_holdout(self) -> None:
+        """Recompute the ``holdout`` scores (summed over ranks' shares, identical on every rank)."""
+        if self._holdout is None:
+            raise ValueError("score='holdout' needs validation batches: call UMECOptimizer.attach_holdout(...) "
+                             "(umec compress passes the run's validation split)")
+        batches, forward = self._holdout
+        stats = self.importance.synced() if self.importance is not None else []
+        gates = [gs.gate for gs in self.spec.sets]
+        was = self.model.training
+        self.model.eval()
+        try:
+            got = holdout_scores(forward, batches(), lambda b: b.labels, gates, [st.mean for st in stats])
+        finally:
+            self.model.train(was)
+        out = [torch.zeros(gs.size, device=self.device) if g is None else g.to(self.device)
+               for gs, g in zip(self.spec.sets, got)]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flat = torch.cat(out)
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            out = list(flat.split([gs.size for gs in self.spec.sets]))
+        self._holdout_scores = out
+
     def _sync_moments(self) -> None:
         """Refresh the activation statistics, identical on every rank (one all-reduce)."""
         if self.stats is not None:
-            self._moments = self.stats.synced()
+            self._moments = self.stats.moments()
+        if self.importance is not None:
+            self.importance.synced()
 
     def _scores(self) -> List[torch.Tensor]:
+        kind = self.score_kind
+        if kind is ScoreKind.FISHER:
+            assert self.importance is not None
+            return [torch.zeros(gs.size, device=self.device) if st.fisher is None else st.fisher.clone()
+                    for gs, st in zip(self.spec.sets, self.importance.stats)]
+        if kind is ScoreKind.HOLDOUT:
+            if self._holdout_scores is None:
+                self._refresh_holdout()
+            assert self._holdout_scores is not None
+            return [sc.clone() for sc in self._holdout_scores]
         cache: Dict = {}
         return [gs.scores(cache, self._moments) for gs in self.spec.sets]
+
+    def _penalty_unit(self, scores: List[torch.Tensor]) -> torch.Tensor:
+        """``[S]`` unit of each set's penalty: its total score for the norm-based kinds; the
+        total over all sets for the loss-scale kinds, so that sets trade on one scale."""
+        tot = torch.stack([sc.sum() for sc in scores])
+        if self.score_kind.loss_scale:
+            tot = tot.sum().expand_as(tot).clone()
+        return tot.clamp(min=1e-12)
 
     def _ceil_s(self, s: torch.Tensor) -> torch.Tensor:
         return self._alloc.counts_of(s)
@@ -294,9 +378,11 @@ class UMECOptimizer(OptimizerWrapper):
         cfg = self.config
         lr = self._prox_lr()
         self._sync_moments()
+        if self.score_kind is ScoreKind.HOLDOUT and self.umec_step_count % cfg.holdout_every == 0:
+            self._refresh_holdout()
         scores = self._scores()
         if self._scale is None:  # fixed per-set unit of the penalty (see the class docstring)
-            self._scale = torch.stack([sc.sum() for sc in scores]).clamp(min=1e-12)
+            self._scale = self._penalty_unit(scores)
         inv = 1.0 / self._scale
         c = self._ceil_s(self.s)
         sel = [p.to(sc.dtype) for p, sc in zip(SetOrder.of(scores).pruned(c), scores)]
@@ -349,7 +435,8 @@ class UMECOptimizer(OptimizerWrapper):
     def budget_report(self) -> Dict[str, Dict[str, float]]:
         """``{resource: {"fraction", "budget"}}`` at the current hard decision (host sync)."""
         fr = self.resource_fractions()
-        return {b.resource: {"fraction": fr[b.resource], "budget": f} for b, f in zip(self.budgets, self.budget_fractions)}
+        return {b.resource: {"fraction": fr[b.resource], "budget": f}
+                for b, f in zip(self.budgets, self.budget_fractions)}
 
     # ------------------------------------------------------------------ hard pruning
     @torch.no_grad()
@@ -376,15 +463,31 @@ class UMECOptimizer(OptimizerWrapper):
         order = SetOrder.of(scores)
         c = self._ceil_s(self.s)
         mean_score = torch.stack([sc.mean().clamp(min=1e-30) for sc in scores])
+        if self.score_kind.loss_scale:  # one scale for every set: the mean over all groups
+            mean_score = (torch.cat(scores).mean().clamp(min=1e-30)).expand_as(mean_score).clone()
         repaired = self._alloc.repair(c, order)
         self.repair_groups = int((repaired - c).sum())
         c, self.restored_groups = self._alloc.give_back(repaired, order, mean=mean_score)
         pruned = order.pruned(c)
         self.s = c.clone()
         masks = masks_from_pruned(self.spec, pruned)
+        if self.score_kind.folds_mean:
+            self._fold_means(pruned)
         self._fix(FixedArchitecture.of_spec(self.spec, masks, [p.to(sc.dtype) for p, sc in zip(pruned, scores)]),
                   zero_tables, strict=False)  # custom models may be declared without TorchRec tables
         return masks
+
+    def _fold_means(self, pruned: Sequence[torch.Tensor]) -> None:
+        """Replace every pruned group by its mean: fold ``W[:, removed] @ mean`` into the bias
+        of the Linear that reads the gate (sets whose gate is ``Replace.ZERO`` are skipped)."""
+        assert self.importance is not None
+        for gs, pr, st in zip(self.spec.sets, pruned, self.importance.stats):
+            g = gs.gate
+            if g is None or g.replace is not Replace.MEAN or st.mean is None or not isinstance(g.module, nn.Linear):
+                continue
+            pr = pr.float()
+            hit = pr if g.incidence is None else g.incidence.float() @ pr
+            fold_mean_(g.module, hit > 0, st.mean)
 
     def set_masks(self, masks: PruningMasks, zero_tables: bool = True) -> None:
         """Fix the architecture to ``masks`` (fine-tuning): zero the pruned groups now and
@@ -439,6 +542,8 @@ class UMECOptimizer(OptimizerWrapper):
             "sets": [s.name for s in self.spec.sets],
             "scale": None if self._scale is None else self._scale.detach().cpu().clone(),
             "moments": {} if self.stats is None else self.stats.state_dict(),
+            "importance": None if self.importance is None else self.importance.state_dict(),
+            "holdout": None if self._holdout_scores is None else [sc.detach().cpu() for sc in self._holdout_scores],
             "masks": None if self.masks is None else self.masks.to_dict(),
             "config": asdict(self.config),
         }
@@ -460,7 +565,11 @@ class UMECOptimizer(OptimizerWrapper):
         self._scale = None if scale is None else torch.as_tensor(scale).to(self.s)
         if self.stats is not None and state.get("moments"):
             self.stats.load_state_dict(state["moments"], self.device)
-            self._moments = dict(self.stats.values)
+            self._moments = self.stats.moments(sync=False)
+        if self.importance is not None and state.get("importance"):
+            self.importance.load_state_dict(state["importance"], self.device)
+        if state.get("holdout") is not None:
+            self._holdout_scores = [torch.as_tensor(sc).to(self.device) for sc in state["holdout"]]
         if state.get("masks"):
             self.set_masks(PruningMasks.from_dict(dict(state["masks"])), zero_tables=False)
 

@@ -219,7 +219,8 @@ class LookupBytes(_FeatureBytes):
     spec_field = "feature_lookup_bytes"
 
 
-RESOURCES: Dict[str, Type[Resource]] = {"flops": DenseFlops, "embedding_bytes": EmbeddingBytes, "lookup_bytes": LookupBytes}
+RESOURCES: Dict[str, Type[Resource]] = {"flops": DenseFlops, "embedding_bytes": EmbeddingBytes,
+                                        "lookup_bytes": LookupBytes}
 
 
 def make_resource(name: str, spec: GroupSpec) -> Resource:
@@ -231,4 +232,5 @@ def make_resource(name: str, spec: GroupSpec) -> Resource:
     return cls(spec)
 
 
-__all__ = ["RESOURCES", "DenseFlops", "DLRMFlops", "ChainFlops", "EmbeddingBytes", "LookupBytes", "Resource", "make_resource"]
+__all__ = ["RESOURCES", "DenseFlops", "DLRMFlops", "ChainFlops", "EmbeddingBytes", "LookupBytes", "Resource",
+           "make_resource"]

@@ -17,10 +17,10 @@ from umec_torchrec.train.checkpoint import load_checkpoint, save_checkpoint
 from umec_torchrec.train.config import TrainConfig
 from umec_torchrec.train.fit import fit
 from umec_torchrec.train.metrics import evaluate
+from umec_torchrec.umec.allocation import resources_of_masks
 from umec_torchrec.umec.groups import discover_groups
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
-from umec_torchrec.umec.allocation import resources_of_masks
 
 __all__ = ["MethodResult", "SeedContext", "finetune", "load_bench_data", "make_row"]
 
@@ -154,7 +154,8 @@ class SeedContext:
         return list(seen.items())
 
 
-def finetune(s: SeedContext, dmp, opt, masks: PruningMasks, phases: Sequence[Tuple[int, int]]) -> Tuple[MaskedOptimizer, int]:
+def finetune(s: SeedContext, dmp, opt, masks: PruningMasks, phases: Sequence[Tuple[int, int]]) -> Tuple[MaskedOptimizer,
+                                                                                                        int]:
     """Train ``dmp`` with ``masks`` fixed for ``phases`` = ``[(phase, epochs), ...]``."""
     mopt = MaskedOptimizer(opt, dmp, masks)
     steps = 0
@@ -173,7 +174,8 @@ def make_row(method: str, budget: float, s: SeedContext, m: Dict[str, float], sp
     res = resources_of_masks(spec, masks)
     eb = res.get("embedding_bytes", {"value": float("nan"), "fraction": float("nan")})
     row = {
-        "method": method, "budget": float(budget), "seed": s.seed, "mode": "features" if s.cfg.features_only else "joint",
+        "method": method, "budget": float(budget), "seed": s.seed,
+        "mode": "features" if s.cfg.features_only else "joint",
         "auc": m["auc"], "log_loss": m["log_loss"], "accuracy": m["accuracy"],
         "flops": res["flops"]["value"], "flops_fraction": res["flops"]["fraction"],
         "embedding_bytes": eb["value"], "embedding_bytes_fraction": eb["fraction"],

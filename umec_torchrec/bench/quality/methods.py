@@ -35,9 +35,9 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List
 
-from umec_torchrec.baselines import (GroupLassoOptimizer, budget_masks, random_scores, uniform_width_masks,
-                                     weight_scores)
+from umec_torchrec.baselines import GroupLassoOptimizer, budget_masks, random_scores, uniform_width_masks, weight_scores
 from umec_torchrec.bench.quality.context import MethodResult, SeedContext, finetune
+from umec_torchrec.stages.compress import attach_validation
 from umec_torchrec.train.fit import fit
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
 
@@ -78,6 +78,7 @@ def _umec_search(s: SeedContext, budgets: List[str], umec_cfg: UMECConfig):
     dmp, opt = s.load_dense()
     spec = s.spec(dmp)
     umec = UMECOptimizer(opt, dmp, budgets, umec_cfg, groups=spec)
+    attach_validation(umec, s.valid, s.cfg.batch_size, s.ctx)
     st = fit(dmp, umec, s.train, s.post_tc(1, s.cfg.compress_epochs), s.ctx, progress=False,
              batch_transform=lambda b: umec.feature_mask(b))
     masks = umec.finalize()

@@ -43,14 +43,17 @@ def format_markdown(cfg: QualityConfig, rows: Sequence[Dict[str, Any]], seconds:
         f"ΔAUC = baseline − UMEC, paired per seed, mean ± std over the seeds both have (wins = seeds where the "
         f"baseline is better). Runtime {seconds / 60:.1f} min.",
         "",
-        "| method | budget | AUC | log loss | accuracy | achieved " + cfg.resource + " | features kept | ΔAUC vs UMEC (n, wins) |",
+        "| method | budget | AUC | log loss | accuracy | achieved " + cfg.resource
+        + " | features kept | ΔAUC vs UMEC (n, wins) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     order = list(REFERENCES) + list(METHODS)
-    ordered = sorted(summ, key=lambda e: (-e["budget"], order.index(e["method"]) if e["method"] in order else len(order)))
+    ordered = sorted(summ, key=lambda e: (-e["budget"],
+                                          order.index(e["method"]) if e["method"] in order else len(order)))
     for e in ordered:
         if cfg.resource == "embedding_bytes":
-            fr = mean_std([r["embedding_bytes_fraction"] for r in rows if r["method"] == e["method"] and r["budget"] == e["budget"]])
+            fr = mean_std([r["embedding_bytes_fraction"] for r in rows
+                           if r["method"] == e["method"] and r["budget"] == e["budget"]])
         else:
             fr = e["flops_fraction"]
         d = e.get("d_auc")
@@ -154,7 +157,8 @@ def format_suite_markdown(results: Sequence[Dict[str, Any]], seconds: float, com
                 c = umec_vs_best(rows, b, umec=u)
                 if c is None:
                     continue
-                lines.append(f"| {res['name']} | {res['mode']} | {_budget_text(b, label)} | {u} | {_pm(*c['umec_auc'])} | "
+                lines.append(f"| {res['name']} | {res['mode']} | {_budget_text(b, label)} | {u} | "
+                             f"{_pm(*c['umec_auc'])} | "
                              f"{c['baseline']} | {_pm(*c['baseline_auc'])} | {_pm(c['mean'], c['std'], signed=True)} | "
                              f"{c['wins']}/{c['n']} |")
     rec = [(res, field_recovery(res["rows"])) for res in results if not res.get("skipped")]

@@ -4,10 +4,10 @@ with DistributedModelParallel on 2 gloo ranks. Generated weights and inputs."""
 from __future__ import annotations
 
 import torch
+from test_export import kjt_of, masked_logits, random_masks, small_config
 from torchrec.datasets.utils import Batch
 
-from mp import run_multiprocess
-from test_export import kjt_of, masked_logits, random_masks, small_config
+from helpers.mp import run_multiprocess
 from umec_torchrec.export import export_run, load_compact
 from umec_torchrec.export.samples import sample_inputs
 from umec_torchrec.models import build_model

@@ -7,14 +7,20 @@ import pytest
 import torch
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
-from umec_torchrec.baselines import (GroupLassoOptimizer, budget_masks, fractions_of_masks, random_scores,
-                                     uniform_width_masks, weight_scores)
+from helpers.data import random_data
+from helpers.models import small_model
+from umec_torchrec.baselines import (
+    GroupLassoOptimizer,
+    budget_masks,
+    fractions_of_masks,
+    random_scores,
+    uniform_width_masks,
+    weight_scores,
+)
+from umec_torchrec.umec.allocation import kept_of_masks
 from umec_torchrec.umec.groups import discover_groups
 from umec_torchrec.umec.hard_prune import pruned_indicators
-from umec_torchrec.umec.allocation import kept_of_masks
 from umec_torchrec.umec.resources import make_resource
-
-from umec_helpers import random_data, small_model
 
 BUDGETS = [0.6, 0.3, 0.18]  # the toy dcn model's floor is 0.158 of dense
 
@@ -41,7 +47,7 @@ def _one_more_group_fits(spec, masks, budgets):
         if spec.sets[i].kind == "features":
             a = alive.clone()
             a[0, int(torch.nonzero(p)[0])] = 1.0
-        if all(float(r(k, a)[0]) / r.dense_value() <= l + 1e-9 for r, l in zip(res, lim)):
+        if all(float(r(k, a)[0]) / r.dense_value() <= cap + 1e-9 for r, cap in zip(res, lim)):
             return True
     return False
 

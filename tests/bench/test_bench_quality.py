@@ -8,8 +8,14 @@ import math
 
 import pytest
 
-from umec_torchrec.bench.quality import (CSV_FIELDS, METHODS, QualityConfig, format_markdown, paired_differences,
-                                         summarize)
+from umec_torchrec.bench.quality import (
+    CSV_FIELDS,
+    METHODS,
+    QualityConfig,
+    format_markdown,
+    paired_differences,
+    summarize,
+)
 from umec_torchrec.cli import main
 
 TINY = "synthetic:rows=1200,seed=1,n_sparse=5,signal_sparse=3"
@@ -41,11 +47,11 @@ def test_bench_quality_end_to_end_writes_csv_markdown_png(tmp_path):
             assert int(r["n_kept_features"]) == 5
     assert {(r["method"], r["seed"]) for r in rows if r["budget"] == "0.2"} == {(m, s) for m in METHODS for s in "01"}
     md = (out / "quality.md").read_text()
-    table = [l for l in md.splitlines() if l.startswith("| ")]
+    table = [line for line in md.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| method | budget | AUC")
     assert len(table) == 1 + 2 + len(METHODS) * 2  # header + refs + method x budget
-    assert all(l.count("|") == table[0].count("|") for l in table)
-    mag = next(l for l in table if l.startswith("| magnitude | 0.2 |"))
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    mag = next(line for line in table if line.startswith("| magnitude | 0.2 |"))
     assert "±" in mag and "(2, " in mag  # paired over both seeds
     png = (out / "quality.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -109,14 +115,14 @@ def test_suite_quick_runs_end_to_end_on_generated_data(tmp_path):
     out = tmp_path / "s"
     assert main(["bench", "quality", "--suite", "--quick", "--out", str(out), "--no-progress"]) == 0
     md = (out / "suite.md").read_text()
-    table = [l for l in md.splitlines() if l.startswith("| clicklog0-")]
-    rows = [l for l in table if l.count("|") == 10]
+    table = [line for line in md.splitlines() if line.startswith("| clicklog0-")]
+    rows = [line for line in table if line.count("|") == 10]
     # joint at 0.3; features at fields=0.25 and at the signal budget; umec and umec_auto each
     assert len(rows) == 2 * 3, md
-    assert sum("(signal)" in l for l in rows) == 2 and sum("(fields=0.25)" in l for l in rows) == 2
-    assert all("| magnitude |" in l and "/2 |" in l for l in rows)
-    recovery = [l for l in table if l.count("|") == 6]
-    assert {l.split("|")[3].strip() for l in recovery} == {"umec", "umec_auto", "magnitude"}
+    assert sum("(signal)" in line for line in rows) == 2 and sum("(fields=0.25)" in line for line in rows) == 2
+    assert all("| magnitude |" in line and "/2 |" in line for line in rows)
+    recovery = [line for line in table if line.count("|") == 6]
+    assert {line.split("|")[3].strip() for line in recovery} == {"umec", "umec_auto", "magnitude"}
     assert "Total time" in md
     suite = json.loads((out / "suite.json").read_text())
     assert [it["name"] for it in suite["items"]] == ["clicklog0-joint", "clicklog0-features"]
@@ -125,7 +131,8 @@ def test_suite_quick_runs_end_to_end_on_generated_data(tmp_path):
             assert r["valid_auc"] is not None  # every row was also measured on the validation split
             if r["method"] == "umec_auto":  # chosen on validation, among the score kinds tried
                 assert r["extra"]["score"] in r["extra"]["valid_auc_by_score"]
-                assert r["extra"]["valid_auc_by_score"][r["extra"]["score"]] == max(r["extra"]["valid_auc_by_score"].values())
+                by_score = r["extra"]["valid_auc_by_score"]
+                assert by_score[r["extra"]["score"]] == max(by_score.values())
         sig = [r for r in it["rows"] if r.get("budget_label") == "signal"]
         assert all(r["n_kept_features"] <= 7 for r in sig)  # the budget fits exactly the 7 signal fields
     assert (out / "clicklog0-joint" / "quality.csv").is_file()

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from umec_torchrec.classification import roc_auc
 from umec_torchrec.data import CTRData, DataBundle, DataError, DataOptions, load_data, parse_spec
 from umec_torchrec.data import testing as T
-from umec_torchrec.classification import roc_auc
 from umec_torchrec.data.synthetic import generate
 
 SCHEMA = "label=y,dense=price;age,categorical=user;item"
@@ -73,10 +73,11 @@ def test_criteo_tsv_plain_and_gzip(tmp_path, name):
     assert len(b.train) + len(b.valid) + len(b.test) == 60 and b.info["bad_lines"] == 0
     # dense transform log(1 + max(x, 0)), missing -> 0, against a direct parse of the file
     lines = T.criteo_lines(60, 1)
-    raw = np.array([[float(v) if v else 0.0 for v in l.split("\t")[1:14]] for l in lines])
+    raw = np.array([[float(v) if v else 0.0 for v in line.split("\t")[1:14]] for line in lines])
     expect = np.log1p(np.maximum(raw, 0)).astype(np.float32)
     rows = torch.cat([b.train.dense, b.valid.dense, b.test.dense]).numpy()
-    order = np.lexsort(rows.T[::-1]); order_e = np.lexsort(expect.T[::-1])
+    order = np.lexsort(rows.T[::-1])
+    order_e = np.lexsort(expect.T[::-1])
     np.testing.assert_allclose(rows[order], expect[order_e], rtol=1e-6)
 
 
@@ -129,7 +130,7 @@ def test_csv_schema_header(tmp_path):
     assert b.train.dense_names == ["price", "age"] and b.train.feature_names == ["user", "item"]
     assert b.info["rows"]["total"] == 50
     lines = p.read_text().splitlines()[1:]
-    n_missing_age = sum(1 for l in lines if l.split(",")[3] == "")
+    n_missing_age = sum(1 for line in lines if line.split(",")[3] == "")
     assert n_missing_age > 0
     assert int((torch.cat([b.train.dense, b.valid.dense, b.test.dense])[:, 1] == 0).sum()) >= n_missing_age
 
@@ -165,7 +166,8 @@ def test_vocab_min_count_and_oov(tmp_path):
     """Generated synthetic data: min_count shrinks tables; test ids unseen in train -> row 0."""
     b1 = load_data("synthetic:rows=3000,seed=1")
     b5 = load_data("synthetic:rows=3000,seed=1,min_count=5")
-    _check_bundle(b1); _check_bundle(b5)
+    _check_bundle(b1)
+    _check_bundle(b5)
     assert all(a >= c for a, c in zip(b1.train.table_sizes, b5.train.table_sizes))
     assert sum(b1.train.table_sizes) > sum(b5.train.table_sizes)
     assert b5.info["vocab"] == {"mode": "min_count", "min_count": 5, "oov_row": 0}
@@ -263,7 +265,9 @@ def test_synthetic_signal_learnable():
         for _ in range(80):
             logit = w[x_tr].sum(1) + bias
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, b.train.labels) + 1e-4 * w.pow(2).sum()
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         with torch.no_grad():
             s = w[b.test.sparse[:, cols] + offs].sum(1)
         return roc_auc(s.numpy(), b.test.labels.numpy())
@@ -276,7 +280,8 @@ def test_synthetic_signal_learnable():
 def test_roc_auc():
     """Generated numbers: rank AUC matches the pair-counting definition, with ties."""
     rng = np.random.default_rng(0)
-    s = rng.integers(0, 5, 200).astype(float); y = rng.random(200) < 0.4
+    s = rng.integers(0, 5, 200).astype(float)
+    y = rng.random(200) < 0.4
     pos, neg = s[y], s[~y]
     pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
     assert abs(roc_auc(s, y) - pairs) < 1e-12

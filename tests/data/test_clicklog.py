@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from umec_torchrec.classification import roc_auc
 from umec_torchrec.data.clicklog import generate_clicklog, load_clicklog, parse_clicklog_spec
 from umec_torchrec.data.errors import DataError
-from umec_torchrec.classification import roc_auc
 
 ROWS = 20000
 

@@ -7,13 +7,13 @@ import copy
 import pytest
 import torch
 
+from helpers.data import random_data
+from helpers.models import small_model
 from umec_torchrec.data import load_data
 from umec_torchrec.models import ModelConfig, build_model
 from umec_torchrec.umec.groups import discover_groups
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
 from umec_torchrec.umec.resources import make_resource
-
-from umec_helpers import random_data, small_model
 
 
 def train(model, opt, data, epochs, seed=0, epoch0=0, mask=None, batch_size=256, start=0):
@@ -97,7 +97,8 @@ def test_every_budget_met_within_one_group():
     for p, k in keep.items():
         assert float((p.detach() * (k == 0)).abs().sum()) == 0.0
     b = umec.feature_mask(data.make_batch(torch.arange(8)))
-    lengths = dict(zip(b.sparse_features.keys(), b.sparse_features.lengths().view(len(data.feature_names), -1).sum(1).tolist()))
+    per_feature = b.sparse_features.lengths().view(len(data.feature_names), -1).sum(1).tolist()
+    lengths = dict(zip(b.sparse_features.keys(), per_feature))
     assert all(lengths[f] == 0 for f in masks.pruned_features) and all(lengths[f] == 8 for f in masks.kept_features)
 
 

@@ -14,15 +14,14 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from umec_torchrec.export import build_compact, export_model, export_run, load_compact, load_program
+from umec_torchrec.export.aligned import AlignedMLP
 from umec_torchrec.export.checkpoint_reader import load_dlrm_state, read_metadata
 from umec_torchrec.export.compact import compact_config, kept_feature_indices, table_key
-from umec_torchrec.export.samples import one_id_kjt, sample_inputs
 from umec_torchrec.export.measure import dense_path_flops
-from umec_torchrec.export.aligned import AlignedMLP
 from umec_torchrec.export.program import CompactPredictor, ids_of
+from umec_torchrec.export.samples import one_id_kjt, sample_inputs
 from umec_torchrec.models import MODEL_KINDS, ModelConfig, build_dlrm, build_model
-from umec_torchrec.umec import FeatureMask, PruningMasks, apply_masks_
-from umec_torchrec.umec import layout
+from umec_torchrec.umec import FeatureMask, PruningMasks, apply_masks_, layout
 
 KINDS = MODEL_KINDS
 
@@ -169,7 +168,8 @@ def test_export_run_reads_checkpoint_and_matches(tmp_path):
     prog = on_disk["program"]
     assert prog["align"] == 16 and prog["max_abs_diff_vs_module"] <= 1e-5
     assert prog["served_widths"]["top"] == [16, 16, 1]  # 6 -> 16 zero-padded, the logit unpadded
-    assert prog["served_widths"]["bottom"] == [-(-w // 16) * 16 for w in on_disk["layers"]["bottom"]["after"][:-1]] + [8]
+    bottom = on_disk["layers"]["bottom"]["after"]
+    assert prog["served_widths"]["bottom"] == [-(-w // 16) * 16 for w in bottom[:-1]] + [8]
     dense, ids = sample_inputs(cfg, n=50, seed=5)
     kjt = kjt_of(ids, cfg.feature_names)
     ref = masked_logits(dlrm, masks, dense, kjt)
@@ -203,7 +203,8 @@ def test_pruned_table_is_never_read(tmp_path):
     dense, ids = sample_inputs(cfg, n=40, seed=1)
     kjt = kjt_of(ids, cfg.feature_names)
     with torch.no_grad():
-        torch.testing.assert_close(build_compact(state, cfg, masks)(dense, kjt), build_compact(dlrm, cfg, masks)(dense, kjt))
+        torch.testing.assert_close(build_compact(state, cfg, masks)(dense, kjt), build_compact(dlrm, cfg, masks)(dense,
+                                                                                                                 kjt))
     _corrupt(_storage_ranges(run.checkpoint_dir, table_key(cfg, "C2")))
     with pytest.raises(ValueError, match="corrupt checkpoint data"):
         export_run(run.path, str(tmp_path / "out"))
@@ -225,7 +226,8 @@ def test_missing_foreign_and_mismatched_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="another architecture: t_C1 has 23 rows, config says 40"):
         export_run(run.path, str(tmp_path / "o1"))
     Run.open(run.path).write_config(model=dict(cfg.to_dict(), dense_in_features=7))
-    with pytest.raises(ValueError, match=r"another architecture: dense_arch.model._mlp.0._linear.weight has shape \(24, 5\), config says \(24, 7\)"):
+    with pytest.raises(ValueError, match=r"another architecture: dense_arch.model._mlp.0._linear.weight has shape "
+                                         r"\(24, 5\), config says \(24, 7\)"):
         export_run(run.path, str(tmp_path / "o1"))
     Run.open(run.path).write_config(model=cfg.to_dict())
     # .metadata corrupt
@@ -399,9 +401,9 @@ def test_cli_export_and_refusal(tmp_path, capsys):
 def test_compare_models_dense_vs_compact(tmp_path):
     """Generated data (CTRData with random ids/labels): the demo figures report fewer
     parameters, bytes and FLOPs for the compact model and the AUC of each model's own logits."""
+    from umec_torchrec.classification import roc_auc
     from umec_torchrec.data import CTRData
     from umec_torchrec.export.compare import compare_models, format_comparison
-    from umec_torchrec.classification import roc_auc
 
     cfg = small_config("cat")
     dense_model = build_dlrm(cfg).eval()

@@ -68,7 +68,8 @@ INHERITED = {
 DEMO_PARAMS = {"epochs"}
 
 
-def _subparsers(parser: argparse.ArgumentParser, path: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], argparse.ArgumentParser]]:
+def _subparsers(parser: argparse.ArgumentParser,
+                path: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], argparse.ArgumentParser]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():

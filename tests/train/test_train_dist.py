@@ -1,5 +1,5 @@
-"""2-rank training (spawned gloo processes, see ``tests/mp.py``) against 1 rank.
-Generated data only (``train_helpers.make_bundle``)."""
+"""2-rank training (spawned gloo processes, see ``tests/helpers/mp.py``) against 1 rank.
+Generated data only (``tests/helpers/data.py``: ``make_bundle``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from mp import run_multiprocess
-from train_helpers import SMALL_MODEL, make_bundle
+from helpers.data import SMALL_MODEL, make_bundle
+from helpers.mp import run_multiprocess
 from umec_torchrec.distributed import init_distributed
 from umec_torchrec.models import build_model
 from umec_torchrec.train import (

@@ -4,12 +4,11 @@ deleting it. Generated data and models (no real data)."""
 import pytest
 import torch
 
+from helpers.data import random_data
+from helpers.models import small_model
 from umec_torchrec.models import MODEL_KINDS, find_dlrm
-from umec_torchrec.umec import FeatureMask, PruningMasks, apply_masks_
+from umec_torchrec.umec import FeatureMask, PruningMasks, apply_masks_, layout
 from umec_torchrec.umec.groups import ChainStructure, DLRMStructure, declare_groups, discover_groups
-from umec_torchrec.umec import layout
-
-from umec_helpers import random_data, small_model
 
 
 def logits(model, batch):
@@ -93,7 +92,8 @@ def test_unrecognised_model_error_lists_modules():
 
 def test_declare_groups_for_custom_model():
     """A custom two-tower head: features own column ranges, the chain's hidden units are groups."""
-    head = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    head = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4), torch.nn.ReLU(),
+                               torch.nn.Linear(4, 1))
     spec = declare_groups(head[0], {"user": range(0, 4), "item": range(4, 8), "ctx": [8, 9, 10, 11]},
                           chain=[head[2], head[4]], layer_names=["h1", "h2"])
     assert [s.name for s in spec.sets] == ["features", "h1", "h2"]

@@ -5,12 +5,11 @@ import json
 import os
 
 import pytest
-import torch
 import torch.distributed.checkpoint as dcp
 
 from umec_torchrec.cli import main
 from umec_torchrec.models import ModelConfig, build_model
-from umec_torchrec.umec import PruningMasks, discover_groups
+from umec_torchrec.umec import PruningMasks
 
 
 @pytest.fixture(scope="module")

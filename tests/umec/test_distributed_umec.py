@@ -1,5 +1,5 @@
 """UMECOptimizer and feature masks on ``DistributedModelParallel`` with 2 gloo ranks (spawned,
-see ``tests/mp.py``) against 1 rank. Generated data only (``_data``: planted signal, 6 tables
+see ``tests/helpers/mp.py``) against 1 rank. Generated data only (``_data``: planted signal, 6 tables
 of 1000-1500 rows so table-wise and column-wise placements are realistic).
 
 One 2-rank spawn (module fixture) runs everything that needs two ranks and writes its
@@ -23,11 +23,12 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
-from mp import run_multiprocess
+from helpers.mp import run_multiprocess
+from umec_torchrec.data.dataset import CTRData
+from umec_torchrec.data.testing import planted_ctr
+from umec_torchrec.distributed import init_distributed
 from umec_torchrec.io import from_blob as load_umec_blob
 from umec_torchrec.io import to_blob as umec_blob
-from umec_torchrec.data.dataset import CTRData
-from umec_torchrec.distributed import init_distributed
 from umec_torchrec.models import ModelConfig, find_dlrm
 from umec_torchrec.train import TrainConfig, build_training, load_checkpoint, plan_summary, save_checkpoint
 from umec_torchrec.umec import layout
@@ -48,12 +49,7 @@ UCFG = dict(s_lr=0.05, z_lr=20.0, check_every=5)
 
 def _data(n: int = 1600, seed: int = 0) -> CTRData:
     """Generated rows: label from dense column 0 and features f0, f1; the rest is noise."""
-    g = torch.Generator().manual_seed(seed)
-    sparse = torch.stack([torch.randint(0, s, (n,), generator=g) for s in SIZES], 1)
-    dense = torch.randn(n, 4, generator=g)
-    logit = 1.5 * dense[:, 0] + 2.0 * (sparse[:, 0] % 2).float() - (sparse[:, 1] % 3 == 0).float() * 1.5
-    labels = (torch.rand(n, generator=g) < torch.sigmoid(logit)).float()
-    return CTRData(dense, sparse, labels, [f"d{i}" for i in range(4)], FEATURES, list(SIZES), {"source": "generated"})
+    return planted_ctr(n, SIZES, n_dense=4, seed=seed, bias=0.0)
 
 
 def _build(ctx, sharding: str, seed: int = 0, stateful: bool = False):

@@ -42,7 +42,7 @@ def _criteo(tmp_path, labels=None):
         out.append("\t".join(f))
     p = tmp_path / "rows.tsv.gz"
     with gzip.open(p, "wt") as fh:
-        fh.write("".join(l + "\n" for l in out))
+        fh.write("".join(line + "\n" for line in out))
     return f"criteo:{p}"
 
 
@@ -192,7 +192,8 @@ def test_test_labels_do_not_reach_train_or_valid(tmp_path, source):
     """Generated files of every reader: flipping every test label leaves train/valid/vocabulary unchanged."""
     write, ids_of = SOURCES[source]
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a_dir.mkdir(); b_dir.mkdir()
+    a_dir.mkdir()
+    b_dir.mkdir()
     opts = DataOptions(test_fraction=0.3, valid_fraction=0.2, split_seed=1)
     a = load_data(write(a_dir), opts)
     labels = np.zeros(N, dtype=np.int64)
@@ -229,11 +230,11 @@ def test_vocabulary_from_train_only(tmp_path):
         parts[14] = tag
         lines[i - 1] = "\t".join(parts)
     p = tmp_path / "x.tsv"
-    p.write_text("".join(l + "\n" for l in lines))
+    p.write_text("".join(line + "\n" for line in lines))
     b = load_data(f"criteo:{p}", DataOptions(time_ordered=True, test_fraction=0.15, valid_fraction=0.075))
     assert (len(b.train), len(b.valid), len(b.test)) == (31, 3, 6)
     assert int(b.valid.sparse[0, 0]) == 0 and int(b.test.sparse[2, 0]) == 0  # rows 32 and 37
-    train_c1 = {l.split("\t")[14] for l in lines[:31]}
+    train_c1 = {line.split("\t")[14] for line in lines[:31]}
     assert b.table_sizes[0] == len(train_c1) + 1
     assert all(int(b.valid.sparse[k, 0]) > 0 for k in (1, 2) if lines[31 + k].split("\t")[14] in train_c1)
 

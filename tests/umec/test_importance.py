@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from umec_torchrec.umec.importance import (Gate, ImportanceTracker, Replace, ScoreKind, fold_mean_,
-                                           group_contributions, holdout_scores)
+from umec_torchrec.umec.importance import (
+    Gate,
+    ImportanceTracker,
+    Replace,
+    ScoreKind,
+    fold_mean_,
+    group_contributions,
+    holdout_scores,
+)
 
 D = 4
 
@@ -157,3 +166,90 @@ def test_score_kind_properties():
     assert not ScoreKind.WEIGHT.folds_mean and not ScoreKind.ACTIVATION.folds_mean
     with pytest.raises(ValueError):
         ScoreKind("nonsense")
+
+
+# --- inside UMECOptimizer, on generated DLRMs -------------------------------------------------
+def _umec_run(kind, score, budget="flops=0.4"):
+    from helpers.data import random_data
+    from helpers.models import small_model
+    from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
+
+    data = random_data(n=768, features=5, rows=30, dense=6, seed=1)
+    model, cfg = small_model(kind, data, seed=0)
+    opt = UMECOptimizer(torch.optim.Adam(model.parameters(), lr=0.01), model, [budget],
+                        UMECConfig(score=score, s_lr=0.05))
+    if score == "holdout":
+        valid = random_data(n=256, features=5, rows=30, dense=6, seed=2)
+        opt.attach_holdout(lambda: valid.batches(128))
+    for ep in range(3):
+        for b in data.batches(128, shuffle=True, seed=0, epoch=ep):
+            loss, _ = model(opt.feature_mask(b))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    return model, cfg, opt, data
+
+
+@pytest.mark.parametrize("kind", ["cat", "dot", "dcn"])
+def test_folding_replaces_pruned_groups_by_their_means(kind):
+    """Generated data: after finalize with a mean-folding score, the pruned model equals the
+    model before pruning with every removed group's gate columns set to their means (zero
+    for the DCN feature gate); and the exported compact model equals the masked one."""
+    from umec_torchrec.export import build_compact
+    from umec_torchrec.export.compact import compact_config
+    from umec_torchrec.export.program import CompactPredictor, ids_of
+    from umec_torchrec.models import find_dlrm
+
+    model, cfg, opt, data = _umec_run(kind, "fisher")
+    dlrm = find_dlrm(model).eval()
+    batch = next(iter(data.batches(256)))
+    means = [st.mean for st in opt.importance.stats]
+    ref_model = copy.deepcopy(dlrm)  # the model before pruning
+    masks = opt.finalize()
+    pruned = [torch.tensor([lab not in kept for lab in gs.labels], dtype=torch.float)
+              for gs, kept in zip(opt.spec.sets, _kept_labels(opt.spec, masks))]
+    assert sum(int(p.sum()) for p in pruned) > 0
+    ref_sets = discover_like(ref_model, opt.spec)
+    hooks = []
+    for gs, pr, mean in zip(ref_sets, pruned, means):
+        hit = (pr if gs.gate.incidence is None else gs.gate.incidence @ pr) > 0
+        fill = torch.zeros_like(mean) if gs.gate.replace is Replace.ZERO else mean
+
+        def hook(module, args, hit=hit, fill=fill):
+            return (torch.where(hit[None, :], fill[None, :], args[0]),) + tuple(args[1:])
+        hooks.append(gs.gate.module.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        want = ref_model(batch.dense_features, batch.sparse_features).squeeze(-1)
+        for h in hooks:
+            h.remove()
+        got = dlrm(batch.dense_features, opt.feature_mask(batch).sparse_features).squeeze(-1)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert float(got.std()) > 1e-4
+        compact = build_compact(dlrm, cfg, masks)
+        ccfg = compact_config(cfg, masks)
+        prog = CompactPredictor(compact)(batch.dense_features, ids_of(batch.sparse_features, ccfg.feature_names))
+        torch.testing.assert_close(prog.squeeze(-1), got, atol=1e-5, rtol=0)
+
+
+def _kept_labels(spec, masks):
+    """The kept group labels of every set."""
+    return [set(masks.kept_features) | ({"<dense>"} if masks.dense_kept else set()) if gs.kind == "features"
+            else {str(i) for i in masks.layers[gs.name]} for gs in spec.sets]
+
+
+def discover_like(model, spec):
+    from umec_torchrec.umec.groups import discover_groups
+
+    fi = spec.feature_set
+    return discover_groups(model, prune_features=fi is not None, prune_dense=spec.dense_is_group).sets
+
+
+@pytest.mark.parametrize("score", ["centered", "fisher", "holdout"])
+def test_loss_scores_meet_the_budget(score):
+    """Generated data: every score kind runs inside UMEC and the budget holds after finalize."""
+    model, cfg, opt, data = _umec_run("cat", score)
+    masks = opt.finalize()
+    assert opt.resource_fractions(masks)["flops"] <= 0.4 + 1e-6
+    assert opt.penalty_scale is not None
+    if ScoreKind(score).loss_scale:  # one scale for every set
+        assert torch.allclose(opt.penalty_scale, opt.penalty_scale[0].expand_as(opt.penalty_scale))

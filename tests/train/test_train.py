@@ -1,5 +1,5 @@
 """Training library on one process (a 1-rank gloo group). All data is generated
-(planted-signal random tensors, see ``train_helpers``); no real data."""
+(planted-signal random tensors, see ``tests/helpers/data.py``); no real data."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import os
 import pytest
 import torch
 
-from train_helpers import SIZES, SMALL_MODEL, make_bundle, make_data
+from helpers.data import SIZES, SMALL_MODEL, make_bundle, make_data
 from umec_torchrec.distributed import init_distributed
 from umec_torchrec.models import build_model
 from umec_torchrec.runs import Run
+from umec_torchrec.stages import evaluate_run, train_run
 from umec_torchrec.train import (
     LRSchedule,
     TrainConfig,
@@ -29,7 +30,6 @@ from umec_torchrec.train import (
     train_batches,
     train_steps,
 )
-from umec_torchrec.stages import evaluate_run, train_run
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,8 @@ def test_training_learns_the_planted_signal(ctx, emb, dense, sharding):
     """Every optimizer/sharding combination beats chance clearly on generated data."""
     b = make_bundle()
     lr = {"sgd": 0.2}.get(emb, 0.05)
-    tc = TrainConfig(embedding_optimizer=emb, dense_optimizer=dense, emb_lr=lr, dense_lr=0.3 if dense == "sgd" else 0.01,
+    tc = TrainConfig(embedding_optimizer=emb, dense_optimizer=dense, emb_lr=lr,
+                     dense_lr=0.3 if dense == "sgd" else 0.01,
                      batch_size=64, epochs=3, sharding=sharding, log_every=0)
     dmp, opt = build_training(make_model_config(b.train, SMALL_MODEL), tc, ctx)
     if sharding:
@@ -136,9 +137,9 @@ def test_train_steps_calls_transform_and_callback(ctx):
         return batch
 
     out = train_steps(dmp, opt, train_batches(b.train, 50), batch_transform=zero_dense,
-                      on_step=lambda i, l: losses.append((i, l)), progress=False, log_every=0)
+                      on_step=lambda i, loss: losses.append((i, loss)), progress=False, log_every=0)
     assert out["steps"] == 9 and seen == [50] * 9 and [i for i, _ in losses] == list(range(9))
-    assert all(math.isfinite(l) for _, l in losses)
+    assert all(math.isfinite(loss) for _, loss in losses)
     # with the dense input zeroed in evaluation too, dense column 0 carries no signal
     m0 = evaluate(dmp, b.test, 100, ctx, batch_transform=zero_dense)
     m1 = evaluate(dmp, b.test, 100, ctx)

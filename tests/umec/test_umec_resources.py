@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers.data import random_data
 from umec_torchrec.models import MODEL_KINDS, ModelConfig, build_dlrm, build_model
 from umec_torchrec.umec.budgets import Budget, parse_budgets
 from umec_torchrec.umec.groups import discover_groups
 from umec_torchrec.umec.resources import make_resource
-
-from umec_helpers import random_data
 
 
 def measured_flops(cfg: ModelConfig) -> float:
@@ -28,12 +27,15 @@ def measured_flops(cfg: ModelConfig) -> float:
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_flops_model_matches_flop_counter_on_smaller_models(kind):
-    full = ModelConfig(kind, [f"f{i}" for i in range(6)], [30] * 6, 13, 8, [24, 12, 8], [20, 10, 1], dcn_num_layers=2, dcn_low_rank_dim=4)
+    full = ModelConfig(kind, [f"f{i}" for i in range(6)], [30] * 6, 13, 8, [24, 12, 8], [20, 10, 1], dcn_num_layers=2,
+                       dcn_low_rank_dim=4)
     spec = discover_groups(build_model(full))
     flops = make_resource("flops", spec)
     assert flops.dense_value() == measured_flops(full)
-    for kf, b0, b1, t0, t1 in itertools.islice(itertools.product([1, 3, 6], [24, 5], [12, 1], [20, 7], [10, 2]), 0, None, 3):
-        small = ModelConfig(kind, [f"f{i}" for i in range(kf)], [30] * kf, 13, 8, [b0, b1, 8], [t0, t1, 1], dcn_num_layers=2, dcn_low_rank_dim=4)
+    for kf, b0, b1, t0, t1 in itertools.islice(itertools.product([1, 3, 6], [24, 5], [12, 1], [20, 7], [10, 2]), 0,
+                                               None, 3):
+        small = ModelConfig(kind, [f"f{i}" for i in range(kf)], [30] * kf, 13, 8, [b0, b1, 8], [t0, t1, 1],
+                            dcn_num_layers=2, dcn_low_rank_dim=4)
         kept = torch.tensor([[float(kf), b0, b1, t0, t1]])
         assert float(flops(kept, torch.ones(1, 6))[0]) == measured_flops(small), (kf, b0, b1, t0, t1)
 

@@ -53,7 +53,8 @@ def _cmd(argv: list, nproc: int) -> list:
 
 
 def _env() -> dict:
-    return dict(os.environ, GLOO_DEVICE_TRANSPORT="TCP", PATH=os.path.dirname(sys.executable) + ":" + os.environ["PATH"])
+    return dict(os.environ, GLOO_DEVICE_TRANSPORT="TCP",
+                PATH=os.path.dirname(sys.executable) + ":" + os.environ["PATH"])
 
 
 def _run(argv: list, nproc: int = 1) -> subprocess.CompletedProcess:
@@ -233,12 +234,11 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     caught before the checkpoint is written; the previous one is named and kept."""
     import torch
 
+    from helpers.data import SMALL_MODEL, make_bundle
     from umec_torchrec.distributed import session
     from umec_torchrec.train import TrainConfig, build_training, fit, make_model_config
     from umec_torchrec.train.ckpt_manager import CheckpointManager, CheckpointPolicy
     from umec_torchrec.train.guard import NonFiniteError
-    sys.path.insert(0, os.path.dirname(__file__))
-    from train_helpers import SMALL_MODEL, make_bundle
 
     b = make_bundle(1200)
     tc = TrainConfig(batch_size=100, steps=8, log_every=0)
