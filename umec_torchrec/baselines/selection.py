@@ -18,7 +18,8 @@ is at most every budget:
   least relative score per unit of budget violation it removes (UMEC's give-back rule in
   :meth:`UMECOptimizer.finalize`, applied to removal). On a ``cat`` DLRM it removes features
   first (they are the cheapest FLOPs per unit of norm) and narrows single layers to one
-  unit; kept as an option, not used by the benchmark.
+  unit. The one-shot Taylor baseline uses it on loss-scale scores with ``normalize=False``:
+  one global ranking of importance per unit of the budgeted resource.
 
 Both then give back the strongest removed groups while every budget still holds, so the
 result uses the budget to within one group, as :meth:`UMECOptimizer.finalize` does.
@@ -71,7 +72,9 @@ def budget_masks(
             violation removed, ``sigma / (mean(sigma_l) * gain)``; the give-back then restores
             the most score per unit of resource added).
         normalize: divide each set's scores by their mean ``mean(|sigma_l|)`` first (norms of
-            different sets are on different scales).
+            different sets are on different scales). ``False``: the scores are on one scale
+            already (loss-based scores, random scores) and are ranked as they are, with
+            either rule (one global ranking of score per unit of resource with ``"cost"``).
         fill: afterwards give back the strongest removed groups while every budget holds.
 
     Raises:
@@ -93,8 +96,7 @@ def budget_masks(
         if s.numel() != gs.size:
             raise ValueError(f"set {gs.name}: {s.numel()} scores for {gs.size} groups")
     order = SetOrder.of(sc)
-    mean = torch.ones(len(sc), dtype=torch.float64) if normalize else torch.stack(
-        [s.abs().mean().clamp(min=1e-30) for s in sc])
+    mean = torch.ones(len(sc), dtype=torch.float64)  # normalised, or already on one scale
     counts = alloc.remove(torch.zeros(len(sc), dtype=torch.float64), order, rule=rule, mean=mean)
     if fill:
         counts, _ = alloc.give_back(counts, order, mean=mean if rule == "cost" else None)

@@ -33,10 +33,11 @@ costs nothing; where the consumer is not linear in it (the DCN cross net) it is 
 * ``fisher``: :math:`\tfrac12 E_n[t_{ng}^2]` on training batches (group Fisher pruning,
   Liu et al. 2021; first-order Taylor, Molchanov et al. 2019). At a trained model the
   first-order term averages to zero on the training data, leaving the Fisher term;
-* ``holdout``: :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]` on *validation* batches
+* ``holdout``: the log-loss increase of removing each group on *validation* batches
   (:func:`holdout_scores`), clamped at zero: a group that only memorises training labels
-  helps nothing on unseen rows (its ``t`` has no systematic sign, or the sign that says
-  removal helps).
+  helps nothing on unseen rows. Where the gate has a cheap ``downstream`` (the feature
+  gate: only the over arch runs again) the removal is *measured*; elsewhere (hidden units)
+  it is estimated to second order, :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]`.
 
 ``fisher`` and ``holdout`` are in units of log loss for every set, so one budget dual can
 trade a feature against a neuron; the norm-based kinds are rescaled per set by the
@@ -360,3 +361,210 @@ def fold_mean_(consumer: nn.Linear, removed: torch.Tensor, mean: torch.Tensor) -
     sel = removed.to(w.device).to(w.dtype)
     consumer.bias.add_((w * sel[None, :]) @ mean.to(w.device).to(w.dtype))
     w.mul_(1.0 - sel[None, :])
+
+
+# ---------------------------------------------------------------- one-shot scores (baselines)
+# Added for the one-shot baselines of :mod:`umec_torchrec.baselines.loss_scores`: one pass
+# over a split, no UMEC state. Gradients go to the gate tensors only (torch.autograd.grad),
+# so no parameter ``.grad`` is written and no fused table optimizer runs.
+
+def _gate_passes(
+    forward: Callable[[object], torch.Tensor],
+    batches: Iterable[object],
+    labels: Callable[[object], torch.Tensor],
+    gates: Sequence[Optional[Gate]],
+    grads: bool,
+):
+    """Per batch: ``(xs, gs, y)``: every gate's input ``x`` (detached, float, ``[B, C]``),
+    with ``grads`` the per-sample loss gradients ``d l_n / d x_n`` at the gates that need
+    gradient (the summed BCE differentiated to the gate tensors only), and the labels."""
+    captured: Dict[int, torch.Tensor] = {}
+    handles = []
+    for i, gate in enumerate(gates):
+        if gate is not None:
+            def hook(module, args, i=i):
+                if args and isinstance(args[0], torch.Tensor):
+                    captured[i] = args[0]
+            handles.append(gate.module.register_forward_pre_hook(hook))
+    try:
+        for batch in batches:
+            captured.clear()
+            gs: Dict[int, torch.Tensor] = {}
+            with torch.enable_grad() if grads else torch.no_grad():
+                logits = forward(batch).flatten().float()
+                y = labels(batch).flatten().float().to(logits.device)
+                if grads:
+                    idx = [i for i in sorted(captured) if captured[i].requires_grad]
+                    loss = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+                    got = torch.autograd.grad(loss, [captured[i] for i in idx], allow_unused=True) if idx else []
+                    gs = {i: g.detach().float() for i, g in zip(idx, got) if g is not None}
+            yield {i: x.detach().float() for i, x in captured.items()}, gs, y
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _incidence_of(gate: Gate, device: torch.device) -> Optional[torch.Tensor]:
+    return None if gate.incidence is None else gate.incidence.to(device=device, dtype=torch.float64)
+
+
+def fisher_scores(
+    forward: Callable[[object], torch.Tensor],
+    batches: Iterable[object],
+    labels: Callable[[object], torch.Tensor],
+    gates: Sequence[Optional[Gate]],
+    means: Optional[Sequence[Optional[torch.Tensor]]] = None,
+) -> tuple[List[Optional[torch.Tensor]], List[Optional[torch.Tensor]]]:
+    r"""Group Fisher of removal, :math:`\tfrac12 E_n[t_{ng}^2]` (:func:`group_contributions`),
+    over one pass of (training) batches: one-shot Taylor/Fisher pruning (Molchanov et al.
+    2019; Liu et al. 2021), in units of log loss for every gate.
+
+    Without ``means`` the replacement means ``E[x]`` come from the same pass: with
+    ``a = grad @ (M * mu)`` and ``b = (grad * x) @ M`` (``M`` the incidence),
+    ``t = a - b`` and :math:`E[t^2] = \mu^\top E[g g^\top]\mu - 2E[ab] + E[b^2]` per group,
+    so the pass keeps ``E[g g^T]`` (``[C, C]``; its diagonal for identity gates), ``E[g b]``
+    (``[C, G]``) and ``E[b^2]`` (float64), and applies the final mean at the end: the
+    result equals a second pass with the final means. ``Replace.ZERO`` gates use
+    ``t = -b``.
+
+    Args:
+        forward: the model's logits for a batch (put the model in eval mode first).
+        batches: the batches (one pass).
+        labels: a batch's labels (``[B]``).
+        gates: one gate per set (``None``: no score).
+        means: fixed replacement means per gate (``[C]``); default: estimated in the pass.
+
+    Returns:
+        ``(scores, means)``: per gate a ``[G]`` score (``None`` for a ``None`` gate or one
+        the loss does not reach) and the ``[C]`` means used.
+
+    Example::
+
+        (sc,), (mu,) = fisher_scores(lambda b: model(b[0]), batches, lambda b: b[1], [gate])
+    """
+    f64 = torch.float64
+    acc: Dict[int, Dict[str, torch.Tensor]] = {}
+    rows: Dict[int, int] = {}
+    for xs, gs, _ in _gate_passes(forward, batches, labels, gates, grads=True):
+        for i, g in gs.items():
+            gate, x, g = gates[i], xs[i].to(f64), g.to(f64)
+            inc = _incidence_of(gate, x.device)
+            b = g * x if inc is None else (g * x) @ inc  # [B, G]
+            part = {"sx": x.sum(0), "bb": b.pow(2).sum(0)}
+            if gate.replace is Replace.MEAN:
+                part["gg"] = g.pow(2).sum(0) if inc is None else g.t() @ g  # [C] or [C, C]
+                part["gb"] = g * b if inc is None else g.t() @ b  # [B, C] -> summed below / [C, G]
+                if inc is None:
+                    part["gb"] = part["gb"].sum(0)
+            a = acc.setdefault(i, {})
+            for k, v in part.items():
+                a[k] = v if k not in a else a[k] + v
+            rows[i] = rows.get(i, 0) + x.shape[0]
+    scores: List[Optional[torch.Tensor]] = [None] * len(gates)
+    used: List[Optional[torch.Tensor]] = [None] * len(gates)
+    for i, a in acc.items():
+        gate, n = gates[i], float(max(rows[i], 1))
+        mu = a["sx"] / n if means is None or means[i] is None else means[i].to(a["sx"])
+        et2 = a["bb"] / n
+        if gate.replace is Replace.MEAN:
+            inc = _incidence_of(gate, mu.device)
+            if inc is None:
+                ea2, eab = mu.pow(2) * a["gg"] / n, mu * a["gb"] / n
+            else:
+                m = inc * mu[:, None]  # [C, G]
+                ea2, eab = ((a["gg"] @ m) * m).sum(0) / n, (m * a["gb"]).sum(0) / n
+            et2 = ea2 - 2.0 * eab + et2
+        scores[i] = (0.5 * et2).clamp(min=0.0).float()
+        used[i] = mu.float()
+    return scores, used
+
+
+def shark_scores(
+    forward: Callable[[object], torch.Tensor],
+    batches: Iterable[object],
+    labels: Callable[[object], torch.Tensor],
+    gates: Sequence[Optional[Gate]],
+) -> List[Optional[torch.Tensor]]:
+    r"""SHARK-style first-order Taylor importance of zeroing each group:
+    :math:`|E_n[\sum_{c \in g} \partial\ell_n/\partial x_{nc}\, x_{nc}]|` over one pass
+    (Zhang et al. 2023, "SHARK"; at the feature gate of a ``cat`` DLRM the columns of a
+    field are its pooled embedding; with ``dot`` they are the field's pair columns).
+
+    Args / Returns: as :func:`fisher_scores` (no means; one ``[G]`` tensor or ``None`` per gate).
+
+    Example::
+
+        (sc,) = shark_scores(lambda b: model(b[0]), batches, lambda b: b[1], [gate])
+    """
+    sums: Dict[int, torch.Tensor] = {}
+    rows: Dict[int, int] = {}
+    for xs, gs, _ in _gate_passes(forward, batches, labels, gates, grads=True):
+        for i, g in gs.items():
+            t = group_contributions(xs[i].double(), g.double(), _incidence_of(gates[i], g.device), None).sum(0)
+            sums[i] = t if i not in sums else sums[i] + t
+            rows[i] = rows.get(i, 0) + g.shape[0]
+    out: List[Optional[torch.Tensor]] = [None] * len(gates)
+    for i, s in sums.items():
+        out[i] = (s / max(rows[i], 1)).abs().float()
+    return out
+
+
+@torch.no_grad()
+def permutation_scores(
+    forward: Callable[[object], torch.Tensor],
+    batches: Iterable[object],
+    labels: Callable[[object], torch.Tensor],
+    gates: Sequence[Optional[Gate]],
+    seed: int = 0,
+    max_rows: int = 1 << 16,
+) -> List[Optional[torch.Tensor]]:
+    r"""Permutation importance: the mean log-loss increase when one group's gate columns are
+    shuffled across the rows of the batch (one seeded permutation per batch, the same for
+    every group), measured through the gate's ``downstream`` (Breiman 2001; ShuffleGate).
+    Unlike mean replacement it keeps the group's marginal distribution. Gates without a
+    ``downstream`` are not scored (``None``). Not clamped: a negative score says the
+    shuffled group helped.
+
+    Args:
+        forward / batches / labels / gates: as :func:`holdout_scores` (held-out batches).
+        seed: seeds the permutations.
+        max_rows: rows the downstream part runs on at a time (``G x B`` in all).
+
+    Returns:
+        one ``[G]`` tensor per gate with a downstream, else ``None``.
+
+    Example::
+
+        (sc,) = permutation_scores(lambda b: model(b[0]), valid, lambda b: b[1], [gate], seed=3)
+    """
+    bce = nn.functional.binary_cross_entropy_with_logits
+    gen = torch.Generator().manual_seed(seed)
+    sums: Dict[int, torch.Tensor] = {}
+    rows = 0
+    for xs, _, y in _gate_passes(forward, batches, labels, gates, grads=False):
+        perm = torch.randperm(y.numel(), generator=gen).to(y.device)
+        for i, x in xs.items():
+            gate = gates[i]
+            if gate.downstream is None:
+                continue
+            inc = torch.eye(x.shape[1], device=x.device) if gate.incidence is None else gate.incidence.to(x.device)
+            G = inc.shape[1]
+            base = bce(gate.downstream(x).flatten().float(), y, reduction="sum")
+            shuffled = x[perm]
+            per = max(1, max_rows // max(1, x.shape[0]))
+            parts = []
+            for start in range(0, G, per):  # chunks of groups, each one downstream call
+                hit = inc[:, start:start + per].t() > 0  # [k, C]
+                xv = torch.where(hit[:, None, :], shuffled[None], x[None])
+                logits = gate.downstream(xv.flatten(0, 1)).float().view(hit.shape[0], -1)
+                parts.append(bce(logits, y[None, :].expand_as(logits), reduction="none").sum(1) - base)
+            s = torch.cat(parts).double()
+            sums[i] = s if i not in sums else sums[i] + s
+        rows += y.numel()
+    out: List[Optional[torch.Tensor]] = [None] * len(gates)
+    for i, s in sums.items():
+        out[i] = (s / max(rows, 1)).float()
+    return out
+
+
+__all__ += ["fisher_scores", "shark_scores", "permutation_scores"]

@@ -103,9 +103,10 @@ class UMECConfig:
             (the paper's squared norm), ``"activation"`` (feature columns weighted by
             ``E[x^2]`` of their input), ``"centered"`` (weighted by ``Var[x]``), ``"fisher"``
             (group Fisher of mean replacement on training batches) or ``"holdout"`` (the
-            log-loss increase of each removal on validation batches: needs
-            :meth:`UMECOptimizer.attach_holdout`). With ``centered``, ``fisher`` and ``holdout``
-            a pruned group is replaced by its mean, folded into the consumer's bias.
+            log-loss increase of each removal on validation batches, measured for the features
+            and estimated to second order for units: needs :meth:`UMECOptimizer.attach_holdout`).
+            With ``centered``, ``fisher`` and ``holdout`` a pruned group is replaced by its
+            mean, folded into the consumer's bias.
         holdout_every: UMEC steps between refreshes of the ``holdout`` scores.
     """
 

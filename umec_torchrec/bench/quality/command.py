@@ -78,6 +78,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--valid-fraction", type=float, default=d.valid_fraction,
                    help="validation share; what UMEC chooses is chosen there (default %(default)s)")
+    p.add_argument("--retrain-from-scratch", action="store_true", default=d.retrain_from_scratch,
+                   help="ERASE protocol: after selection every method retrains the kept architecture from the "
+                        "dense model's seeded init for the dense epochs, instead of fine-tuning its weights")
     p.add_argument("--out", default="bench-quality", help="output directory (default %(default)s)")
     add_common_args(p)
     p.set_defaults(func=cmd_bench_quality)
@@ -95,7 +98,8 @@ def config_from_args(args: argparse.Namespace) -> QualityConfig:
         finetune_epochs=args.finetune_epochs, emb_lr=args.emb_lr, dense_lr=args.dense_lr,
         post_lr_factor=args.post_lr_factor, umec=dataclasses.asdict(umec_config_from_args(args)),
         auto_scores=list(args.auto_scores), lasso_lam=args.lasso_lam, min_count=args.min_count,
-        test_fraction=args.test_fraction, valid_fraction=args.valid_fraction)
+        test_fraction=args.test_fraction, valid_fraction=args.valid_fraction,
+        retrain_from_scratch=args.retrain_from_scratch)
 
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:

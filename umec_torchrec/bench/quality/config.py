@@ -45,6 +45,10 @@ class QualityConfig:
         lasso_lam: group-lasso strength (scale-free, see :mod:`umec_torchrec.baselines.group_lasso`).
         min_count / test_fraction / valid_fraction: data options (defaults of
             :class:`~umec_torchrec.data.options.DataOptions` for the validation share).
+        retrain_from_scratch: the ERASE protocol: after selection every method retrains
+            the kept architecture from a fresh seeded init (the dense model's init and
+            training config, masks fixed) for ``dense_epochs`` instead of fine-tuning from
+            its compressed weights.
 
     Example::
 
@@ -76,6 +80,7 @@ class QualityConfig:
     test_fraction: float = 0.23
     valid_fraction: float = field(default_factory=lambda: float(getattr(DataOptions(), "valid_fraction", 0.1)))
     eval_batch_size: int = 4096
+    retrain_from_scratch: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad setting."""

@@ -1,12 +1,13 @@
 """:class:`SeedContext`: what every method of one seed shares (data, dense checkpoint, the
-post-dense training configs), the masked fine-tuning and the result row."""
+post-dense training configs), the masked fine-tuning (or, with ``retrain_from_scratch``, the
+retraining of the kept architecture from a fresh init) and the result row."""
 
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,7 +23,7 @@ from umec_torchrec.umec.groups import discover_groups
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
 
-__all__ = ["MethodResult", "SeedContext", "finetune", "load_bench_data", "make_row"]
+__all__ = ["MethodResult", "SeedContext", "Trained", "finetune", "load_bench_data", "make_row"]
 
 
 def load_bench_data(spec: str, options: Any):
@@ -154,16 +155,38 @@ class SeedContext:
         return list(seen.items())
 
 
-def finetune(s: SeedContext, dmp, opt, masks: PruningMasks, phases: Sequence[Tuple[int, int]]) -> Tuple[MaskedOptimizer,
-                                                                                                        int]:
-    """Train ``dmp`` with ``masks`` fixed for ``phases`` = ``[(phase, epochs), ...]``."""
+class Trained(NamedTuple):
+    """What :func:`finetune` returns: the trained model, its masked optimizer, the steps."""
+
+    dmp: Any
+    opt: MaskedOptimizer
+    steps: int
+
+
+def finetune(s: SeedContext, dmp, opt, masks: PruningMasks, phases: Sequence[Tuple[int, int]]) -> Trained:
+    """Train ``dmp`` with ``masks`` fixed for ``phases`` = ``[(phase, epochs), ...]`` (the
+    post-dense configs :meth:`SeedContext.post_tc`).
+
+    With ``cfg.retrain_from_scratch`` (the ERASE protocol; every method goes through here)
+    ``dmp``, ``opt`` and ``phases`` are not used: a fresh model from the dense model's
+    seeded init is trained with ``masks`` fixed under the dense model's training config
+    (``dense_epochs``, the dense rates), and returned in their place.
+
+    Example::
+
+        dmp, mopt, steps = finetune(s, dmp, opt, masks, [(2, s.cfg.finetune_epochs)])
+    """
+    if s.cfg.retrain_from_scratch:
+        dmp, opt = build_training(s.model_cfg, s.dense_tc, s.ctx)
+        configs = [s.dense_tc]
+    else:
+        configs = [s.post_tc(phase, epochs) for phase, epochs in phases]
     mopt = MaskedOptimizer(opt, dmp, masks)
     steps = 0
-    for phase, epochs in phases:
-        st = fit(dmp, mopt, s.train, s.post_tc(phase, epochs), s.ctx, progress=False,
-                 batch_transform=mopt.feature_mask)
+    for tc in configs:
+        st = fit(dmp, mopt, s.train, tc, s.ctx, progress=False, batch_transform=mopt.feature_mask)
         steps += int(st["steps"])
-    return mopt, steps
+    return Trained(dmp, mopt, steps)
 
 
 def make_row(method: str, budget: float, s: SeedContext, m: Dict[str, float], spec, masks: PruningMasks, steps: int,

@@ -18,7 +18,20 @@ method                    after the dense model
 ``magnitude``             one-shot: least-norm groups to budget, then ``C + F`` fine-tune
 ``random``                one-shot: random groups to budget, then ``C + F`` fine-tune
 ``uniform``               one-shot: every layer narrowed by one factor, then ``C + F`` fine-tune
+``taylor``                one-shot: group Fisher of mean replacement (one training pass, every
+                          set, one loss scale), removed by least Fisher per unit of the budgeted
+                          resource (one global ranking), means folded into the biases, ``C + F``
+``permutation``           one-shot: features by the validation log-loss increase when a
+                          feature's columns are shuffled across the batch; units (joint mode)
+                          by weight norm; ``C + F`` fine-tune
+``shark``                 one-shot: features by SHARK's first-order Taylor ``|E[g . x]|`` of the
+                          pooled embedding (one training pass); units by weight norm; ``C + F``
 ========================  ===============================================================
+
+With ``retrain_from_scratch`` (``--retrain-from-scratch``, the ERASE protocol) every method's
+training after its selection is replaced by :func:`~umec_torchrec.bench.quality.context.finetune`'s
+retraining of the kept architecture from the dense model's seeded init for the dense epochs.
+The score passes of ``taylor`` / ``shark`` / ``permutation`` are not training (no step is taken).
 
 Adding a method::
 
@@ -27,7 +40,7 @@ Adding a method::
         dmp, opt = s.load_dense()
         spec = s.spec(dmp)
         masks = budget_masks(spec, budgets, my_scores(spec))
-        mopt, n = finetune(s, dmp, opt, masks, [(1, s.cfg.compress_epochs), (2, s.cfg.finetune_epochs)])
+        dmp, mopt, n = finetune(s, dmp, opt, masks, [(1, s.cfg.compress_epochs), (2, s.cfg.finetune_epochs)])
         return MethodResult(dmp, mopt, spec, masks, n)
 """
 
@@ -35,7 +48,17 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List
 
-from umec_torchrec.baselines import GroupLassoOptimizer, budget_masks, random_scores, uniform_width_masks, weight_scores
+from umec_torchrec.baselines import (
+    GroupLassoOptimizer,
+    budget_masks,
+    fold_pruned_means_,
+    permutation_field_scores,
+    random_scores,
+    shark_field_scores,
+    taylor_scores,
+    uniform_width_masks,
+    weight_scores,
+)
 from umec_torchrec.bench.quality.context import MethodResult, SeedContext, finetune
 from umec_torchrec.stages.compress import attach_validation
 from umec_torchrec.train.fit import fit
@@ -69,7 +92,7 @@ def get_method(name: str) -> MethodFn:
 
 def _one_shot(s: SeedContext, dmp, opt, spec, masks, extra=None) -> MethodResult:
     """Fine-tune ``masks`` on the dense weights for ``C + F`` epochs."""
-    mopt, n = finetune(s, dmp, opt, masks, [(1, s.cfg.compress_epochs), (2, s.cfg.finetune_epochs)])
+    dmp, mopt, n = finetune(s, dmp, opt, masks, [(1, s.cfg.compress_epochs), (2, s.cfg.finetune_epochs)])
     return MethodResult(dmp, mopt, spec, masks, n, extra or {})
 
 
@@ -93,7 +116,7 @@ def _umec_search(s: SeedContext, budgets: List[str], umec_cfg: UMECConfig):
 
 def _umec_continue(s: SeedContext, budgets: List[str], umec_cfg: UMECConfig) -> MethodResult:
     dmp, opt, spec, masks, steps, extra = _umec_search(s, budgets, umec_cfg)
-    mopt, n = finetune(s, dmp, opt, masks, [(2, s.cfg.finetune_epochs)])
+    dmp, mopt, n = finetune(s, dmp, opt, masks, [(2, s.cfg.finetune_epochs)])
     return MethodResult(dmp, mopt, spec, masks, steps + n, extra)
 
 
@@ -159,7 +182,7 @@ def group_lasso(s: SeedContext, budgets: List[str], budget: float) -> MethodResu
     extra = {"zero_groups": gl.sparsity()}
     s.log(f"    group lasso: share of exactly-zero groups per set {extra['zero_groups']}")
     masks = budget_masks(spec, budgets, weight_scores(spec))
-    mopt, n = finetune(s, dmp, opt, masks, [(2, s.cfg.finetune_epochs)])
+    dmp, mopt, n = finetune(s, dmp, opt, masks, [(2, s.cfg.finetune_epochs)])
     return MethodResult(dmp, mopt, spec, masks, int(st["steps"]) + n, extra)
 
 
@@ -170,3 +193,42 @@ def random(s: SeedContext, budgets: List[str], budget: float) -> MethodResult:
     spec = s.spec(dmp)
     masks = budget_masks(spec, budgets, random_scores(spec, 7919 * s.seed + int(round(1e4 * budget))), normalize=False)
     return _one_shot(s, dmp, opt, spec, masks)
+
+
+@register_method("taylor")
+def taylor(s: SeedContext, budgets: List[str], budget: float) -> MethodResult:
+    """One-shot Taylor/Fisher pruning: the group Fisher of mean replacement of every set over
+    one pass of the training split (log-loss units, no per-set rescaling), groups removed by
+    least Fisher per unit of the budgeted resource (``rule="cost"``), the removed groups'
+    means folded into the consuming biases, then ``C + F`` fine-tune."""
+    dmp, opt = s.load_dense()
+    spec = s.spec(dmp)
+    scores, means = taylor_scores(dmp, spec, s.train, s.cfg.eval_batch_size)
+    masks = budget_masks(spec, budgets, scores, rule="cost", normalize=False)
+    fold_pruned_means_(spec, masks, means)
+    return _one_shot(s, dmp, opt, spec, masks)
+
+
+@register_method("permutation")
+def permutation(s: SeedContext, budgets: List[str], budget: float) -> MethodResult:
+    """Features ranked by permutation importance on the *validation* split (the log-loss
+    increase when a feature's gate columns are shuffled across the batch, seeded by the
+    seed); in joint mode the hidden-unit sets keep their magnitude scores (each set's
+    scores normalised by its mean, as ``magnitude``); then ``C + F`` fine-tune."""
+    if s.valid is None:
+        raise ValueError("permutation scores on the validation split; set valid_fraction > 0")
+    dmp, opt = s.load_dense()
+    spec = s.spec(dmp)
+    scores = permutation_field_scores(dmp, spec, s.valid, s.cfg.eval_batch_size, seed=7919 * s.seed + 1)
+    return _one_shot(s, dmp, opt, spec, budget_masks(spec, budgets, scores))
+
+
+@register_method("shark")
+def shark(s: SeedContext, budgets: List[str], budget: float) -> MethodResult:
+    """Features ranked by SHARK's first-order Taylor importance on the training split
+    (``|E_n[sum_c g_nc x_nc]|`` over the feature's gate columns, zero replacement); in joint
+    mode the hidden-unit sets keep their magnitude scores; then ``C + F`` fine-tune."""
+    dmp, opt = s.load_dense()
+    spec = s.spec(dmp)
+    scores = shark_field_scores(dmp, spec, s.train, s.cfg.eval_batch_size)
+    return _one_shot(s, dmp, opt, spec, budget_masks(spec, budgets, scores))
