@@ -145,9 +145,23 @@ def test_permutation_signal_above_noise_constant_exactly_zero(trained):
 
 
 def test_shark_signal_above_noise_and_matches_its_definition(trained):
-    model, train, _ = trained
+    """SHARK is a first-order score: on the training data of a model at a stationary point
+    (the full-batch fixture) every field's ``E[g . x]`` vanishes; part-way through training
+    (as SHARK is used) the signal field stands out."""
+    converged, train, _ = trained
+    at_rest, _ = shark_scores(lambda b: converged(b[0]), train, lambda b: b[1], _gates(converged))
+    assert float(at_rest.max()) < 1e-4
+    torch.manual_seed(0)
+    model = FieldModel([4, 4, 1])
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for ids, y in train * 3:  # 18 minibatch steps
+        opt.zero_grad()
+        nn.functional.binary_cross_entropy_with_logits(model(ids), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
     feat, units = shark_scores(lambda b: model(b[0]), train, lambda b: b[1], _gates(model))
-    assert feat[SIGNAL] > 5 * feat[NOISE]
+    assert feat[SIGNAL] > 3 * feat[NOISE]
+    assert feat[SIGNAL] > 1e-3
     ids = torch.cat([b[0] for b in train])
     y = torch.cat([b[1] for b in train])
     x = model.gate_input(ids).detach().requires_grad_(True)
@@ -182,10 +196,13 @@ def test_dlrm_scores_have_the_spec_shapes_meet_budgets_and_write_no_grad(feature
             torch.testing.assert_close(perm[i], w[i].cpu())
             torch.testing.assert_close(shark[i], w[i].cpu())
     assert float(sc[0].sum()) > 0
-    b = ["flops=0.4"]
+    cap = 0.7 if features_only else 0.4  # features only: the dense path alone costs 0.6
+    b = [f"flops={cap}"]
     for scores, kw in ((sc, {"rule": "cost", "normalize": False}), (perm, {}), (shark, {})):
         m = budget_masks(spec, b, scores, **kw)
-        assert fractions_of_masks(spec, m, b)[0] <= 0.4 + 1e-9
+        assert fractions_of_masks(spec, m, b)[0] <= cap + 1e-9
+        if features_only:
+            assert len(m.kept_features) < spec.sets[0].size
 
 
 def test_cost_rule_without_normalising_ranks_all_sets_on_one_scale():

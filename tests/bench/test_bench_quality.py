@@ -78,6 +78,53 @@ def test_features_only_mode_skips_uniform_and_keeps_every_unit(tmp_path):
             assert int(r["n_kept_features"]) < 5
 
 
+SMALL = ["--bottom", "16,8", "--embedding-dim", "8", "--top", "16,8,1", "--batch-size", "64", "--min-count", "1",
+         "--no-progress", "--seeds", "1"]
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_loss_based_baselines_run_end_to_end_and_meet_the_budget(tmp_path, features_only):
+    """Generated data: taylor, permutation and shark run in both modes and meet the budget."""
+    out = tmp_path / "l"
+    budget = 0.8 if features_only else 0.3
+    rc = main(["bench", "quality", "--data", TINY, "--budgets", str(budget), "--methods", "taylor,permutation,shark",
+               "--out", str(out)] + SMALL + (["--features-only"] if features_only else []))
+    assert rc == 0
+    rows = [r for r in _read_csv(out / "quality.csv") if r["method"] not in ("dense", "dense_ft")]
+    assert sorted(r["method"] for r in rows) == ["permutation", "shark", "taylor"]
+    for r in rows:
+        assert float(r["flops_fraction"]) <= budget + 1e-6
+        assert math.isfinite(float(r["auc"]))
+        if features_only:
+            assert int(r["n_kept_features"]) < 5 and r["kept_units"] == ""
+
+
+def test_retrain_from_scratch_trains_the_kept_architecture_from_the_dense_init(tmp_path):
+    """Generated data: with --retrain-from-scratch the same masks (magnitude's, chosen on the
+    dense model) are trained from the dense model's init for the dense epochs: other
+    weights, other AUC, as many steps as the dense model."""
+    rows = {}
+    for flag in ([], ["--retrain-from-scratch"]):
+        out = tmp_path / ("s" if flag else "f")
+        assert main(["bench", "quality", "--data", TINY, "--budgets", "0.3", "--methods", "magnitude,umec",
+                     "--out", str(out)] + SMALL + flag) == 0
+        rows[bool(flag)] = {r["method"]: r for r in _read_csv(out / "quality.csv")}
+    ft, sc = rows[False], rows[True]
+    assert ft["magnitude"]["kept_units"] == sc["magnitude"]["kept_units"]  # same selection
+    assert ft["magnitude"]["kept_features"] == sc["magnitude"]["kept_features"]
+    assert ft["magnitude"]["log_loss"] != sc["magnitude"]["log_loss"]
+    assert int(sc["magnitude"]["train_steps"]) == int(sc["dense"]["train_steps"])
+    assert int(ft["magnitude"]["train_steps"]) == 2 * int(ft["dense"]["train_steps"])  # C + F = 2 epochs
+    assert float(sc["umec"]["flops_fraction"]) <= 0.3 + 1e-6
+    assert ft["dense"]["auc"] == sc["dense"]["auc"]  # the dense model is not affected
+    from umec_torchrec.bench.quality.command import config_from_args
+    from umec_torchrec.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "quality", "--retrain-from-scratch"])
+    assert config_from_args(args).retrain_from_scratch is True
+    assert QualityConfig().retrain_from_scratch is False
+
+
 def test_bench_quality_rejects_unknown_methods_and_bad_budgets(capsys):
     assert main(["bench", "quality", "--budgets", "0.5,1.5", "--data", TINY, "--out", "/nonexistent/x"]) == 2
     assert "budget 1.5" in capsys.readouterr().err

@@ -488,7 +488,9 @@ def shark_scores(
     r"""SHARK-style first-order Taylor importance of zeroing each group:
     :math:`|E_n[\sum_{c \in g} \partial\ell_n/\partial x_{nc}\, x_{nc}]|` over one pass
     (Zhang et al. 2023, "SHARK"; at the feature gate of a ``cat`` DLRM the columns of a
-    field are its pooled embedding; with ``dot`` they are the field's pair columns).
+    field are its pooled embedding; with ``dot`` they are the field's pair columns). A
+    first-order score: at a stationary point of the loss on the batches scored (a model
+    trained to convergence, scored on its training data) it vanishes for every group.
 
     Args / Returns: as :func:`fisher_scores` (no means; one ``[G]`` tensor or ``None`` per gate).
 
