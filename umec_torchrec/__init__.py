@@ -8,7 +8,7 @@ Example::
 
     from umec_torchrec import UMECConfig, UMECOptimizer, discover_groups, export_model
 
-    umec = UMECOptimizer(optimizer, dmp, ["flops=0.3"], UMECConfig())
+    umec = UMECOptimizer(optimizer, dmp, ["flops=0.3"], UMECConfig(), holdout=lambda: valid.batches(4096))
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def test_known_answer_keeps_signal_drops_noise(synthetic, kind):
     flops = make_resource("flops", spec)
     n_signal = len(synthetic.info["signal_features"])
     budget = float(flops(torch.tensor([[float(n_signal)]]), None)[0]) / flops.dense_value()
-    umec = UMECOptimizer(opt, model, [f"flops={budget + 1e-6:.8f}"], groups=spec)
+    umec = UMECOptimizer(opt, model, [f"flops={budget + 1e-6:.8f}"], groups=spec,
+                         holdout=lambda: synthetic.valid.batches(1024))
     train(model, umec, tr, epochs=2, epoch0=10, mask=umec.feature_mask)
     masks = umec.finalize()
     signal = set(synthetic.info["signal_features"])
@@ -59,13 +60,20 @@ def test_known_answer_keeps_signal_drops_noise(synthetic, kind):
     assert umec.resource_fractions()["flops"] <= budget + 1e-6
 
 
+def _valid(features: int):
+    """Validation batches for the default (holdout) score: another draw of the same generator."""
+    valid = random_data(n=256, features=features, seed=99)
+    return lambda: valid.batches(128)
+
+
 def test_lookup_bytes_budget_limits_the_kept_features():
     """Generated data, 6 features of equal width: a lookup_bytes budget of 0.5 leaves at most
     3 features (one looked-up row each), whatever their table sizes, and the flops budget
     beside it holds too."""
     data = random_data(n=512, features=6)
     model, _ = small_model("cat", data)
-    umec = UMECOptimizer(torch.optim.Adagrad(model.parameters(), lr=0.05), model, ["lookup_bytes=0.5", "flops=0.6"])
+    umec = UMECOptimizer(torch.optim.Adagrad(model.parameters(), lr=0.05), model, ["lookup_bytes=0.5", "flops=0.6"],
+                         holdout=_valid(6))
     train(model, umec, data, epochs=3, batch_size=64, mask=None)
     masks = umec.finalize()
     fr = umec.resource_fractions()
@@ -79,16 +87,17 @@ def test_every_budget_met_within_one_group():
     data = random_data(n=512, features=6)
     model, _ = small_model("dot", data)
     umec = UMECOptimizer(torch.optim.Adagrad(model.parameters(), lr=0.05), model,
-                         ["flops=0.35", "embedding_bytes=0.5"])
+                         ["flops=0.35", "embedding_bytes=0.5"], holdout=_valid(6))
     train(model, umec, data, epochs=3, batch_size=64, mask=None)
     masks = umec.finalize()
     fr = umec.resource_fractions()
     assert fr["flops"] <= 0.35 + 1e-9 and fr["embedding_bytes"] <= 0.5 + 1e-9
-    # within one group: un-pruning any pruned group violates a budget
+    # within one group: un-pruning any pruned group whose removal costs (score > 0) violates a budget
     c = umec.s.clone()
-    ev = umec.allocator.neighbours(c, umec.group_order(), delta=-1.0)
+    order = umec.group_order()
+    ev = umec.allocator.neighbours(c, order, delta=-1.0)
     can_restore = (c > 0) & (ev[1:] <= umec.allocator.limits[None, :] + 1e-9).all(dim=1)
-    assert not bool(can_restore.any())
+    assert not bool((can_restore & (order.score_at(c, -1) > 0)).any())
     assert umec.budget_fractions == pytest.approx([0.35, 0.5])
     # pruned weights stay exactly zero under further training, pruned ids are dropped
     keep = umec.keep_multipliers
@@ -106,7 +115,7 @@ def _fresh(seed=0):
     data = random_data(n=384, features=5)
     model, _ = small_model("cat", data, seed=seed)
     opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
-    return data, model, UMECOptimizer(opt, model, ["flops=0.3"], UMECConfig(check_every=0))
+    return data, model, UMECOptimizer(opt, model, ["flops=0.3"], UMECConfig(check_every=0), holdout=_valid(5))
 
 
 def test_resume_from_mid_run_state_gives_identical_masks():

@@ -52,20 +52,28 @@ def run_overhead_bench(
     mcfg = kaggle_model_config(kind, table_sizes=sizes)
     tcfg = TrainConfig(batch_size=batch_size, log_every=0)
     dmp, opt = build_training(mcfg, tcfg, ctx, tables_on_meta=True)
-    umec = UMECOptimizer(opt, dmp, budgets or ["flops=0.3", "embedding_bytes=0.5"], UMECConfig(check_every=0))
     pool = [b.to(ctx.device) for b in random_batches(sizes, mcfg.dense_in_features, batch_size // ctx.world_size, 4,
                                                      99 + ctx.rank)]
+    # the default (holdout) score re-scores on validation batches every holdout_every UMEC steps:
+    # two batches here, their cost is in ratio_total (the medians skip those steps)
+    umec = UMECOptimizer(opt, dmp, budgets or ["flops=0.3", "embedding_bytes=0.5"], UMECConfig(check_every=0),
+                         holdout=lambda: pool[:2])
 
     def sync() -> None:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def hooks(on: bool) -> None:  # the statistics hooks belong to the UMEC arm only
+        for h in (umec.stats, umec.importance):
+            if h is not None:
+                h.enabled = on
+
     def plain(b):
-        umec.stats and setattr(umec.stats, "enabled", False)
+        hooks(False)
         return _step(dmp, opt, b, sync)
 
     def wrapped(b):
-        umec.stats and setattr(umec.stats, "enabled", True)
+        hooks(True)
         return _step(dmp, umec, umec.feature_mask(b), sync)
 
     for i in range(2):  # warm-up both arms

@@ -82,7 +82,7 @@ def scaling_worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
         local = cfg["batch_size"] // ctx.world_size
         pool = [b.to(ctx.device) for b in random_batches(sizes, mcfg.dense_in_features, local, 4, 1234 + ctx.rank)]
         plain_s = _timed(dmp, opt, pool, cfg["steps"], cfg["warmup"])
-        umec = UMECOptimizer(opt, dmp, cfg["budgets"], UMECConfig(check_every=10))
+        umec = UMECOptimizer(opt, dmp, cfg["budgets"], UMECConfig(check_every=10), holdout=lambda: pool[:1])
         umec_s = _timed(dmp, umec, pool, cfg["steps"], cfg["warmup"], mask=umec.feature_mask)
         umec.check_consistency()
         return {"plain_s": plain_s, "umec_s": umec_s, "build_s": build_s, "device": str(ctx.device)}

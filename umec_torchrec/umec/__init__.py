@@ -2,7 +2,8 @@
 
 Typical use inside a training loop::
 
-    umec = UMECOptimizer(optimizer, model, ["flops=0.3", "embedding_bytes=0.5"])
+    umec = UMECOptimizer(optimizer, model, ["flops=0.3", "embedding_bytes=0.5"],
+                         holdout=lambda: valid.batches(4096))  # validation batches for the scores
     loss, _ = model(umec.feature_mask(batch)); loss.backward(); umec.step(); umec.zero_grad()
     masks = umec.finalize()
 """

@@ -99,7 +99,9 @@ class UMECConfig:
             eta_1 is the default.
         warmup_steps: wrapped-optimizer steps before the UMEC step starts.
         check_every: steps between cross-rank consistency checks (0 disables).
-        score: how groups are ranked, a :class:`~.importance.ScoreKind` value: ``"weight"``
+        score: how groups are ranked, a :class:`~.importance.ScoreKind` value (default
+            ``"holdout"``, chosen on the validation splits of the quality suite, see the
+            README): ``"weight"``
             (the paper's squared norm), ``"activation"`` (feature columns weighted by
             ``E[x^2]`` of their input), ``"centered"`` (weighted by ``Var[x]``), ``"fisher"``
             (group Fisher of mean replacement on training batches) or ``"holdout"`` (the
@@ -116,7 +118,7 @@ class UMECConfig:
     prox_lr: Optional[float] = 0.1
     warmup_steps: int = 0
     check_every: int = 100
-    score: str = "activation"
+    score: str = "holdout"
     holdout_every: int = 25
 
 
@@ -155,10 +157,13 @@ class UMECOptimizer(OptimizerWrapper):
         config: hyper-parameters.
         groups: the groups; by default discovered from ``model``
             (:func:`~umec_torchrec.umec.groups.discover_groups`).
+        holdout: returns a fresh iterable of this rank's validation batches, for the default
+            ``holdout`` score (see :meth:`attach_holdout`).
 
     Example::
 
-        opt = UMECOptimizer(CombinedOptimizer([dmp.fused_optimizer, dense]), dmp, ["flops=0.3"])
+        opt = UMECOptimizer(CombinedOptimizer([dmp.fused_optimizer, dense]), dmp, ["flops=0.3"],
+                            holdout=lambda: valid.batches(4096))
         for batch in batches:
             loss, _ = dmp(opt.feature_mask(batch))
             loss.backward()
@@ -174,6 +179,7 @@ class UMECOptimizer(OptimizerWrapper):
         budgets: Sequence[Union[str, Budget]],
         config: Optional[UMECConfig] = None,
         groups: Optional[GroupSpec] = None,
+        holdout: Optional[Callable[[], Iterable[Any]]] = None,
     ) -> None:
         if not isinstance(optimizer, KeyedOptimizer):
             optimizer = _TorchOptimizerAdapter(optimizer, model)
@@ -224,6 +230,8 @@ class UMECOptimizer(OptimizerWrapper):
         )
         self._holdout: Optional[Tuple[Callable[[], Iterable[Any]], Callable[[Any], torch.Tensor]]] = None
         self._holdout_scores: Optional[List[torch.Tensor]] = None
+        if holdout is not None:
+            self.attach_holdout(holdout)
 
     # ------------------------------------------------------------------ read-only views
     @property
@@ -309,8 +317,9 @@ class UMECOptimizer(OptimizerWrapper):
     def _refresh_holdout(self) -> None:
         """Recompute the ``holdout`` scores (summed over ranks' shares, identical on every rank)."""
         if self._holdout is None:
-            raise ValueError("score='holdout' needs validation batches: call UMECOptimizer.attach_holdout(...) "
-                             "(umec compress passes the run's validation split)")
+            raise ValueError("score='holdout' (the default) needs validation batches: pass "
+                             "UMECOptimizer(..., holdout=lambda: valid_batches) or call attach_holdout(...), "
+                             "or choose a training-batch score (UMECConfig(score='fisher'))")
         batches, forward = self._holdout
         stats = self.importance.synced() if self.importance is not None else []
         gates = [gs.gate for gs in self.spec.sets]
@@ -353,7 +362,7 @@ class UMECOptimizer(OptimizerWrapper):
     def _penalty_unit(self, scores: List[torch.Tensor]) -> torch.Tensor:
         """``[S]`` unit of each set's penalty: its total score for the norm-based kinds; the
         total over all sets for the loss-scale kinds, so that sets trade on one scale."""
-        tot = torch.stack([sc.sum() for sc in scores])
+        tot = torch.stack([sc.abs().sum() for sc in scores])  # holdout scores may be negative
         if self.score_kind.loss_scale:
             tot = tot.sum().expand_as(tot).clone()
         return tot.clamp(min=1e-12)
@@ -463,9 +472,9 @@ class UMECOptimizer(OptimizerWrapper):
         scores = self._scores()
         order = SetOrder.of(scores)
         c = self._ceil_s(self.s)
-        mean_score = torch.stack([sc.mean().clamp(min=1e-30) for sc in scores])
+        mean_score = torch.stack([sc.abs().mean().clamp(min=1e-30) for sc in scores])
         if self.score_kind.loss_scale:  # one scale for every set: the mean over all groups
-            mean_score = (torch.cat(scores).mean().clamp(min=1e-30)).expand_as(mean_score).clone()
+            mean_score = (torch.cat(scores).abs().mean().clamp(min=1e-30)).expand_as(mean_score).clone()
         repaired = self._alloc.repair(c, order)
         self.repair_groups = int((repaired - c).sum())
         c, self.restored_groups = self._alloc.give_back(repaired, order, mean=mean_score)
@@ -511,13 +520,17 @@ class UMECOptimizer(OptimizerWrapper):
         return torch.cat([self.s, self.y, self.z, steps]).double()
 
     def check_consistency(self, group: Optional[dist.ProcessGroup] = None) -> None:
-        """All-gather the UMEC state and fail loudly if ranks disagree (one collective)."""
+        """All-gather the UMEC state and a fingerprint of the dense weights; fail loudly if ranks
+        disagree (one collective)."""
         if not (dist.is_available() and dist.is_initialized()):
             return
         world = dist.get_world_size(group)
         if world == 1:
             return
-        v = self.state_vector()
+        # the state, plus one fingerprint of the replicated dense weights the groups live in:
+        # scores synced over ranks (statistics, held-out losses) would hide diverged weights
+        fingerprint = torch.stack([p.detach().double().pow(2).sum() for p, _ in self._slots.values()]).sum()
+        v = torch.cat([self.state_vector(), fingerprint.to(self.s.device)[None]])
         if dist.get_backend(group) == "nccl" and v.device.type != "cuda":
             v = v.cuda()
         gathered = [torch.empty_like(v) for _ in range(world)]

@@ -46,6 +46,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", action="store_true", help="run the fixed quality suite (real and generated data) "
                                                          "into --out/suite.md; the other data flags are ignored")
     p.add_argument("--quick", action="store_true", help="with --suite: the CI-sized subset on generated data")
+    p.add_argument("--select-scores", action="store_true",
+                   help="with --suite: compare UMEC's score kinds on the validation split (umec_auto over every "
+                        "kind) and write --out/selection.md; how the default score is chosen")
     p.add_argument("--data-root", default="../shared/data",
                    help="with --suite: folder of the real data files (missing: those items are skipped)")
     p.add_argument("--data", default=d.data, metavar="SPEC", help="data spec (default %(default)s)")
@@ -108,13 +111,14 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     def log(m: str) -> None:
         print(m, flush=True)
 
-    if args.quick and not args.suite:
-        raise ValueError("--quick selects the suite's CI subset; use it with --suite")
+    if (args.quick or args.select_scores) and not args.suite:
+        raise ValueError("--quick and --select-scores go with --suite")
     with session(args.backend) as ctx:
         if args.suite:
             from umec_torchrec.bench.quality.suite import run_suite
 
-            run_suite(args.out, quick=args.quick, data_root=args.data_root, ctx=ctx, log=log)
+            run_suite(args.out, quick=args.quick, data_root=args.data_root, ctx=ctx, log=log,
+                      select_scores=args.select_scores)
         else:
             run_quality_bench(config_from_args(args), args.out, ctx, log=log)
     return 0

@@ -12,10 +12,11 @@ from typing import Any, Dict, Sequence
 
 from umec_torchrec.bench.quality.config import REFERENCES, QualityConfig
 from umec_torchrec.bench.quality.methods import METHODS
-from umec_torchrec.bench.quality.statistics import field_recovery, mean_std, summarize, umec_vs_best
+from umec_torchrec.bench.quality.statistics import field_recovery, mean_std, score_selection, summarize, umec_vs_best
 from umec_torchrec.io import atomic_write, write_json
 
-__all__ = ["CSV_FIELDS", "format_markdown", "write_csv", "plot", "write_outputs", "format_suite_markdown"]
+__all__ = ["CSV_FIELDS", "format_markdown", "write_csv", "plot", "write_outputs", "format_suite_markdown",
+           "format_selection_markdown"]
 
 CSV_FIELDS = ["method", "budget", "seed", "mode", "auc", "log_loss", "accuracy", "flops", "flops_fraction",
               "embedding_bytes", "embedding_bytes_fraction", "n_kept_features", "kept_features", "kept_units",
@@ -174,3 +175,23 @@ def format_suite_markdown(results: Sequence[Dict[str, Any]], seconds: float, com
         lines += ["", "Not run:", ""] + skipped
     lines += ["", "Per-item settings and rows: `suite.json`; per-item tables: `<item>/quality.md`.", ""]
     return "\n".join(lines)
+
+
+def format_selection_markdown(results: Sequence[Dict[str, Any]], seconds: float, command: str = "") -> str:
+    """The score-kind selection (:func:`~umec_torchrec.bench.quality.statistics.score_selection`)
+    as Markdown: validation AUC per kind, dataset and budget, mean rank, wins and the choice."""
+    sel = score_selection(results)
+    kinds = sel["kinds"]
+    lines = ["# UMEC score kinds on the validation split", "",
+             f"`{command}` ({seconds / 60:.1f} min). Mean validation AUC over the seeds; the test split is "
+             "not read. The default is the kind of best mean rank.", "",
+             "| item | budget | n | " + " | ".join(kinds) + " |", "|---|---|---|" + "---|" * len(kinds)]
+    for c in sel["cells"]:
+        best = max(kinds, key=lambda k: c["auc"][k])
+        vals = [(f"**{c['auc'][k]:.4f}**" if k == best else f"{c['auc'][k]:.4f}") for k in kinds]
+        lines.append(f"| {c['item']} | {c['budget']} | {c['n']} | " + " | ".join(vals) + " |")
+    for name, key, fmt in (("mean AUC", "mean_auc", "{:.4f}"), ("mean rank", "mean_rank", "{:.2f}"),
+                           ("wins", "wins", "{}")):
+        lines.append(f"| {name} | | | " + " | ".join(fmt.format(sel[key].get(k, float("nan"))) for k in kinds) + " |")
+    lines += ["", f"Choice: `{sel['choice']}`."]
+    return "\n".join(lines) + "\n"

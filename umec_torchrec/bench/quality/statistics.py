@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from umec_torchrec.bench.quality.config import REFERENCES
 
 __all__ = ["mean_std", "paired_differences", "summarize", "best_baseline", "umec_vs_best", "field_recovery",
-           "UMEC_METHODS"]
+           "score_selection", "UMEC_METHODS"]
 
 #: UMEC's own methods (never a "baseline")
 UMEC_METHODS = ("umec", "umec_rewind", "umec_auto")
@@ -89,3 +89,36 @@ def field_recovery(rows: Sequence[Dict[str, Any]], label: str = "signal") -> Dic
         sel = [r for r in rows if r["method"] == m and r.get("budget_label") == label and "signal_kept" in r]
         out[m] = (statistics.fmean(r["signal_kept"] for r in sel), statistics.fmean(r["noise_dropped"] for r in sel))
     return out
+
+
+def score_selection(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """UMEC's score kinds compared on the *validation* split: the ``umec_auto`` rows of a
+    suite run record every kind's validation AUC per budget and seed.
+
+    Returns:
+        ``{"kinds": [...], "cells": [{"item", "budget", "n", "auc": {kind: mean over seeds}}],
+        "mean_auc", "mean_rank", "wins": {kind: ...}, "choice": the kind of best mean rank}``
+        (ties in rank broken by mean AUC).
+    """
+    cells: Dict[Any, List[Dict[str, float]]] = {}
+    for it in results:
+        for r in it.get("rows", []):
+            by = (r.get("extra") or {}).get("valid_auc_by_score")
+            if r["method"] == "umec_auto" and by:
+                cells.setdefault((it["name"], r.get("budget_label") or r["budget"]), []).append(by)
+    kinds = sorted({k for vs in cells.values() for v in vs for k in v})
+    out_cells, ranks, aucs = [], {k: [] for k in kinds}, {k: [] for k in kinds}
+    wins = {k: 0 for k in kinds}
+    for (item, budget), vs in sorted(cells.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        m = {k: statistics.mean(v[k] for v in vs if k in v) for k in kinds}
+        order = sorted(kinds, key=lambda k: -m[k])
+        for i, k in enumerate(order):
+            ranks[k].append(i + 1)
+            aucs[k].append(m[k])
+        wins[order[0]] += 1
+        out_cells.append({"item": item, "budget": budget, "n": len(vs), "auc": m})
+    mean_rank = {k: statistics.mean(v) for k, v in ranks.items() if v}
+    mean_auc = {k: statistics.mean(v) for k, v in aucs.items() if v}
+    choice = min(mean_rank, key=lambda k: (mean_rank[k], -mean_auc[k])) if mean_rank else None
+    return {"kinds": kinds, "cells": out_cells, "mean_auc": mean_auc, "mean_rank": mean_rank, "wins": wins,
+            "choice": choice}

@@ -17,6 +17,10 @@ when their file is not under ``data_root``. ``quick``: two CI-sized items on gen
 
 Writes ``OUT/<item>/quality.{csv,md,png,json}``, ``OUT/suite.md`` and ``OUT/suite.json``
 (after every item, so a stopped run keeps what finished).
+
+``select_scores``: the same items (without the default-arch one) with ``umec_auto`` over every
+score kind only, which records each kind's *validation* AUC; ``OUT/selection.md`` ranks the
+kinds across all items and budgets. This is how UMEC's default score is chosen.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from umec_torchrec.bench.quality.config import QualityConfig
-from umec_torchrec.bench.quality.report import format_suite_markdown
+from umec_torchrec.bench.quality.report import format_selection_markdown, format_suite_markdown
 from umec_torchrec.bench.quality.runner import run_quality_bench
 from umec_torchrec.distributed import DistContext
 from umec_torchrec.io import atomic_write, write_json
 
-__all__ = ["SuiteItem", "suite_items", "run_suite", "SUITE_METHODS"]
+__all__ = ["SuiteItem", "suite_items", "selection_items", "run_suite", "SUITE_METHODS"]
 
-SUITE_METHODS = ["umec", "umec_auto", "umec_rewind", "uniform", "magnitude", "group_lasso", "random"]
+SUITE_METHODS = ["umec", "umec_rewind", "uniform", "magnitude", "group_lasso", "random", "taylor", "permutation",
+                 "shark"]
 JOINT_BUDGETS = [0.5, 0.3, 0.1, 0.05]
 FIELD_SHARES = [0.6, 0.3, 0.15]
 CRITEO = "criteo_kaggle_train_sample.tsv.gz"
@@ -73,7 +78,7 @@ def suite_items(quick: bool = False, data_root: str = "../shared/data") -> List[
     """The fixed list (module docstring); ``quick``: the CI subset on generated data."""
     if quick:
         small = {"kind": "cat", "embedding_dim": 8, "bottom": [16, 8], "top": [16, 8, 1]}
-        base = dict(data="clicklog:seed=0,rows=2000", seeds=2, methods=["umec", "umec_auto", "magnitude"],
+        base = dict(data="clicklog:seed=0,rows=2000", seeds=2, methods=["umec", "magnitude", "taylor"],
                     model=small, min_count=1, batch_size=128)
         return [SuiteItem("clicklog0-joint", QualityConfig(budgets=[0.3], **base)),
                 SuiteItem("clicklog0-features", QualityConfig(budgets=[], field_shares=[0.25], signal_budget=True,
@@ -90,17 +95,29 @@ def suite_items(quick: bool = False, data_root: str = "../shared/data") -> List[
     return items
 
 
+def selection_items(data_root: str = "../shared/data") -> List[SuiteItem]:
+    """The suite's items (without the default-arch one) running ``umec_auto`` over every score kind."""
+    from umec_torchrec.umec.importance import ScoreKind
+
+    kinds = [k.value for k in ScoreKind]
+    return [dataclasses.replace(it, config=dataclasses.replace(it.config, methods=["umec_auto"], auto_scores=kinds))
+            for it in suite_items(False, data_root) if it.name != "criteo-random-default-arch"]
+
+
 def run_suite(out_dir: str, quick: bool = False, data_root: str = "../shared/data", ctx: Optional[DistContext] = None,
-              log: Callable[[str], None] = print, items: Optional[List[SuiteItem]] = None) -> List[Dict[str, Any]]:
+              log: Callable[[str], None] = print, items: Optional[List[SuiteItem]] = None,
+              select_scores: bool = False) -> List[Dict[str, Any]]:
     """Run every item of :func:`suite_items` and write ``suite.md`` / ``suite.json``.
 
     Returns:
         one entry per item: ``{"name", "mode", "data", "config", "rows", "seconds"}`` and
         ``"skipped"`` (the reason) for an item whose data file is missing.
     """
-    items = suite_items(quick, data_root) if items is None else items
+    if items is None:
+        items = selection_items(data_root) if select_scores else suite_items(quick, data_root)
     os.makedirs(out_dir, exist_ok=True)
-    command = "umec bench quality --suite" + (" --quick" if quick else "") + f" --out {out_dir}"
+    flags = (" --quick" if quick else "") + (" --select-scores" if select_scores else "")
+    command = f"umec bench quality --suite{flags} --out {out_dir}"
     results: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
     for i, it in enumerate(items):
@@ -115,13 +132,16 @@ def run_suite(out_dir: str, quick: bool = False, data_root: str = "../shared/dat
             entry["rows"] = run_quality_bench(it.config, os.path.join(out_dir, it.name), ctx, log=log)
             entry["seconds"] = time.perf_counter() - t
         results.append(entry)
-        _write(out_dir, results, time.perf_counter() - t0, command)
+        _write(out_dir, results, time.perf_counter() - t0, command, select_scores)
     total = time.perf_counter() - t0
-    _write(out_dir, results, total, command)
+    _write(out_dir, results, total, command, select_scores)
     log(f"suite done in {total / 60:.1f} min ({total:.0f} s); wrote {out_dir}/suite.md, suite.json")
     return results
 
 
-def _write(out_dir: str, results: List[Dict[str, Any]], seconds: float, command: str) -> None:
+def _write(out_dir: str, results: List[Dict[str, Any]], seconds: float, command: str, selection: bool = False) -> None:
     atomic_write(os.path.join(out_dir, "suite.md"), lambda f: f.write(format_suite_markdown(results, seconds, command)))
+    if selection:
+        atomic_write(os.path.join(out_dir, "selection.md"),
+                     lambda f: f.write(format_selection_markdown(results, seconds, command)))
     write_json(os.path.join(out_dir, "suite.json"), {"seconds": seconds, "command": command, "items": results})
