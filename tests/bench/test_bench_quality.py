@@ -196,3 +196,23 @@ def test_suite_skips_real_data_items_when_the_files_are_absent(tmp_path):
     assert all(r["skipped"] and not r["rows"] for r in res)
     md = (tmp_path / "o" / "suite.md").read_text()
     assert md.count("skipped (") == len(real)
+
+
+def test_score_selection_ranks_kinds_on_validation_auc():
+    """Constructed rows: the kind best on validation in most cells is chosen; test AUC (which
+    favours another kind) plays no part; the Markdown names the choice."""
+    from umec_torchrec.bench.quality.report import format_selection_markdown
+    from umec_torchrec.bench.quality.statistics import score_selection
+
+    def row(budget, seed, a, b, test_auc):
+        return {"method": "umec_auto", "budget": budget, "seed": seed, "auc": test_auc,
+                "extra": {"valid_auc_by_score": {"a": a, "b": b}}}
+
+    results = [{"name": "x", "rows": [row(0.3, 0, 0.71, 0.70, 0.9), row(0.3, 1, 0.72, 0.69, 0.9),
+                                      row(0.1, 0, 0.60, 0.65, 0.9)]},
+               {"name": "y", "rows": [row(0.3, 0, 0.80, 0.79, 0.1), {"method": "magnitude", "budget": 0.3, "seed": 0}]}]
+    sel = score_selection(results)
+    assert sel["choice"] == "a" and sel["wins"] == {"a": 2, "b": 1}
+    assert sel["mean_rank"]["a"] == pytest.approx(4 / 3) and len(sel["cells"]) == 3
+    assert sel["cells"][0]["n"] in (1, 2) and sel["cells"][1]["auc"]["a"] == pytest.approx(0.715)
+    assert "Choice: `a`" in format_selection_markdown(results, 60.0, "cmd")

@@ -44,7 +44,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from umec_torchrec.classification import roc_auc
-from umec_torchrec.data.synthetic import SyntheticData
+from umec_torchrec.data.synthetic import SyntheticData, click_probability
 
 __all__ = ["ROLES", "SIGNAL_ROLES", "NOISE_ROLES", "DEFAULT_LAYOUT", "PARAMS", "generate_clicklog", "load_clicklog",
            "parse_clicklog_spec"]
@@ -158,14 +158,7 @@ def generate_clicklog(rows: int = 20000, seed: int = 0, n_dense: int = 6, signal
     w = rng.choice([-1.0, 1.0], size=len(sig_d)) * dense_effect
     for wd, d in zip(w, sig_d):
         logit += wd * _standardise(np.log1p(dense[:, d]))
-    lo, hi = -20.0, 20.0
-    for _ in range(60):  # bias for the target click rate
-        mid = (lo + hi) / 2
-        if np.mean(1.0 / (1.0 + np.exp(-(logit + mid)))) < ctr:
-            lo = mid
-        else:
-            hi = mid
-    prob = 1.0 / (1.0 + np.exp(-(logit + (lo + hi) / 2)))
+    prob = click_probability(logit, ctr)
     labels = (rng.random(rows) < prob).astype(np.int64)
     # raw values: distinct random 63-bit codes per field (like hashed ids), never MISSING
     raw = np.empty_like(ids)

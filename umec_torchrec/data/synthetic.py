@@ -60,6 +60,18 @@ class SyntheticData:
                         list(self.feature_names), dict(self.info))
 
 
+def click_probability(logit: np.ndarray, ctr: float) -> np.ndarray:
+    """``sigmoid(logit + b)`` with the bias ``b`` (bisection) that makes the mean click rate ``ctr``."""
+    lo, hi = -20.0, 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if np.mean(1.0 / (1.0 + np.exp(-(logit + mid)))) < ctr:
+            lo = mid
+        else:
+            hi = mid
+    return 1.0 / (1.0 + np.exp(-(logit + (lo + hi) / 2)))
+
+
 def _zipf_ids(rng: np.random.Generator, n: int, card: int, s: float) -> np.ndarray:
     """``n`` draws from ``{0..card-1}`` with P(rank k) ~ (k+1)^-s, ranks shuffled over ids."""
     p = (np.arange(1, card + 1, dtype=np.float64)) ** (-s)
@@ -166,14 +178,7 @@ def generate(
         parts.append(_standardise(comp) * np.sqrt(share) if comp.std() > 0 else comp * 0.0)
     logit = sum(parts)
     logit = _standardise(logit) * logit_std
-    lo, hi = -20.0, 20.0  # bias for the target click rate
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if np.mean(1.0 / (1.0 + np.exp(-(logit + mid)))) < ctr:
-            lo = mid
-        else:
-            hi = mid
-    prob = 1.0 / (1.0 + np.exp(-(logit + (lo + hi) / 2)))
+    prob = click_probability(logit, ctr)
     labels = (rng.random(rows) < prob).astype(np.int64)
 
     info: Dict[str, Any] = {

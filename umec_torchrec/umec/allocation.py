@@ -312,11 +312,10 @@ class BudgetAllocator:
         restored = 0
         while True:
             ev = self.neighbours(counts, order, -1.0)
-            last = order.score_at(counts, -1)
-            # a group whose removal does not cost (score <= 0, e.g. a held-out loss that fell) stays out
-            ok = (counts > 0) & self.within(ev[1:]) & (last > 0)
+            ok = (counts > 0) & self.within(ev[1:])
             if not bool(ok.any()):
                 return counts, restored
+            last = order.score_at(counts, -1)
             if mean is None:
                 value = last.clone()
             else:

@@ -34,8 +34,8 @@ costs nothing; where the consumer is not linear in it (the DCN cross net) it is 
   Liu et al. 2021; first-order Taylor, Molchanov et al. 2019). At a trained model the
   first-order term averages to zero on the training data, leaving the Fisher term;
 * ``holdout``: the log-loss increase of removing each group on *validation* batches
-  (:func:`holdout_scores`); negative where the removal helps: a group that only memorises
-  training labels helps nothing on unseen rows. Where the gate has a cheap ``downstream`` (the feature
+  (:func:`holdout_scores`), clamped at zero: a group that only memorises training labels
+  helps nothing on unseen rows. Where the gate has a cheap ``downstream`` (the feature
   gate: only the over arch runs again) the removal is *measured*; elsewhere (hidden units)
   it is estimated to second order, :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]`.
 
@@ -273,9 +273,9 @@ def holdout_scores(
     chunks). Otherwise it is *estimated* from one backward of the mean BCE loss to the gate
     tensors only (``torch.autograd.grad``: no parameter gradient is written and no fused
     table optimizer runs): :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]` per group
-    (:func:`group_contributions`). Batches are weighted by their size. A negative score
-    says the removal *lowers* the held-out loss (the group only fits the training data);
-    it is kept, not clamped, so such groups go first and never tie.
+    (:func:`group_contributions`). Batches are weighted by their size; the result is
+    clamped at zero (a removal that lowers the held-out loss costs nothing: negative
+    scores would turn UMEC's penalty into a reward for pruning).
 
     Args:
         forward: the model's logits for a batch (call the module below any DDP wrapper).
@@ -317,7 +317,7 @@ def holdout_scores(
     finally:
         for h in handles:
             h.remove()
-    return [None if s is None else s / max(rows, 1) for s in sums]
+    return [None if s is None else (s / max(rows, 1)).clamp(min=0.0) for s in sums]
 
 
 def _estimated(gate: Gate, x: torch.Tensor, grad: torch.Tensor, B: int, mean: Optional[torch.Tensor]) -> torch.Tensor:

@@ -66,6 +66,7 @@ import torch.distributed as dist
 from torch import nn
 from torchrec.optim.keyed import KeyedOptimizer, OptimizerWrapper
 
+from umec_torchrec.errors import NonFiniteError
 from umec_torchrec.umec.activation_stats import ActivationStats
 from umec_torchrec.umec.allocation import BudgetAllocator, SetOrder
 from umec_torchrec.umec.budgets import Budget
@@ -120,6 +121,24 @@ class UMECConfig:
     check_every: int = 100
     score: str = "holdout"
     holdout_every: int = 25
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field on a non-finite or out-of-range value:
+        the step sizes are finite and >= 0, ``warmup_steps`` and ``check_every`` >= 0,
+        ``holdout_every`` >= 1."""
+        import math
+
+        for name in ("s_lr", "y_lr", "z_lr", "prox_lr"):
+            v = getattr(self, name)
+            if v is None and name == "prox_lr":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        for name in ("warmup_steps", "check_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.holdout_every < 1:
+            raise ValueError(f"holdout_every must be >= 1, got {self.holdout_every}")
 
 
 class UMECStateMismatch(RuntimeError):
@@ -186,6 +205,7 @@ class UMECOptimizer(OptimizerWrapper):
         super().__init__(optimizer)
         self.model = model
         self.config = config or UMECConfig()
+        self.config.validate()
         self.spec = groups if groups is not None else discover_groups(model)
         sets = self.spec.sets
         dev = sets[0].members[0].param.device
@@ -314,7 +334,7 @@ class UMECOptimizer(OptimizerWrapper):
                 return dlrm(b.dense_features.to(self.device), b.sparse_features.to(self.device))
         self._holdout = (batches, forward)
 
-    def _refresh_holdout(self) -> None:
+    def refresh_holdout(self) -> None:
         """Recompute the ``holdout`` scores (summed over ranks' shares, identical on every rank)."""
         if self._holdout is None:
             raise ValueError("score='holdout' (the default) needs validation batches: pass "
@@ -353,7 +373,7 @@ class UMECOptimizer(OptimizerWrapper):
                     for gs, st in zip(self.spec.sets, self.importance.stats)]
         if kind is ScoreKind.HOLDOUT:
             if self._holdout_scores is None:
-                self._refresh_holdout()
+                self.refresh_holdout()
             assert self._holdout_scores is not None
             return [sc.clone() for sc in self._holdout_scores]
         cache: Dict = {}
@@ -389,8 +409,10 @@ class UMECOptimizer(OptimizerWrapper):
         lr = self._prox_lr()
         self._sync_moments()
         if self.score_kind is ScoreKind.HOLDOUT and self.umec_step_count % cfg.holdout_every == 0:
-            self._refresh_holdout()
+            self.refresh_holdout()
         scores = self._scores()
+        if not bool(torch.isfinite(torch.cat([sc.reshape(-1) for sc in scores] + [self.s, self.y, self.z])).all()):
+            raise NonFiniteError(self.inner_step_count, "UMEC state", "group scores or s / y / z")
         if self._scale is None:  # fixed per-set unit of the penalty (see the class docstring)
             self._scale = self._penalty_unit(scores)
         inv = 1.0 / self._scale
@@ -425,6 +447,8 @@ class UMECOptimizer(OptimizerWrapper):
 
         # 4. z ascent on R(s^t) - B
         self.z = (self.z + cfg.z_lr * (evals[0] - self._B)).clamp(min=0.0)
+        if not bool(torch.isfinite(torch.cat([self.s, self.y, self.z])).all()):
+            raise NonFiniteError(self.inner_step_count, "UMEC state", "s / y / z after the UMEC step")
         self.umec_step_count += 1
 
     # ------------------------------------------------------------------ reading the state
