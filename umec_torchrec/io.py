@@ -1,15 +1,71 @@
 """File I/O of the package: atomic writes (temp file in the same directory, fsync, rename),
-JSON, and the byte blobs that carry Python state through a DCP checkpoint."""
+JSON, the byte blobs that carry Python state through a DCP checkpoint, manifests (size and
+SHA-256 of every file of a directory) and their verification, file fingerprints, and the
+one message of a full disk."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import io
 import json
+import math
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-__all__ = ["atomic_write", "write_json", "read_json", "to_blob", "from_blob"]
+__all__ = ["atomic_write", "write_json", "read_json", "to_blob", "from_blob", "sha256_file", "write_manifest",
+           "read_manifest", "verify_manifest", "trusting", "trusted", "fingerprint", "DiskFull", "disk_full",
+           "raise_if_disk_full", "own_temp_name", "MANIFEST"]
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+#: errno values that mean "the device is full" (no space, quota exceeded)
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFull(OSError):
+    """No space left on the device while writing ``filename``; the message is the one line
+    ``no space left on device while writing PATH``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.ENOSPC, "no space left on device", path)
+
+    def __str__(self) -> str:
+        return f"no space left on device while writing {self.filename}"
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it wraps: ``__cause__``, ``__context__``, DCP's
+    per-rank failures) is an ``ENOSPC`` / ``EDQUOT`` ``OSError``."""
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in _FULL:
+            return True
+        if isinstance(x, BaseException) and "No space left on device" in str(x):
+            return True
+        todo += [getattr(x, "__cause__", None), getattr(x, "__context__", None)]
+        failures = getattr(x, "failures", None)  # torch.distributed.checkpoint.api.CheckpointException
+        if isinstance(failures, dict):
+            for v in failures.values():
+                todo.append(v[0] if isinstance(v, tuple) else v)
+    return False
+
+
+def raise_if_disk_full(e: BaseException, path: str) -> None:
+    """Raise :class:`DiskFull` naming ``path`` when ``e`` is a full disk; else return."""
+    if disk_full(e):
+        raise DiskFull(path) from None
+
+
+def own_temp_name(name: str) -> bool:
+    """Whether ``name`` (a directory entry) is a temp file of :func:`atomic_write`."""
+    return name.startswith(".tmp-")
 
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
@@ -26,17 +82,30 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> No
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        raise_if_disk_full(e, path)
         raise
 
 
+def _finite_json(x: Any) -> Any:
+    """``x`` with NaN/inf floats as ``None`` (JSON has no NaN)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_json(v) for v in x]
+    return x
+
+
 def write_json(path: str, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    atomic_write(path, lambda f: (json.dump(obj, f, indent=2, sort_keys=False), f.write("\n")))
+    """Atomically write ``obj`` as indented, valid JSON (a NaN/inf float is written ``null``)."""
+    obj = _finite_json(obj)
+    atomic_write(path, lambda f: (json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False), f.write("\n")))
 
 
 def read_json(path: str) -> Any:
@@ -70,3 +139,133 @@ def from_blob(blob: bytes) -> Any:
     import torch
 
     return torch.load(io.BytesIO(blob), weights_only=False)
+
+
+# --- manifests: size and SHA-256 of every file of a directory -------------------------------
+_HASHES: Dict[Tuple[str, int, int], str] = {}
+_TRUST = {"on": False}
+
+
+def sha256_file(path: str) -> str:
+    """SHA-256 of a file, hashed once per process for a given (path, size, mtime)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    got = _HASHES.get(key)
+    if got is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        got = _HASHES[key] = h.hexdigest()
+    return got
+
+
+def write_manifest(path: str, meta: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``path/manifest.json``: size and SHA-256 of every other file, plus ``meta``."""
+    files = {}
+    for name in sorted(os.listdir(path)):
+        f = os.path.join(path, name)
+        if name == MANIFEST or not os.path.isfile(f):
+            continue
+        files[name] = {"size": os.path.getsize(f), "sha256": sha256_file(f)}
+    write_json(os.path.join(path, MANIFEST), {"format": MANIFEST_FORMAT, "complete": True, "files": files,
+                                              **(meta or {})})
+
+
+def read_manifest(path: str) -> Optional[Dict[str, Any]]:
+    """The manifest of directory ``path`` (``None`` when it has none or it is unreadable)."""
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            m = json.load(f)
+        return m if isinstance(m, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def trusting(on: bool = True) -> Iterator[None]:
+    """Within the block, a directory without ``manifest.json`` is accepted by
+    :func:`verify_manifest` (a checkpoint written by another tool: ``--trust-checkpoint``).
+
+    Example::
+
+        with trusting(args.trust_checkpoint):
+            evaluate_run(...)
+    """
+    before = _TRUST["on"]
+    _TRUST["on"] = bool(on) or before
+    try:
+        yield
+    finally:
+        _TRUST["on"] = before
+
+
+def trusted() -> bool:
+    """Whether :func:`trusting` is on."""
+    return _TRUST["on"]
+
+
+def verify_manifest(path: str, hashes: bool = True, require: bool = True) -> Optional[str]:
+    """Why directory ``path`` does not match its ``manifest.json``, or ``None`` when it does.
+
+    Every listed file must exist with the listed size and (``hashes``) SHA-256. A missing
+    manifest is a reason unless ``require`` is false or :func:`trusting` is on.
+    """
+    if not os.path.exists(os.path.join(path, MANIFEST)):
+        if require and not trusted():
+            return ("no manifest.json (incomplete, or written by another tool: pass --trust-checkpoint to load "
+                    "it unverified)")
+        return None
+    m = read_manifest(path)
+    if m is None or not m.get("complete") or not isinstance(m.get("files"), dict):
+        return "manifest.json is unreadable or incomplete"
+    for name, rec in m["files"].items():
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            return f"file {name} is missing"
+        size = os.path.getsize(f)
+        if size != rec.get("size"):
+            return f"file {name} has {size} bytes, expected {rec.get('size')} (truncated or corrupt)"
+        if hashes and sha256_file(f) != rec.get("sha256"):
+            return f"file {name} does not match its SHA-256 (corrupt)"
+    return None
+
+
+# --- fingerprints of input files --------------------------------------------------------------
+_BLOCK = 1 << 16
+
+
+def fingerprint(path: str) -> Optional[Dict[str, Any]]:
+    """``{"size", "mtime", "head_tail_sha256"}`` of a regular file (SHA-256 of its first and
+    last 64 KiB), ``{"files": {name: {"size", "mtime"}}}`` of a directory, ``None`` for
+    anything else (a pipe is never read here).
+
+    Example::
+
+        fp = fingerprint("data/train.tsv")
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    import stat as _stat
+
+    if _stat.S_ISDIR(st.st_mode):
+        files = {}
+        for name in sorted(os.listdir(path)):
+            try:
+                s2 = os.stat(os.path.join(path, name))
+            except OSError:
+                continue
+            if _stat.S_ISREG(s2.st_mode):
+                files[name] = {"size": s2.st_size, "mtime": s2.st_mtime}
+        return {"files": files}
+    if not _stat.S_ISREG(st.st_mode):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(_BLOCK))
+        if st.st_size > _BLOCK:
+            f.seek(max(_BLOCK, st.st_size - _BLOCK))
+            h.update(f.read(_BLOCK))
+    return {"size": st.st_size, "mtime": st.st_mtime, "head_tail_sha256": h.hexdigest()}

@@ -207,6 +207,8 @@ def test_pruned_table_is_never_read(tmp_path):
                                                                                                                  kjt))
     _corrupt(_storage_ranges(run.checkpoint_dir, table_key(cfg, "C2")))
     with pytest.raises(ValueError, match="corrupt checkpoint data"):
+        load_dlrm_state(run.checkpoint_dir, cfg, masks)
+    with pytest.raises(ValueError, match="SHA-256"):  # export_run verifies every file first
         export_run(run.path, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 

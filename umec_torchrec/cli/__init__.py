@@ -22,7 +22,10 @@ from typing import List, Optional
 from umec_torchrec.cli.errors import PROG, UserError, user_error_types
 from umec_torchrec.log import quiet_libraries
 
-__all__ = ["COMMAND_MODULES", "PROG", "UserError", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "PROG", "UserError", "build_parser", "main", "EXIT_NO_SPACE"]
+
+#: exit status when the device filled up while writing (one line names the file)
+EXIT_NO_SPACE = 1
 
 COMMAND_MODULES: List[str] = [
     "umec_torchrec.cli.train",  # train, evaluate, demo
@@ -46,18 +49,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _build_parser_deferring_sigint() -> Optional[argparse.ArgumentParser]:
+    """:func:`build_parser` (it imports torch and torchrec) with Ctrl-C held back until the
+    imports are done, so no library sees a ``KeyboardInterrupt`` half-way through an import;
+    ``None`` when Ctrl-C came."""
+    import signal
+    import threading
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # e.g. ignored: keep it so
+        return build_parser()
+    got: List[int] = []
+    prev = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        parser = build_parser()
+    finally:
+        signal.signal(signal.SIGINT, prev)
+    return None if got else parser
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``umec`` console script; returns the exit status (2 for a user
-    error, printed as one line)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    quiet_libraries()
+    error, 130 for Ctrl-C, :data:`EXIT_NO_SPACE` for a full disk, each printed as one line)."""
     try:
+        parser = _build_parser_deferring_sigint()
+        if parser is None:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        args = parser.parse_args(argv)
+        quiet_libraries()
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # first: the next clause imports the data package
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     except user_error_types() as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except OSError as e:
+        from umec_torchrec.io import DiskFull, disk_full
+
+        if not disk_full(e):
+            raise
+        path = e.filename if isinstance(e, DiskFull) else (e.filename or "a file")
+        print(f"{PROG}: error: no space left on device while writing {path}", file=sys.stderr)
+        return EXIT_NO_SPACE

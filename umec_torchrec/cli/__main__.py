@@ -2,7 +2,10 @@
 
 import sys
 
-from umec_torchrec.cli import main
-
 if __name__ == "__main__":
+    try:
+        from umec_torchrec.cli import main
+    except KeyboardInterrupt:  # Ctrl-C during the start-up imports: no traceback
+        print("umec: interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

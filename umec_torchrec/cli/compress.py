@@ -32,6 +32,7 @@ def add_stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps")
     flags.add_run_args(p, required=True)
     flags.add_checkpoint_args(p)
+    flags.add_trust_arg(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +60,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     only = args.features_only
     policy = flags.checkpoint_policy_from_args(args)
     ucfg = flags.umec_config_from_args(args)
-    with session(args.backend) as ctx:
+    from umec_torchrec.io import trusting
+
+    with session(args.backend) as ctx, trusting(args.trust_checkpoint):
         return run_guarded(ctx, lambda: compress_run(
             args.from_run, args.budget, args.out, ctx, umec_config=ucfg,
             epochs=args.epochs, steps=args.steps,
@@ -70,10 +73,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from umec_torchrec.distributed import session
+    from umec_torchrec.io import trusting
     from umec_torchrec.stages.compress import finetune_run
 
     policy = flags.checkpoint_policy_from_args(args)
-    with session(args.backend) as ctx:
+    with session(args.backend) as ctx, trusting(args.trust_checkpoint):
         return run_guarded(ctx, lambda: finetune_run(args.from_run, args.out, ctx, epochs=args.epochs,
                                                      steps=args.steps, force=args.force,
                                                      progress=not args.no_progress, checkpoints=policy,

@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "faster CPU GEMMs (default %(default)s; 16 = the AVX-512 float vector; 1 = exact widths)")
     p.add_argument("--force", action="store_true", help="replace an existing export in DIR")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    from umec_torchrec.cli.flags import add_trust_arg
+
+    add_trust_arg(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -37,7 +40,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.align < 1:
         raise ValueError(f"--align must be >= 1, got {args.align}")
-    man = export_run(args.run, args.out, int8=args.int8, force=args.force, align=args.align)
+    from umec_torchrec.io import trusting
+
+    with trusting(args.trust_checkpoint):
+        man = export_run(args.run, args.out, int8=args.int8, force=args.force, align=args.align)
     if args.json:
         print(json.dumps(man, indent=2))
     else:

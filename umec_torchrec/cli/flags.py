@@ -28,6 +28,8 @@ __all__ = [
     "checkpoint_policy_from_args",
     "add_run_args",
     "add_common_args",
+    "add_trust_arg",
+    "as_flag",
 ]
 
 #: the data of ``umec train`` when ``--data`` is not given
@@ -131,6 +133,8 @@ def model_overrides_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """Model overrides for :func:`umec_torchrec.train.build.make_model_config`."""
     from umec_torchrec.train.build import default_bottom
 
+    if args.embedding_dim < 1:
+        raise ValueError(f"--embedding-dim must be >= 1, got {args.embedding_dim}")
     bottom = args.bottom or default_bottom(args.embedding_dim)
     return {"kind": args.model, "embedding_dim": args.embedding_dim, "bottom": bottom, "top": args.top}
 
@@ -173,17 +177,34 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace) -> Any:
-    """A ``TrainConfig`` from the training flags."""
+    """A ``TrainConfig`` from the training flags; an invalid value is a ``ValueError``
+    naming the flag (``--seed must be in [0, 2^63 - 1], got ...``)."""
+    from umec_torchrec.stages.train import MAX_SEED
     from umec_torchrec.train.config import TrainConfig
 
-    return TrainConfig(
-        embedding_optimizer=args.embedding_optimizer, emb_lr=args.emb_lr,
-        dense_optimizer=args.dense_optimizer, dense_lr=args.dense_lr,
-        lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
-        batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
-        eval_batch_size=args.eval_batch_size, seed=args.seed, sharding=args.sharding,
-        log_every=args.log_every,
-    )
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must be in [0, 2^63 - 1], got {args.seed}")
+    try:
+        return TrainConfig(
+            embedding_optimizer=args.embedding_optimizer, emb_lr=args.emb_lr,
+            dense_optimizer=args.dense_optimizer, dense_lr=args.dense_lr,
+            lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+            batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
+            eval_batch_size=args.eval_batch_size, seed=args.seed, sharding=args.sharding,
+            log_every=args.log_every,
+        )
+    except ValueError as e:
+        raise ValueError(as_flag(str(e), {f: f for f in ("emb_lr", "dense_lr", "log_every", "batch_size", "epochs",
+                                                         "eval_batch_size", "steps", "warmup_steps")})) from None
+
+
+def as_flag(msg: str, fields: Dict[str, str]) -> str:
+    """``msg`` with a leading field name (``s_lr must ...``) written as its flag
+    (``--s-lr must ...``); ``fields`` maps field names to flag dests."""
+    for f, dest in fields.items():
+        if msg.startswith(f + " "):
+            return "--" + dest.replace("_", "-") + msg[len(f):]
+    return msg
 
 
 # --- UMEC ----------------------------------------------------------------------------------
@@ -212,10 +233,16 @@ def add_umec_args(p: argparse.ArgumentParser) -> None:
 
 
 def umec_config_from_args(args: argparse.Namespace) -> Any:
-    """A ``UMECConfig`` from :func:`add_umec_args`'s flags."""
+    """A validated ``UMECConfig`` from :func:`add_umec_args`'s flags (``ValueError`` naming
+    the flag: ``--s-lr must be a finite number >= 0, got nan``)."""
     from umec_torchrec.umec.optimizer import UMECConfig
 
-    return UMECConfig(**{f: getattr(args, dest) for f, dest in UMEC_FIELDS.items()})
+    cfg = UMECConfig(**{f: getattr(args, dest) for f, dest in UMEC_FIELDS.items()})
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ValueError(as_flag(str(e), UMEC_FIELDS)) from None
+    return cfg
 
 
 # --- checkpoints, run directory, process -----------------------------------------------------
@@ -247,6 +274,13 @@ def add_run_args(p: argparse.ArgumentParser, out_default: Optional[str] = None, 
     g.add_argument("--out", default=out_default, required=required, metavar="RUN", help="run directory to write")
     g.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     add_common_args(p)
+
+
+def add_trust_arg(p: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint``: load a checkpoint that has no ``manifest.json``."""
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint without manifest.json (written by another tool); its files are then not "
+                        "verified (default: refuse it)")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:

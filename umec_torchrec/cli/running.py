@@ -14,15 +14,16 @@ EXIT_DIVERGED = 3
 
 
 def run_guarded(ctx: Any, fn: Callable[[], Any]) -> int:
-    """Run a training stage with SIGTERM/SIGINT handlers installed (stop after the current
-    step, checkpoint, exit ``128 + signal``) and non-finite losses reported as one line
+    """Run a training stage with SIGTERM/SIGINT handlers installed (in the training loop:
+    stop after the current step, checkpoint; before or after it: stop at once; exit
+    ``128 + signal`` either way) and non-finite losses or UMEC state reported as one line
     (exit :data:`EXIT_DIVERGED`). Messages come from rank 0 only."""
-    from umec_torchrec.train.guard import NonFiniteError, RunInterrupted, stop_on_signals
+    from umec_torchrec.train.guard import NonFiniteError, RunInterrupted, StopRequested, stop_on_signals
 
     try:
         with stop_on_signals():
             fn()
-    except RunInterrupted as e:
+    except (RunInterrupted, StopRequested) as e:
         if ctx.rank == 0:
             print(f"{PROG}: {e}", file=sys.stderr, flush=True)
         return e.exit_code

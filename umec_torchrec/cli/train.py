@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="evaluation batch size (default: the run's eval_batch_size)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    flags.add_trust_arg(p)
     flags.add_common_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -74,11 +75,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from umec_torchrec.distributed import session
+    from umec_torchrec.io import trusting
     from umec_torchrec.log import say
     from umec_torchrec.stages.lifecycle import format_metrics
     from umec_torchrec.stages.train import evaluate_run
 
-    with session(args.backend) as ctx:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    with session(args.backend) as ctx, trusting(args.trust_checkpoint):
         m = evaluate_run(args.run, ctx, data=args.data, batch_size=args.batch_size)
         say(ctx, json.dumps(m) if args.json else format_metrics(m, "test"))
     return 0

@@ -72,6 +72,9 @@ class DataOptions:
         if self.vocab not in VOCAB_MODES:
             raise DataError(where, None, full_path=True, field="vocab",
                             reason=f"unknown vocabulary mode {self.vocab!r}; expected one of {VOCAB_MODES}")
+        if self.hash_size is not None and int(self.hash_size) < 1:
+            raise DataError(where, None, full_path=True, field="hash_size",
+                            reason=f"must be >= 1, got {self.hash_size}")
         if self.vocab == "hash" and (self.hash_size is None or int(self.hash_size) < 1):
             raise DataError(where, None, full_path=True, field="hash_size",
                             reason=f"vocab='hash' needs a positive hash_size, got {self.hash_size}")

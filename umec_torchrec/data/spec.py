@@ -48,6 +48,8 @@ from typing import Any, Dict, Optional
 
 from umec_torchrec.data.errors import DataError
 
+__all__ = ["DataSpec", "parse_spec", "absolute_spec", "FILE_KINDS", "KINDS"]
+
 FILE_KINDS = ("criteo", "criteo-npy", "libsvm", "csv")
 KINDS = FILE_KINDS + ("synthetic", "clicklog")
 
@@ -152,3 +154,22 @@ def parse_spec(spec: str) -> DataSpec:
             raise DataError(text, None, key, full_path=True,
                             reason=f"unknown option for '{kind}'; expected one of {', '.join(allowed)}")
     return out
+
+
+def absolute_spec(spec: str) -> tuple:
+    """``(spec with its path made absolute, the absolute path or None)``: a recorded spec
+    then reloads from any working directory.
+
+    Example::
+
+        spec, path = absolute_spec("criteo:data/x.tsv,time_ordered=1")  # path: "/cwd/data/x.tsv"
+    """
+    import os
+
+    parsed = parse_spec(spec)
+    if parsed.path is None:
+        return spec, None
+    kind, _, body = parsed.text.partition(":")
+    _, comma, rest = body.partition(",")
+    path = os.path.abspath(os.path.expanduser(parsed.path))
+    return f"{kind}:{path}{comma}{rest}", path

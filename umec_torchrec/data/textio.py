@@ -25,8 +25,21 @@ def check_file(path: str) -> str:
 
 
 def is_gzip(path: str) -> bool:
+    """Whether ``path`` starts with the gzip magic bytes (opens it: not for a pipe, whose
+    bytes would be consumed; :func:`iter_lines` peeks on its one stream instead)."""
     with open(path, "rb") as f:
         return f.read(2) == GZIP_MAGIC
+
+
+def _open_sniffed(path: str) -> Any:
+    """``path`` opened once for binary reading, gunzipped when it starts with the gzip magic;
+    the sniffing peeks into the buffer, so nothing of a pipe (``<(cat file)``) is lost."""
+    f = open(path, "rb")
+    if f.peek(2)[:2] == GZIP_MAGIC:
+        g = gzip.GzipFile(fileobj=f, mode="rb")
+        g.myfileobj = f  # closed with it
+        return g
+    return f
 
 
 def iter_lines(path: str, skip: int = 0) -> Iterator[Tuple[int, str]]:
@@ -37,7 +50,7 @@ def iter_lines(path: str, skip: int = 0) -> Iterator[Tuple[int, str]]:
             or invalid UTF-8 (naming the line where reading failed).
     """
     p = check_file(path)
-    raw = gzip.open(p, "rb") if is_gzip(p) else open(p, "rb")
+    raw = _open_sniffed(p)
     n = 0
     try:
         with io.TextIOWrapper(raw, encoding="utf-8", newline=None) as f:

@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from umec_torchrec.export.compact import expected_shapes, index_plan, table_key
+from umec_torchrec.io import verify_manifest
 from umec_torchrec.models import ModelConfig
 from umec_torchrec.umec import layout
 from umec_torchrec.umec.layout import TABLE_PREFIX
@@ -39,6 +40,15 @@ def read_metadata(ckpt_dir: str) -> Metadata:
         return FileSystemReader(ckpt_dir).read_metadata()
     except Exception as e:  # pickle/EOF/... errors of a torn or foreign file
         raise ValueError(f"{ckpt_dir}/.metadata: corrupt checkpoint metadata ({type(e).__name__}: {e})") from None
+
+
+def verify_files(ckpt_dir: str) -> None:
+    """``ValueError`` naming ``ckpt_dir`` unless every file listed in its ``manifest.json``
+    has the recorded size and SHA-256 (a missing manifest too, unless
+    :func:`~umec_torchrec.io.trusting`)."""
+    why = verify_manifest(ckpt_dir, hashes=True, require=True)
+    if why is not None:
+        raise ValueError(f"{ckpt_dir}: not a complete, intact checkpoint: {why}")
 
 
 def tensor_shapes(meta: Metadata) -> Dict[str, Tuple[int, ...]]:
@@ -120,6 +130,10 @@ def load_dlrm_state(ckpt_dir: str, cfg: ModelConfig, masks: PruningMasks) -> Dic
         prefix + k: meta.state_dict_metadata[prefix + k].properties.dtype for k in needed
     }
     loaded = load_tensors(ckpt_dir, [prefix + k for k in needed], shapes, dtypes)
+    for k, v in loaded.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{ckpt_dir}: the checkpoint holds non-finite weights (NaN/inf) in {k}; refusing to "
+                             "export it")
     return {k[len(prefix):]: v for k, v in loaded.items()}
 
 
@@ -130,6 +144,7 @@ def pruned_table_keys(cfg: ModelConfig, masks: PruningMasks) -> Dict[str, str]:
 
 __all__ = [
     "read_metadata",
+    "verify_files",
     "tensor_shapes",
     "dlrm_prefix",
     "check_architecture",

@@ -17,15 +17,16 @@ The directory is written by :func:`~umec_torchrec.export.atomic_dir.atomic_direc
 
 from __future__ import annotations
 
+import io
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torchrec.models.dlrm import DLRM
 
 from umec_torchrec.export.aligned import check_align
 from umec_torchrec.export.atomic_dir import atomic_directory, check_export_dir
-from umec_torchrec.export.checkpoint_reader import load_dlrm_state
+from umec_torchrec.export.checkpoint_reader import load_dlrm_state, read_metadata, verify_files
 from umec_torchrec.export.compact import (
     check_masks,
     compact_config,
@@ -46,11 +47,24 @@ from umec_torchrec.export.manifest import (
 from umec_torchrec.export.program import DEFAULT_ALIGN, CompactPredictor, export_program
 from umec_torchrec.export.quantize import INT8_METHOD, int8_state_dict, int8_table_bytes, quantize_int8
 from umec_torchrec.export.samples import module_logits, sample_inputs
-from umec_torchrec.io import write_json
+from umec_torchrec.io import raise_if_disk_full, write_json
 from umec_torchrec.models import ModelConfig
 from umec_torchrec.umec.masks import PruningMasks
 
-# train/demo.py and export/cli_export.py import these from here:
+
+def _save(write: Callable[[io.BytesIO], None], path: str) -> None:
+    """Serialise in memory, then write with Python file I/O: a full disk is then an
+    ``OSError`` (:class:`~umec_torchrec.io.DiskFull`), not an abort inside the C++ writer."""
+    buf = io.BytesIO()
+    write(buf)
+    try:
+        with open(path, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise_if_disk_full(e, path)
+        raise
 
 
 def export_model(
@@ -106,18 +120,16 @@ def export_model(
                               source_run=source_run, budgets=budgets)
 
     with atomic_directory(out_dir, force=force) as tmp:
-        torch.save(
+        _save(lambda f: torch.save(
             {"state_dict": compact.state_dict(), "config": ccfg.to_dict(), "source_config": cfg.to_dict(),
-             "masks": masks.to_dict()},
-            os.path.join(tmp, MODEL_FILE),
-        )
-        torch.export.save(program, os.path.join(tmp, PROGRAM_FILE))
+             "masks": masks.to_dict()}, f), os.path.join(tmp, MODEL_FILE))
+        _save(lambda f: torch.export.save(program, f), os.path.join(tmp, PROGRAM_FILE))
         if int8:
             q = quantize_int8(compact)
             with torch.no_grad():
                 qref = module_logits(q, dense_in, ids, ccfg.feature_names)
             qsd = int8_state_dict(q)
-            torch.save(qsd, os.path.join(tmp, INT8_FILE))
+            _save(lambda f: torch.save(qsd, f), os.path.join(tmp, INT8_FILE))
             manifest["int8"] = int8_entry(float((qref - ref).abs().max()), int(ids.shape[0]),
                                           int8_table_bytes(qsd), INT8_METHOD)
         manifest["files"] = sorted(os.listdir(tmp)) + [MANIFEST]
@@ -136,7 +148,9 @@ def export_run(run_dir: str, out_dir: str, int8: bool = False, force: bool = Fal
     Raises:
         FileNotFoundError: no run directory / checkpoint.
         FileExistsError: ``out_dir`` exists and ``force`` is off.
-        ValueError: corrupt checkpoint, checkpoint from another architecture, bad masks, align < 1.
+        ValueError: corrupt checkpoint (every file is checked against the checkpoint's
+            ``manifest.json``), non-finite weights, checkpoint from another architecture, bad
+            masks, align < 1, an incomplete run (a compressed run without ``masks.json``).
 
     Example::
 
@@ -148,6 +162,7 @@ def export_run(run_dir: str, out_dir: str, int8: bool = False, force: bool = Fal
     cfg = run.model_config()
     check_export_dir(out_dir, force)  # fail before reading anything
     check_align(align)
+    run.check_complete()
     mpath = run.file("masks.json")
     masks = PruningMasks.load(mpath) if os.path.isfile(mpath) else full_masks(cfg)
     try:
@@ -156,6 +171,8 @@ def export_run(run_dir: str, out_dir: str, int8: bool = False, force: bool = Fal
         raise ValueError(f"{mpath}: {e}") from None
     if not os.path.exists(run.checkpoint_dir):
         raise FileNotFoundError(f"{run.checkpoint_dir}: the run has no checkpoint")
+    read_metadata(run.checkpoint_dir)
+    verify_files(run.checkpoint_dir)
     state = load_dlrm_state(run.checkpoint_dir, cfg, masks)
     return export_model(state, cfg, masks, out_dir, int8=int8, force=force, align=align, source_run=run.path,
                         budgets=run_budgets(run.config), sample=sample)

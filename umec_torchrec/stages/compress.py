@@ -15,10 +15,12 @@ import os
 import time
 from typing import Any, Dict, Optional, Sequence
 
+import torch
+
 from umec_torchrec.distributed import DistContext
 from umec_torchrec.io import from_blob, to_blob
 from umec_torchrec.log import say
-from umec_torchrec.runs import Run, check_out_dir
+from umec_torchrec.runs import MASKED_STAGES, Run, check_out_dir
 from umec_torchrec.stages.lifecycle import (
     MASKS_FILE,
     finish_stage,
@@ -65,14 +67,22 @@ def format_report(rep: Dict[str, Any]) -> str:
             f"kept units: {rep['kept_units']}")
 
 
-def attach_validation(umec: UMECOptimizer, valid: Any, batch_size: int, ctx: DistContext) -> None:
-    """Give ``umec`` this rank's share of the validation split (a ``CTRData`` or ``None``)
-    when its score needs it (``holdout``); whole batches only on several ranks, so every
-    rank runs as many."""
+#: validation rows the holdout score reads per refresh (the split's first rows; a refresh costs
+#: about (features + 2) forward passes of the over arch over them)
+HOLDOUT_ROWS = 8192
+
+
+def attach_validation(umec: UMECOptimizer, valid: Any, batch_size: int, ctx: DistContext,
+                      max_rows: int = HOLDOUT_ROWS) -> None:
+    """Give ``umec`` this rank's share of the first ``max_rows`` rows of the validation split
+    (a ``CTRData`` or ``None``) when its score needs it (``holdout``); whole batches only on
+    several ranks, so every rank runs as many."""
     if umec.score_kind is not ScoreKind.HOLDOUT:
         return
     if valid is None or len(valid) == 0:
         raise ValueError("score 'holdout' needs a validation split: set --valid-fraction above 0")
+    if len(valid) > max_rows:
+        valid = valid.subset(torch.arange(max_rows))
     bs = batch_size
     umec.attach_holdout(lambda: valid.batches(bs, rank=ctx.rank, world_size=ctx.world_size,
                                               drop_last=ctx.world_size > 1))
@@ -121,6 +131,12 @@ def compress_run(
     """
     policy = checkpoints or CheckpointPolicy()
     src = Run.open(from_run)
+    src.check_complete()
+    if os.path.isfile(src.file(MASKS_FILE)) or (src.config.get("umec") or {}).get("stage") in MASKED_STAGES:
+        origin = (src.config.get("umec") or {}).get("source_run")
+        raise ValueError(f"{src.path}: already a compressed run (it has {MASKS_FILE}); compressing it again would "
+                         "bring its pruned groups back: compress its dense source run"
+                         + (f" {origin}" if origin else "") + " with the tighter budgets instead")
     check_out_dir(out_dir, force, policy.resume, source=src.path)
     tcfg = stage_train_config(src, epochs, steps)
     bundle = stage_data(src, data)
@@ -141,6 +157,14 @@ def compress_run(
                    "sets": {s.name: s.size for s in spec.sets}}
     run, mgr, resumed = start_stage(out_dir, force, ctx, policy, cfg, bundle, tcfg, dmp, optimizer,
                                     extra_template={"umec": {"blob": b""}})
+    try:
+        return _compress(run, mgr, resumed, ctx, src, bundle, tcfg, dmp, optimizer, umec, spec, progress, log_every)
+    finally:
+        run.unlock()
+
+
+def _compress(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bundle: Any, tcfg: Any, dmp: Any,
+              optimizer: Any, umec: UMECOptimizer, spec: GroupSpec, progress: bool, log_every: int) -> Dict[str, Any]:
     t0 = time.perf_counter()
     if resumed is not None:
         umec.load_umec_state_dict(from_blob(resumed.extra["umec"]["blob"]))
@@ -220,6 +244,7 @@ def finetune_run(
     """
     policy = checkpoints or CheckpointPolicy()
     src = Run.open(from_run)
+    src.check_complete()
     masks = load_masks(src)
     weights = src
     if rewind:
@@ -239,6 +264,15 @@ def finetune_run(
     cfg["umec"] = dict(src.config.get("umec", {}), stage="finetune", source_run=src.path,
                        weights_from=weights.path)
     run, mgr, resumed = start_stage(out_dir, force, ctx, policy, cfg, bundle, tcfg, dmp, optimizer)
+    try:
+        return _finetune(run, mgr, resumed, ctx, src, bundle, tcfg, dmp, optimizer, opt, spec, masks, progress)
+    finally:
+        run.unlock()
+
+
+def _finetune(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bundle: Any, tcfg: Any, dmp: Any,
+              optimizer: Any, opt: MaskedOptimizer, spec: GroupSpec, masks: PruningMasks,
+              progress: bool) -> Dict[str, Any]:
     t0 = time.perf_counter()
     say(ctx, f"finetune {src.path} -> {run.path}: {len(masks.kept_features)} of {len(masks.feature_names)} "
              f"features, units {masks.kept_units()}")

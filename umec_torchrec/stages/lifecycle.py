@@ -13,14 +13,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any, Dict, Optional, Tuple, Union
 
+import torch.distributed as dist
 from torch import nn
 
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.distributed import DistContext
 from umec_torchrec.log import say
-from umec_torchrec.runs import Run, check_data_matches, check_out_dir
+from umec_torchrec.runs import (
+    Run,
+    acquire_lock,
+    check_data_matches,
+    check_fingerprint,
+    check_out_dir,
+    entries,
+    release_lock,
+    remove_own_temp_files,
+)
 from umec_torchrec.train.build import build_training
 from umec_torchrec.train.checkpoint import load_checkpoint
 from umec_torchrec.train.ckpt_manager import CHECKPOINTS, CheckpointManager, CheckpointPolicy, Resumed
@@ -33,6 +44,10 @@ __all__ = [
     "resolve_data",
     "stage_data",
     "open_run",
+    "agree",
+    "clean_stale",
+    "defined_metrics",
+    "say_err",
     "check_resume",
     "restore_or_start",
     "start_stage",
@@ -84,19 +99,60 @@ def stage_data(run: Run, data: Any = None) -> Any:
     return bundle
 
 
+def agree(msg: Optional[str], ctx: DistContext) -> Optional[str]:
+    """Rank 0's ``msg`` on every rank (one broadcast; ``msg`` itself on one process)."""
+    if ctx.world_size > 1 and dist.is_initialized():
+        box = [msg]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return msg
+
+
+def clean_stale(run: Run) -> None:
+    """Remove what killed processes left in ``run`` (call on rank 0 while holding its lock):
+    atomic-write temp files (``.tmp-*``), ``checkpoint.tmp`` and ``checkpoints/step-N.tmp``
+    / ``.deleting-*`` directories, so a full disk freed by the kill stays free."""
+    remove_own_temp_files(run.path)
+    shutil.rmtree(run.checkpoint_dir + ".tmp", ignore_errors=True)
+    root = run.file(CHECKPOINTS)
+    if os.path.isdir(root):
+        for n in os.listdir(root):
+            if n.endswith(".tmp") or n.startswith(".deleting-"):
+                shutil.rmtree(os.path.join(root, n), ignore_errors=True)
+
+
 def open_run(out_dir: str, force: bool, ctx: DistContext, resume: bool = False) -> Run:
     """Create (or, with ``resume`` and an existing non-empty directory, reopen) the output
-    run; :attr:`Run.resumed` says which. Collective (two barriers on a new run)."""
+    run; :attr:`Run.resumed` says which. Takes the run's lock on rank 0 (a second process
+    writing the same run is refused, naming the holder) and removes the leftovers of killed
+    processes. Collective (a broadcast and two barriers on a new run)."""
     path = check_out_dir(out_dir, force, resume)
     # every rank checks first, so a refusal raises everywhere instead of hanging a barrier
-    if resume and os.path.isdir(path) and os.listdir(path):
-        return Run.open(path, resumed=True)
-    ctx.barrier()
+    lock, err = None, None
+    if ctx.rank == 0:
+        try:
+            lock = acquire_lock(path)
+        except (FileExistsError, OSError) as e:
+            err = str(e)
+    err = agree(err, ctx)
+    if err:
+        raise FileExistsError(err)
     try:
-        run = Run.create(path, force=force) if ctx.rank == 0 else Run(path)
-    except (PermissionError, NotADirectoryError) as e:
-        raise ValueError(f"{path}: cannot create the run directory ({e.strerror or e})") from None
-    ctx.barrier()
+        if resume and os.path.isdir(path) and entries(path):
+            run = Run.open(path, resumed=True)
+        else:
+            ctx.barrier()
+            try:
+                run = Run.create(path, force=force) if ctx.rank == 0 else Run(path)
+            except (PermissionError, NotADirectoryError) as e:
+                raise ValueError(f"{path}: cannot create the run directory ({e.strerror or e})") from None
+            ctx.barrier()
+        if ctx.rank == 0:
+            clean_stale(run)
+    except BaseException:
+        release_lock(lock)
+        raise
+    run.lock = lock
     return run
 
 
@@ -118,6 +174,9 @@ def check_resume(run: Run, sections: Dict[str, Any], ctx: DistContext, train: CT
     order differs; ``sections`` are the config sections this invocation would write."""
     rec = json.loads(json.dumps(run.config))  # normalise tuples etc.
     now = json.loads(json.dumps(sections))
+    warning = check_fingerprint(rec.get("data") or {}, where=run.file("config.json"))
+    if warning:
+        say_err(ctx, f"umec: warning: {warning}")
     for key, val in now.items():
         have = rec.get(key)
         if key == "data":
@@ -161,38 +220,67 @@ def start_stage(out_dir: str, force: bool, ctx: DistContext, policy: CheckpointP
                 bundle: Any, tcfg: TrainConfig, model: nn.Module, optimizer: Any,
                 extra_template: Optional[Dict[str, Any]] = None) -> Tuple[Run, CheckpointManager, Optional[Resumed]]:
     """Create (or, with ``policy.resume``, reopen and check) the stage's run directory, write
-    its config (``cfg`` plus ``world_size``), and restore the newest good checkpoint.
+    its config (``cfg`` plus ``world_size``), and restore the newest good checkpoint. The
+    returned run holds its lock: the caller releases it (``run.unlock()``) when the stage
+    ends, however it ends.
 
     Returns:
         ``(run, checkpoint manager, resumed or None)``.
     """
     cfg = dict(cfg, world_size=ctx.world_size)
     run = open_run(out_dir, force, ctx, resume=policy.resume)
-    if run.resumed:
-        check_resume(run, {k: cfg[k] for k in RESUME_SECTIONS if k in cfg}, ctx, bundle.train, tcfg)
-    elif ctx.rank == 0:
-        run.write_config(**cfg)
-    mgr = CheckpointManager(run.file(CHECKPOINTS), policy)
-    return run, mgr, restore_or_start(mgr, run, ctx, model, optimizer, extra_template)
+    try:
+        if run.resumed:
+            check_resume(run, {k: cfg[k] for k in RESUME_SECTIONS if k in cfg}, ctx, bundle.train, tcfg)
+        elif ctx.rank == 0:
+            run.write_config(**cfg)
+            run.discard_replaced()  # the run --force replaces goes once the new one has started
+        mgr = CheckpointManager(run.file(CHECKPOINTS), policy)
+        return run, mgr, restore_or_start(mgr, run, ctx, model, optimizer, extra_template)
+    except BaseException:
+        run.unlock()
+        raise
 
 
 def finish_stage(run: Run, ctx: DistContext, metrics: Dict[str, Any],
                  masks: Optional[PruningMasks] = None) -> Dict[str, Any]:
     """Write ``metrics.json`` (and ``masks.json`` when given) on rank 0, wait for every
     rank, report the test metrics; returns ``metrics``."""
+    metrics["test"] = defined_metrics(metrics["test"], ctx)
     if ctx.rank == 0:
         if masks is not None:
             masks.save(run.file(MASKS_FILE))
-        run.write_metrics(metrics)
+        run.write_metrics(metrics)  # written last: a run with metrics.json is complete
     ctx.barrier()
     say(ctx, format_metrics(metrics["test"], "test"))
     say(ctx, f"run written to {run.path}")
     return metrics
 
 
+def say_err(ctx: DistContext, msg: str) -> None:
+    """``msg`` on stderr from rank 0."""
+    if ctx.rank == 0:
+        import sys
+
+        print(msg, file=sys.stderr, flush=True)
+
+
+def defined_metrics(m: Dict[str, Any], ctx: DistContext) -> Dict[str, Any]:
+    """``m`` with an undefined AUC (a split with one class: NaN) as ``None`` plus
+    ``"auc_undefined"`` (the reason), with a warning on stderr."""
+    auc = m.get("auc")
+    if isinstance(auc, float) and auc != auc:
+        n_pos = m.get("positives")
+        why = "the evaluation split has only one class" + (f" ({n_pos} positives)" if n_pos is not None else "")
+        say_err(ctx, f"umec: warning: AUC is undefined: {why}")
+        m = dict(m, auc=None, auc_undefined=why)
+    return m
+
+
 def format_metrics(m: Dict[str, Any], name: str = "test") -> str:
     """One line: ``test: AUC 0.7712, log loss 0.4671, accuracy 0.7801 (4600 rows)``."""
-    return (f"{name}: AUC {m['auc']:.4f}, log loss {m['log_loss']:.4f}, "
+    auc = "undefined" if m.get("auc") is None else f"{m['auc']:.4f}"
+    return (f"{name}: AUC {auc}, log loss {m['log_loss']:.4f}, "
             f"accuracy {m['accuracy']:.4f} ({m['rows']} rows)")
 
 
@@ -215,6 +303,7 @@ def load_run_model(
         ``(dmp, optimizer or None, run)``.
     """
     run = Run.open(run) if isinstance(run, str) else run
+    run.check_complete()
     model_cfg = run.model_config()
     tcfg = train_cfg or run.train_config()
     dmp, optimizer = build_training(model_cfg, tcfg, ctx, tables_on_meta=True)
@@ -224,7 +313,9 @@ def load_run_model(
 
 def load_source(src: Run, dmp: Any, optimizer: Any, ctx: DistContext) -> None:
     """Load the source run's final checkpoint; a checkpoint of another model, or optimizer
-    state laid out for another world size, is a clear ``ValueError`` naming the source run."""
+    state laid out for another world size, is a clear ``ValueError`` naming the source run;
+    an incomplete source run (its stage did not finish) is refused naming the missing file."""
+    src.check_complete()
     try:
         load_checkpoint(src.checkpoint_dir, dmp, optimizer)
     except FileNotFoundError:

@@ -3,13 +3,15 @@ of a finished run."""
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from umec_torchrec.distributed import DistContext
 from umec_torchrec.log import say
 from umec_torchrec.runs import Run, check_out_dir, data_record
 from umec_torchrec.stages.lifecycle import (
+    defined_metrics,
     finish_stage,
     format_metrics,
     load_run_model,
@@ -25,7 +27,56 @@ from umec_torchrec.train.fit import fit
 from umec_torchrec.train.metrics import evaluate
 from umec_torchrec.train.sharding import plan_summary
 
-__all__ = ["train_run", "evaluate_run", "format_metrics"]
+__all__ = ["train_run", "evaluate_run", "format_metrics", "check_sizes", "recorded_spec", "MAX_SEED"]
+
+#: the largest seed every generator takes (torch's and numpy's seeds are unsigned 64-bit;
+#: torch's ``manual_seed`` reads it as a signed 64-bit integer first)
+MAX_SEED = 2 ** 63 - 1
+
+
+def _memory_bytes() -> Optional[int]:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def check_sizes(model_cfg: Any, train_cfg: TrainConfig) -> None:
+    """``ValueError`` naming the flag for sizes nothing can be built from: an embedding dim
+    below 1, a seed outside ``[0, 2^63)``, or tables (weights and optimizer state, 4-byte
+    floats) larger than this machine's memory.
+
+    Example::
+
+        check_sizes(make_model_config(bundle.train, {"embedding_dim": 16}), TrainConfig())
+    """
+    dim = int(model_cfg.embedding_dim)
+    if dim < 1:
+        raise ValueError(f"--embedding-dim must be >= 1, got {dim}")
+    if not 0 <= int(train_cfg.seed) <= MAX_SEED:
+        raise ValueError(f"--seed must be in [0, 2^63 - 1], got {train_cfg.seed}")
+    rows = sum(int(n) for n in model_cfg.table_sizes)
+    need = rows * dim * 4 * (2 if train_cfg.embedding_optimizer == "adagrad" else 1) + rows * 4
+    have = _memory_bytes()
+    if have is not None and need > have:
+        raise ValueError(
+            f"the embedding tables need {need / 2 ** 30:.1f} GiB ({rows} rows of dim {dim} with optimizer state), "
+            f"this machine has {have / 2 ** 30:.1f} GiB: lower --hash-size (or raise --min-count) or "
+            f"--embedding-dim")
+
+
+def recorded_spec(spec: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """``(spec to record, absolute input path or None)``: the path made absolute, so later
+    stages reload it from any working directory."""
+    if spec is None:
+        return None, None
+    from umec_torchrec.data.errors import DataError
+    from umec_torchrec.data.spec import absolute_spec
+
+    try:
+        return absolute_spec(spec)
+    except DataError:
+        return spec, None
 
 
 def train_run(
@@ -74,10 +125,22 @@ def train_run(
              f"{len(bundle.train.feature_names)} sparse features ({sum(bundle.train.table_sizes)} table rows), "
              f"{bundle.train.dense.shape[1]} dense")
     model_cfg = make_model_config(bundle.train, model_cfg_overrides)
-    cfg = dict(model=model_cfg.to_dict(), data=data_record(spec, opts, bundle.train, getattr(bundle, "info", None)),
+    check_sizes(model_cfg, train_cfg)  # before anything is built or an existing run replaced
+    rec_spec, source = recorded_spec(spec)
+    cfg = dict(model=model_cfg.to_dict(),
+               data=data_record(rec_spec, opts, bundle.train, getattr(bundle, "info", None), source=source),
                train=train_cfg.to_dict())
     dmp, optimizer = build_training(model_cfg, train_cfg, ctx)
     run, mgr, resumed = start_stage(out_dir, force, ctx, policy, cfg, bundle, train_cfg, dmp, optimizer)
+    try:
+        return _train(run, mgr, resumed, ctx, bundle, model_cfg, train_cfg, dmp, optimizer, progress,
+                      batch_transform, t0)
+    finally:
+        run.unlock()
+
+
+def _train(run: Run, mgr: Any, resumed: Any, ctx: DistContext, bundle: Any, model_cfg: Any, train_cfg: TrainConfig,
+           dmp: Any, optimizer: Any, progress: bool, batch_transform: Optional[Callable], t0: float) -> Dict[str, Any]:
     plans = sorted(set(v.split(" ")[0] for v in plan_summary(dmp).values()))
     say(ctx,
         f"model: {model_cfg.kind} DLRM, D={model_cfg.embedding_dim}, bottom {model_cfg.bottom}, top {model_cfg.top}; "
@@ -118,11 +181,14 @@ def evaluate_run(
     Returns:
         ``{"auc", "log_loss", "accuracy", "rows"}``.
     """
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     run = Run.open(run_dir)
+    run.check_complete()
     bundle = stage_data(run, data)
     dmp, _, _ = load_run_model(run, ctx)
     bs = batch_size or run.train_config().eval_batch_size
-    m = evaluate(dmp, bundle.test, bs, ctx, batch_transform=batch_transform)
+    m = defined_metrics(evaluate(dmp, bundle.test, bs, ctx, batch_transform=batch_transform), ctx)
     if write and ctx.rank == 0:
         run.write_metrics(m, section="evaluate")
     ctx.barrier()

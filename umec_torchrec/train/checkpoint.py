@@ -7,14 +7,14 @@ plain unsharded model).
 
 Every checkpoint directory is complete or absent: the ranks write into ``<path>.tmp``, rank 0
 adds ``manifest.json`` (size and SHA-256 of every file) last and renames the directory into
-place. :func:`verify_checkpoint` re-checks a directory against its manifest, so a torn or
-corrupted checkpoint is detected before it is loaded.
+place. :func:`load_checkpoint` re-checks a directory against its manifest (every file's
+size and SHA-256) before loading it and refuses non-finite weights after, so a torn,
+corrupted or diverged checkpoint is never used. A full disk is one line
+(:class:`~umec_torchrec.io.DiskFull`) and leaves no ``<path>.tmp`` behind.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from typing import Any, Dict, Optional
@@ -25,10 +25,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from umec_torchrec.distributed import barrier as _barrier
 from umec_torchrec.distributed import get_rank as _rank
-from umec_torchrec.io import write_json
-
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
+from umec_torchrec.io import MANIFEST, raise_if_disk_full, read_manifest, verify_manifest, write_manifest
+from umec_torchrec.train.guard import weights_finite
 
 
 def _state(model: Optional[nn.Module], optimizer: Any, extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -44,14 +42,6 @@ def _state(model: Optional[nn.Module], optimizer: Any, extra: Optional[Dict[str,
     return state
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -65,55 +55,19 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_manifest(path: str, meta: Optional[Dict[str, Any]] = None) -> None:
-    """Write ``path/manifest.json``: size and SHA-256 of every other file, plus ``meta``."""
-    files = {}
-    for name in sorted(os.listdir(path)):
-        f = os.path.join(path, name)
-        if name == MANIFEST or not os.path.isfile(f):
-            continue
-        files[name] = {"size": os.path.getsize(f), "sha256": _sha256(f)}
-    write_json(os.path.join(path, MANIFEST), {"format": MANIFEST_FORMAT, "complete": True, "files": files,
-                                              **(meta or {})})
-
-
-def read_manifest(path: str) -> Optional[Dict[str, Any]]:
-    """The manifest of checkpoint ``path`` (``None`` when it has none or it is unreadable)."""
-    try:
-        with open(os.path.join(path, MANIFEST)) as f:
-            m = json.load(f)
-        return m if isinstance(m, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 def verify_checkpoint(path: str, hashes: bool = True, require_manifest: bool = True) -> Optional[str]:
     """Why ``path`` is not a complete, intact checkpoint, or ``None`` when it is.
 
-    Checks that the directory and DCP's ``.metadata`` exist and, when there is a manifest
-    (required unless ``require_manifest`` is false, for checkpoints of older versions), that
-    every listed file exists with the listed size and (``hashes``) SHA-256.
+    Checks that the directory and DCP's ``.metadata`` exist and that every file listed in
+    ``manifest.json`` exists with the listed size and (``hashes``) SHA-256. A missing
+    manifest is a reason unless ``require_manifest`` is false or
+    :func:`~umec_torchrec.io.trusting` is on (``--trust-checkpoint``).
     """
     if not os.path.isdir(path):
         return "no checkpoint directory"
     if not os.path.isfile(os.path.join(path, ".metadata")):
         return "no .metadata file (incomplete torch.distributed.checkpoint directory)"
-    has = os.path.exists(os.path.join(path, MANIFEST))
-    if not has:
-        return "no manifest.json (incomplete checkpoint)" if require_manifest else None
-    m = read_manifest(path)
-    if m is None or not m.get("complete") or not isinstance(m.get("files"), dict):
-        return "manifest.json is unreadable or incomplete"
-    for name, rec in m["files"].items():
-        f = os.path.join(path, name)
-        if not os.path.isfile(f):
-            return f"file {name} is missing"
-        size = os.path.getsize(f)
-        if size != rec.get("size"):
-            return f"file {name} has {size} bytes, expected {rec.get('size')} (truncated or corrupt)"
-        if hashes and _sha256(f) != rec.get("sha256"):
-            return f"file {name} does not match its SHA-256 (corrupt)"
-    return None
+    return verify_manifest(path, hashes=hashes, require=require_manifest)
 
 
 def save_checkpoint(path: str, model: nn.Module, optimizer: Any = None, extra: Optional[Dict[str, Any]] = None,
@@ -134,14 +88,23 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any = None, extra: O
     tmp, old = path + ".tmp", path + ".old"
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(path) and os.path.isdir(old):  # killed between the two renames below
+            os.replace(old, path)
+        shutil.rmtree(old, ignore_errors=True)
         os.makedirs(os.path.dirname(path), exist_ok=True)
     _barrier()
-    dcp.save(_state(model, optimizer, extra), checkpoint_id=tmp)
-    _barrier()
+    try:
+        dcp.save(_state(model, optimizer, extra), checkpoint_id=tmp)
+        _barrier()
+        if _rank() == 0:
+            write_manifest(tmp, meta)  # written last: a directory with a valid manifest is complete
+            _fsync_dir(tmp)
+    except BaseException as e:  # CheckpointException is a BaseException
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint would keep a full disk full
+        raise_if_disk_full(e, tmp)
+        raise
     if _rank() == 0:
-        write_manifest(tmp, meta)  # written last: a directory with a valid manifest is complete
-        _fsync_dir(tmp)
-        shutil.rmtree(old, ignore_errors=True)
         if os.path.exists(path):
             os.replace(path, old)
         os.replace(tmp, path)
@@ -151,11 +114,12 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any = None, extra: O
 
 
 def check_checkpoint(path: str) -> None:
-    """Raise ``FileNotFoundError`` / ``ValueError`` naming ``path`` unless it looks like a
-    complete DCP checkpoint."""
+    """Raise ``FileNotFoundError`` / ``ValueError`` naming ``path`` unless it is a complete,
+    intact checkpoint: its manifest present (unless :func:`~umec_torchrec.io.trusting`) and
+    every file's size and SHA-256 as recorded (hashed once per file and process)."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no checkpoint directory")
-    why = verify_checkpoint(path, hashes=False, require_manifest=False)
+    why = verify_checkpoint(path, hashes=True, require_manifest=True)
     if why is not None:
         raise ValueError(f"{path}: not a complete checkpoint: {why}")
 
@@ -195,6 +159,8 @@ def load_checkpoint(path: str, model: Optional[nn.Module], optimizer: Any = None
             optimizer.load_state_dict(state["optim"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(f"{path}: checkpoint does not match the model/optimizer ({e})") from e
+    if model is not None and not weights_finite(model):
+        raise ValueError(f"{path}: the checkpoint holds non-finite weights (NaN/inf); refusing to use it")
     if extra is not None:
         for k in list(extra):
             extra[k] = state[k]

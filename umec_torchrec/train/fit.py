@@ -11,7 +11,7 @@ from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.distributed import DistContext
 from umec_torchrec.train.ckpt_manager import CheckpointManager, Resumed, mine, progress_record, set_rng_state
 from umec_torchrec.train.config import TrainConfig
-from umec_torchrec.train.guard import NonFiniteError, RunInterrupted
+from umec_torchrec.train.guard import NonFiniteError, RunInterrupted, deferred_signals, stop_requested
 from umec_torchrec.train.loop import LoopState, num_train_steps, train_batches, train_steps
 from umec_torchrec.train.optim import LRSchedule
 
@@ -87,11 +87,16 @@ def fit(
             raise RunInterrupted(stop, st.steps, saved)
 
     try:
-        return train_steps(
-            model, optimizer, batches, on_step=on_step, batch_transform=batch_transform,
-            progress=progress, log_every=train_cfg.log_every, scheduler=sched, total=max(0, total - state.steps),
-            device=ctx.device, log=log, state=state, after_step=after_step,
-        )
+        with deferred_signals():  # a stop signal now ends the run after the current step, with a checkpoint
+            out = train_steps(
+                model, optimizer, batches, on_step=on_step, batch_transform=batch_transform,
+                progress=progress, log_every=train_cfg.log_every, scheduler=sched,
+                total=max(0, total - state.steps), device=ctx.device, log=log, state=state, after_step=after_step,
+            )
+        sig = stop_requested()
+        if sig:  # arrived after the last step's check
+            raise RunInterrupted(sig, state.steps, checkpoints.latest if checkpoints is not None else None)
+        return out
     except NonFiniteError as e:
         latest = checkpoints.latest if checkpoints is not None else None
         raise e.with_checkpoint(e.checkpoint or latest) from None

@@ -26,32 +26,35 @@ import torch.distributed as dist
 from torch import nn
 
 from umec_torchrec.distributed import get_world_size, local_tensors
+from umec_torchrec.errors import NonFiniteError
 
 FAULT_NAN_ENV = "UMEC_FAULT_NAN_STEP"
 
-_STOP: Dict[str, Optional[int]] = {"signum": None}
+_STOP: Dict[str, Any] = {"signum": None, "deferred": False, "looped": False}
 
 
-class NonFiniteError(ValueError):
-    """The training loss or the weights became NaN/inf; the message names the step.
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name if signum in set(s.value for s in signal.Signals) else str(signum)
 
-    Attributes:
-        step: 1-based step at which it was detected.
-        what: ``"loss"`` or ``"weights"``.
-        checkpoint: the last good checkpoint directory, or ``None``.
+
+class StopRequested(BaseException):
+    """SIGTERM/SIGINT outside the training loop (start-up, data loading, evaluation): the
+    process stops at once. A ``BaseException``, so no ``except Exception`` on the way
+    swallows it. ``exit_code`` is ``128 + signum``.
+
+    Example::
+
+        raise StopRequested(signal.SIGTERM, "before the training loop started")
     """
 
-    def __init__(self, step: int, what: str, detail: str = "", checkpoint: Optional[str] = None) -> None:
-        self.step, self.what, self.detail, self.checkpoint = step, what, detail, checkpoint
-        super().__init__(self._format())
+    def __init__(self, signum: int, when: str = "before the training loop started") -> None:
+        self.signum = int(signum)
+        super().__init__(f"stopped by {_signal_name(self.signum)} {when}; run the same command again "
+                         "(with --resume if the run directory was created)")
 
-    def _format(self) -> str:
-        where = f"last good checkpoint: {self.checkpoint}" if self.checkpoint else "no checkpoint was written"
-        d = f" ({self.detail})" if self.detail else ""
-        return f"non-finite {self.what} at step {self.step}{d}; the run stopped; {where}; lower the learning rates"
-
-    def with_checkpoint(self, checkpoint: Optional[str]) -> "NonFiniteError":
-        return NonFiniteError(self.step, self.what, self.detail, checkpoint)
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 class RunInterrupted(Exception):
@@ -64,7 +67,7 @@ class RunInterrupted(Exception):
 
     def __init__(self, signum: int, step: int, checkpoint: Optional[str], resume_hint: str = "") -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        name = signal.Signals(signum).name if signum in set(s.value for s in signal.Signals) else str(signum)
+        name = _signal_name(signum)
         hint = resume_hint or "run the same command again with --resume to continue"
         where = f"checkpoint written to {checkpoint}" if checkpoint else "no checkpoint was written"
         super().__init__(f"stopped by {name} after step {step}; {where}; {hint}")
@@ -89,8 +92,24 @@ def clear_stop() -> None:
 
 
 @contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Within the block (the training loop), a stop signal only sets the flag that the loop
+    checks after each step; outside it, the handlers of :func:`stop_on_signals` raise
+    :class:`StopRequested` at once (a process blocked opening a FIFO stops too)."""
+    before = _STOP["deferred"]
+    _STOP["deferred"] = True
+    try:
+        yield
+    finally:
+        _STOP["deferred"] = before
+        _STOP["looped"] = True
+
+
+@contextlib.contextmanager
 def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
-    """Within the block, SIGTERM/SIGINT set the stop flag instead of killing the process.
+    """Within the block, SIGTERM/SIGINT stop the run cleanly: inside
+    :func:`deferred_signals` (the training loop) they set the stop flag checked after each
+    step; elsewhere they raise :class:`StopRequested` at once.
 
     Only in the main thread (elsewhere this is a no-op). The previous handlers come back on
     exit; a second signal of the same kind while the flag is set restores the default
@@ -110,8 +129,12 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
             signal.raise_signal(signum)
             return
         request_stop(signum)
+        if not _STOP["deferred"]:
+            raise StopRequested(signum, "after the training loop, before the stage's final files were written"
+                                if _STOP["looped"] else "before the training loop started")
 
     clear_stop()
+    _STOP["looped"] = False
     for s in signals:
         old[s] = signal.signal(s, handler)
     try:
@@ -180,6 +203,8 @@ class StepGuard:
 __all__ = [
     "NonFiniteError",
     "RunInterrupted",
+    "StopRequested",
+    "deferred_signals",
     "StepGuard",
     "stop_on_signals",
     "stop_requested",
