@@ -299,7 +299,7 @@ def test_sigterm_while_blocked_opening_a_fifo_exits_143(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until it blocks in open() of the FIFO
         try:
-            if "fifo" in open(f"/proc/{p.pid}/wchan").read():
+            if open(f"/proc/{p.pid}/wchan").read() in ("wait_for_partner", "fifo_open"):  # blocked in open()
                 break
         except OSError:
             pass

@@ -78,7 +78,8 @@ def suite_items(quick: bool = False, data_root: str = "../shared/data") -> List[
     """The fixed list (module docstring); ``quick``: the CI subset on generated data."""
     if quick:
         small = {"kind": "cat", "embedding_dim": 8, "bottom": [16, 8], "top": [16, 8, 1]}
-        base = dict(data="clicklog:seed=0,rows=2000", seeds=2, methods=["umec", "magnitude", "taylor"],
+        base = dict(data="clicklog:seed=0,rows=2000", seeds=2, methods=["umec", "umec_auto", "magnitude"],
+                    auto_scores=["holdout", "weight"],
                     model=small, min_count=1, batch_size=128)
         return [SuiteItem("clicklog0-joint", QualityConfig(budgets=[0.3], **base)),
                 SuiteItem("clicklog0-features", QualityConfig(budgets=[], field_shares=[0.25], signal_budget=True,
