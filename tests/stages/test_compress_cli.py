@@ -53,12 +53,12 @@ def test_compress_then_finetune(dense_run, tmp_path, capsys):
 
 
 def test_finetune_rewind_starts_from_dense_weights(dense_run, tmp_path):
-    """--rewind: the fine-tuned run starts from the dense run's weights (masked), recorded in
+    """--start rewind (the default): the fine-tuned run starts from the dense run's weights (masked), recorded in
     its config; after one step its weights are near the masked dense weights, not near the
     weights the UMEC search left."""
     c, f = str(tmp_path / "c"), str(tmp_path / "f")
     assert main(["compress", "--from", dense_run, "--budget", "flops=0.4", "--out", c, "--no-progress"]) == 0
-    assert main(["finetune", "--from", c, "--out", f, "--rewind", "--steps", "1", "--no-progress"]) == 0
+    assert main(["finetune", "--from", c, "--out", f, "--steps", "1", "--no-progress"]) == 0
     cfg = json.load(open(os.path.join(f, "config.json")))
     assert cfg["umec"]["weights_from"] == os.path.abspath(dense_run)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from umec_torchrec.cli import flags
 from umec_torchrec.cli.running import run_guarded
@@ -47,9 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="train a compressed run on with its masks fixed",
                        description="Pruned weights stay exactly zero and pruned features are dropped from the input.")
     add_stage_args(p)
-    p.add_argument("--rewind", action="store_true",
-                   help="start from the dense run's weights (the compress stage's source) with the masks, "
-                        "instead of the weights the UMEC search left")
+    from umec_torchrec.stages.compress import FINETUNE_STARTS, finetune_run
+
+    p.add_argument("--start", choices=list(FINETUNE_STARTS),
+                   default=inspect.signature(finetune_run).parameters["start"].default,
+                   help="rewind: the dense run's weights (the compress stage's source) with the masks; continue: "
+                        "the weights the UMEC search left (default %(default)s, chosen on validation)")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -81,4 +85,4 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return run_guarded(ctx, lambda: finetune_run(args.from_run, args.out, ctx, epochs=args.epochs,
                                                      steps=args.steps, force=args.force,
                                                      progress=not args.no_progress, checkpoints=policy,
-                                                     rewind=args.rewind))
+                                                     start=args.start))
