@@ -13,7 +13,7 @@ method                    after the dense model
 ``umec_auto``             ``umec`` once per score kind of ``auto_scores``; keeps the one with
                           the best *validation* AUC (extra compute: one search per kind)
 ``umec_rewind``           UMEC's masks (same search) applied to the *dense* weights, then
-                          ``C + F`` fine-tune like the one-shot methods (``umec finetune``, whose default start is rewind)
+                          ``C + F`` fine-tune like the one-shot methods (the default ``umec finetune``)
 ``group_lasso``           ``C`` epochs with the group L2,1 prox, threshold to budget, ``F`` fine-tune
 ``magnitude``             one-shot: least-norm groups to budget, then ``C + F`` fine-tune
 ``random``                one-shot: random groups to budget, then ``C + F`` fine-tune
