@@ -101,8 +101,9 @@ def test_corrupt_or_unmanifested_final_checkpoint_is_refused_everywhere(root, tm
     fails(["export", "--from", comp, "--out", tmp_path / "x"], "SHA-256", keep=comp)
     fails(["compress", "--from", run, "--budget", "flops=0.5", "--steps", "2", "--no-progress",
            "--out", tmp_path / "c"], "SHA-256", keep=run)
-    fails(["finetune", "--from", comp, "--steps", "2", "--no-progress", "--out", tmp_path / "f"], "SHA-256",
-          keep=comp)
+    # --start continue reads the compressed run's own checkpoint (rewind reads its source run's)
+    fails(["finetune", "--from", comp, "--start", "continue", "--steps", "2", "--no-progress",
+           "--out", tmp_path / "f"], "SHA-256", keep=comp)
     assert not any(os.path.exists(tmp_path / n) for n in ("x", "c", "f"))
     os.remove(run / "checkpoint" / "manifest.json")
     fails(["evaluate", run, "--no-progress"], "no manifest.json", "--trust-checkpoint", keep=run)
