@@ -1,11 +1,6 @@
-"""``python -m umec_torchrec ...`` = the ``umec`` command."""
+"""``python -m umec_torchrec ...`` = the ``umec`` command (runs :mod:`umec_torchrec.cli.__main__`)."""
 
-import sys
+import runpy
 
 if __name__ == "__main__":
-    try:
-        from umec_torchrec.cli import main
-    except KeyboardInterrupt:  # Ctrl-C during the start-up imports: no traceback
-        print("umec: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(main())
+    runpy.run_module("umec_torchrec.cli", run_name="__main__", alter_sys=True)

@@ -13,7 +13,6 @@ permission-bits case runs too when not root).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import sys
 
 import pytest
 
+from helpers.files import snapshot
 from umec_torchrec import cli
 from umec_torchrec.data import testing as T
 
@@ -29,16 +29,6 @@ SMALL = ["--embedding-dim", "8", "--bottom", "16,8", "--top", "16,1", "--batch-s
          "--log-every", "0"]
 DATA = "synthetic:rows=1500,seed=2,min_count=2"
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
-
-
-def _snapshot(root) -> dict:
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +51,14 @@ def check(root, capsys):
 
     def run(argv, *needles, code=2, new=None):
         capsys.readouterr()
-        before = _snapshot(root)
+        before = snapshot(root)
         rc = cli.main([str(a) for a in argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == code, (argv, err)
         assert len(err) == 1 and err[0].startswith("umec: error: "), (argv, err)
         for n in needles:
             assert str(n) in err[0], (n, err[0])
-        assert _snapshot(root) == before, "existing files changed"
+        assert snapshot(root) == before, "existing files changed"
         if new is not None:
             assert not os.path.exists(new), f"{new} was created"
         return err[0]
@@ -166,9 +156,9 @@ def test_checkpoint_of_another_model(root, tmp_path, check):
     shutil.copytree(root / "other" / "checkpoint", fake / "checkpoint")
     check(["compress", "--from", fake, "--budget", "flops=0.5", "--no-progress", "--out", tmp_path / "c"],
           str(fake), "another model", new=tmp_path / "c")
-    before = _snapshot(fake)
+    before = snapshot(fake)
     check(["evaluate", fake, "--no-progress"], "checkpoint")
-    assert _snapshot(fake) == before
+    assert snapshot(fake) == before
     # --resume of an existing run with a different model: names the differing setting
     check(["train", "--data", DATA, *SMALL[:2], "--bottom", "32,8", *SMALL[4:], "--steps", "6", "--resume",
            "--out", root / "dense"], "cannot resume with different settings", "model.bottom")
@@ -250,11 +240,11 @@ def test_world_size_change_that_cannot_be_handled(root, tmp_path):
           "--out", str(tmp_path / "c2")], "written on 1 rank(s)"),
     ]
     for argv, text in cases:
-        before = _snapshot(tmp_path), _snapshot(root)
+        before = snapshot(tmp_path), snapshot(root)
         p = subprocess.run(base + argv, capture_output=True, text=True, timeout=240, env=env)
         mine = [ln for ln in p.stderr.splitlines() if ln.startswith("umec:")]
         assert p.returncode != 0 and mine and all(text in ln and ln.startswith("umec: error:") for ln in mine), \
             p.stderr[-3000:]
         assert not any("Traceback" in ln for ln in p.stderr.splitlines() if ln.startswith("[rank")), p.stderr[-3000:]
-        assert (_snapshot(tmp_path), _snapshot(root)) == before
+        assert (snapshot(tmp_path), snapshot(root)) == before
     assert json.load(open(odd / "config.json"))["world_size"] == 1

@@ -14,7 +14,6 @@ All data is generated: the built-in synthetic generator and the files of
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -27,22 +26,13 @@ import time
 
 import pytest
 
+from helpers.files import snapshot
 from umec_torchrec import cli
 from umec_torchrec.data import testing as T
 
 SMALL = ["--embedding-dim", "8", "--bottom", "16,8", "--top", "16,1", "--batch-size", "128", "--no-progress",
          "--log-every", "0"]
 DATA = "synthetic:rows=1500,seed=2,min_count=2"
-
-
-def _snapshot(root) -> dict:
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +53,7 @@ def fails(capsys):
 
     def run(argv, *needles, code=2, keep=None):
         capsys.readouterr()
-        before = _snapshot(keep) if keep is not None else None
+        before = snapshot(keep) if keep is not None else None
         rc = cli.main([str(a) for a in argv])
         err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("umec: warning")]
         assert rc == code, (argv, err)
@@ -71,7 +61,7 @@ def fails(capsys):
         for n in needles:
             assert str(n) in err[0], (n, err[0])
         if keep is not None:
-            assert _snapshot(keep) == before, "existing files changed"
+            assert snapshot(keep) == before, "existing files changed"
         return err[0]
 
     return run
@@ -361,11 +351,11 @@ def test_full_disk_is_one_line_and_leaves_no_partial_files(root, tmp_path, capsy
         msg = one_line(["train", "--data", DATA, *SMALL, "--steps", "4", "--checkpoint-every", "2", "--out", run])
     assert "step-000002.tmp" in msg and os.listdir(run / "checkpoints") == []
     dense = _copy(root / "dense", tmp_path / "dense")
-    before = _snapshot(dense)
+    before = snapshot(dense)
     with monkeypatch.context() as m:
         m.setattr(uio.os, "fsync", _enospc)
         assert "metrics.json" in one_line(["evaluate", dense, "--no-progress"])
-    assert _snapshot(dense) == before
+    assert snapshot(dense) == before
     with monkeypatch.context() as m:
         m.setattr(exporter.os, "fsync", _enospc)
         assert str(tmp_path / "exp") in one_line(["export", "--from", root / "comp", "--out", tmp_path / "exp"])
