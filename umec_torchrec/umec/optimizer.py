@@ -411,8 +411,6 @@ class UMECOptimizer(OptimizerWrapper):
         if self.score_kind is ScoreKind.HOLDOUT and self.umec_step_count % cfg.holdout_every == 0:
             self.refresh_holdout()
         scores = self._scores()
-        if not bool(torch.isfinite(torch.cat([sc.reshape(-1) for sc in scores] + [self.s, self.y, self.z])).all()):
-            raise NonFiniteError(self.inner_step_count, "UMEC state", "group scores or s / y / z")
         if self._scale is None:  # fixed per-set unit of the penalty (see the class docstring)
             self._scale = self._penalty_unit(scores)
         inv = 1.0 / self._scale
@@ -447,8 +445,10 @@ class UMECOptimizer(OptimizerWrapper):
 
         # 4. z ascent on R(s^t) - B
         self.z = (self.z + cfg.z_lr * (evals[0] - self._B)).clamp(min=0.0)
+        # one host sync per step: a non-finite score or dual reaches s, y or z within this step
+        # (NaN propagates through the s step, the y ascent and the clamps), before s becomes an index
         if not bool(torch.isfinite(torch.cat([self.s, self.y, self.z])).all()):
-            raise NonFiniteError(self.inner_step_count, "UMEC state", "s / y / z after the UMEC step")
+            raise NonFiniteError(self.inner_step_count, "UMEC state", "group scores or s / y / z")
         self.umec_step_count += 1
 
     # ------------------------------------------------------------------ reading the state
