@@ -48,7 +48,8 @@ def _train(model, ids, y, steps=300, lr=0.05):
 
 
 def _fisher(model, ids, y, kind_fisher=True, batches=5):
-    tracker = ImportanceTracker([Gate(model.first, _incidence(len(model.tables)))], momentum=0.5, fisher=kind_fisher)
+    tracker = ImportanceTracker([Gate(model.first, _incidence(len(model.tables)))], momentum=0.5, fisher=kind_fisher,
+                                second_moment=True)
     for chunk_ids, chunk_y in zip(ids.chunk(batches), y.chunk(batches)):
         model.zero_grad()
         nn.functional.binary_cross_entropy_with_logits(model(chunk_ids), chunk_y).backward()

@@ -153,7 +153,7 @@ def group_contributions(
 
 
 class GateStats:
-    """Moving averages at one gate: ``mean`` and ``sq`` (``E[x]``, ``E[x^2]``, ``[C]``) and,
+    """Moving averages at one gate: ``mean`` and, when tracked, ``sq`` (``E[x]``, ``E[x^2]``, ``[C]``) and,
     when tracked, ``fisher`` (``E[t^2] / 2``, ``[G]``)."""
 
     def __init__(self) -> None:
@@ -163,7 +163,7 @@ class GateStats:
 
     @property
     def var(self) -> Optional[torch.Tensor]:
-        return None if self.mean is None else (self.sq - self.mean.pow(2)).clamp(min=0.0)
+        return None if self.mean is None or self.sq is None else (self.sq - self.mean.pow(2)).clamp(min=0.0)
 
     def tensors(self) -> Dict[str, torch.Tensor]:
         return {k: v for k, v in (("mean", self.mean), ("sq", self.sq), ("fisher", self.fisher)) if v is not None}
@@ -181,16 +181,19 @@ class ImportanceTracker:
         gates: one :class:`Gate` per group set (``None`` for a set without one).
         momentum: weight of the newest batch in the moving averages.
         fisher: also track ``E[t^2] / 2`` (one gradient hook per gate and step).
+        second_moment: also track ``E[x^2]`` (and so ``Var[x]``); UMEC needs only the means.
 
     Example::
 
-        tracker = ImportanceTracker([Gate(first_linear, incidence)], fisher=True)
+        tracker = ImportanceTracker([Gate(first_linear, incidence)], fisher=True, second_moment=True)
         ...                             # training steps (forward + backward)
         stats = tracker.synced()        # identical on every rank
         stats[0].var, stats[0].fisher
     """
 
-    def __init__(self, gates: Sequence[Optional[Gate]], momentum: float = 0.1, fisher: bool = False) -> None:
+    def __init__(self, gates: Sequence[Optional[Gate]], momentum: float = 0.1, fisher: bool = False,
+                 second_moment: bool = False) -> None:
+        self.track_sq = second_moment
         self.gates = list(gates)
         self.momentum = momentum
         self.track_fisher = fisher
@@ -212,7 +215,8 @@ class ImportanceTracker:
             with torch.no_grad():
                 xd = x.detach().float()
                 st.mean = _lerp(st.mean, xd.mean(dim=0), self.momentum)
-                st.sq = _lerp(st.sq, xd.pow(2).mean(dim=0), self.momentum)
+                if self.track_sq:
+                    st.sq = _lerp(st.sq, xd.pow(2).mean(dim=0), self.momentum)
             if self.track_fisher and x.requires_grad and torch.is_grad_enabled():
                 mean = st.mean
 
