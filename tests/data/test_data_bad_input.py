@@ -210,3 +210,168 @@ def test_bad_options():
                         (DataOptions(min_count=0), "min_count"), (DataOptions(max_rows=0), "max_rows")]:
         e = _raises("synthetic:rows=100", opts)
         assert e.field == field
+
+
+# --- issue 16, items 12, 14-17 ----------------------------------------------------------
+def _utf8_reason(e: DataError) -> tuple:
+    """``(byte in the line, file offset)`` from a not-UTF-8 DataError's message."""
+    import re
+
+    m = re.search(r"at byte (\d+) of the line \(byte offset (\d+) of the", str(e))
+    assert m, str(e)
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_invalid_utf8_names_the_right_line_and_byte(tmp_path, gz, newline):
+    """Generated csv (2000 rows, far more than one 8 KiB decoding chunk) with one invalid
+    byte on line 1500 after a valid two-byte character: the error names line 1500, the
+    byte inside the line and the offset in the (uncompressed) file, counted on the bytes."""
+    import gzip
+
+    lines = T.write_csv(tmp_path / "src.csv", rows=2000).read_text().splitlines()
+    lines[1499] = "1499,1,2.5,40,u1,caf\u00e9 x"
+    data = "".join(ln + newline for ln in lines).encode("utf-8")
+    at = data.index("caf\u00e9 x".encode()) + len("caf\u00e9 ".encode())
+    data = data[:at] + b"\xff" + data[at + 1:]  # 'x' -> 0xff: an invalid start byte
+    line_start = data.rindex(b"\n", 0, at) + 1
+    p = tmp_path / ("logs.csv.gz" if gz else "logs.csv")
+    p.write_bytes(gzip.compress(data) if gz else data)
+    # every reader (the criteo and libsvm readers skip the csv lines they cannot parse)
+    for spec in (f"csv:{p},{CSV_SCHEMA}", f"criteo:{p},skip_bad_lines=1", f"libsvm:{p},skip_bad_lines=1"):
+        e = _raises(spec)
+        assert (e.path, e.line, e.field) == (str(p), 1500, None), (spec, str(e))
+        assert "not UTF-8" in str(e) and "0xff" in str(e) and "invalid start byte" in str(e)
+        assert _utf8_reason(e) == (at - line_start + 1, at), str(e)
+        assert ("uncompressed" in str(e)) == gz
+    # not a bad line: skipping cannot make the file text
+    assert _raises(f"csv:{p},{CSV_SCHEMA},skip_bad_lines=1").line == 1500
+
+
+def test_invalid_utf8_on_the_first_line(tmp_path):
+    """Generated: a truncated 3-byte character at the very start (offset 0, byte 1)."""
+    p = tmp_path / "bad.tsv"
+    p.write_bytes(b"\xe2\x82\n" + "".join(ln + "\n" for ln in T.criteo_lines(3)).encode())
+    e = _raises(f"criteo:{p}")
+    assert e.line == 1 and _utf8_reason(e) == (1, 0) and "0xe2" in str(e)
+
+
+def test_csv_duplicate_column_names(tmp_path):
+    """Generated csv whose header names 'user' twice (columns 5 and 6): a schema that uses
+    'user' is refused naming the file, the column and both positions; a schema that does
+    not use it reads the file."""
+    lines = T.write_csv(tmp_path / "src.csv", rows=10).read_text().splitlines()
+    lines[0] = "id,y,price,age,user,user"
+    p = tmp_path / "dup.csv"
+    p.write_text("\n".join(lines) + "\n")
+    e = _raises(f"csv:{p},label=y,dense=price,categorical=user")
+    assert (e.path, e.line, e.field) == (str(p), 1, "user")
+    assert str(e).startswith("dup.csv line 1, field user: ")
+    assert "columns 5 and 6" in str(e) and "twice" in str(e)
+    lines[0] = "id,y,y,age,user,item"
+    p.write_text("\n".join(lines) + "\n")
+    assert _raises(f"csv:{p},label=y,categorical=user").field == "y"
+    lines[0] = "id,y,price,age,user,age"  # a duplicate the schema does not use
+    p.write_text("\n".join(lines) + "\n")
+    b = load_data(f"csv:{p},label=y,dense=price,categorical=user")
+    assert b.info["rows"]["total"] == 10
+
+
+def test_csv_unterminated_quote_names_the_line_it_opened(tmp_path):
+    """Generated csv (20 rows) with a quote opened on line 6 and never closed: the error
+    names line 6 and the field, also with skip_bad_lines (the quote swallowed the rest)."""
+    p = T.write_csv(tmp_path / "q.csv", rows=20, replace={6: '5,1,2.5,40,u1,"item 1'})
+    e = _raises(f"csv:{p},{CSV_SCHEMA}")
+    assert (e.path, e.line, e.field) == (str(p), 6, "item"), str(e)
+    assert "unterminated quote" in str(e) and "line 21" in str(e)
+    e = _raises(f"csv:{p},{CSV_SCHEMA},skip_bad_lines=1")
+    assert e.line == 6 and "unterminated quote" in str(e)
+
+
+def test_csv_quoted_field_spanning_lines(tmp_path):
+    """Generated csv: a quote on line 6 closed on line 9 makes one record of lines 6-9;
+    its wrong field count is reported at line 6 naming the span; a well-formed quoted
+    value over two lines is read as one row."""
+    p = T.write_csv(tmp_path / "q.csv", rows=20, replace={6: '5,1,2.5,40,u1,"item 1', 9: 'x",y'})
+    e = _raises(f"csv:{p},{CSV_SCHEMA}")
+    assert e.line == 6 and "from line 6 to line 9" in str(e), str(e)
+    p = T.write_csv(tmp_path / "ok.csv", rows=20, replace={6: '5,1,2.5,40,u1,"item', 7: '1"'})
+    b = load_data(f"csv:{p},{CSV_SCHEMA},skip_bad_lines=1")
+    assert b.info["bad_lines"] == 0 and b.info["rows"]["total"] == 19
+    p = T.write_csv(tmp_path / "bad.csv", rows=20, replace={6: '5,1,2.5,40,u1,"item', 7: '1"', 12: "1,7,2,4,u,i"})
+    e = _raises(f"csv:{p},{CSV_SCHEMA}")
+    assert (e.line, e.field) == (12, "y")  # lines after a multi-line record keep their numbers
+
+
+BIG = "9" * 2_000_000
+
+
+@pytest.mark.parametrize("spec,line,field", [
+    ("criteo", _criteo_line_with(3, "x" + BIG), "I3"),
+    ("criteo", _criteo_line_with(20, "z" + BIG), "C7"),
+    ("criteo", _criteo_line_with(0, BIG), "label"),
+    ("libsvm", f"1 0:1 x{BIG}:1 12:1 15:1", "f2"),
+    ("libsvm", f"1 0:1 5:{BIG} 12:1 15:1", "f2"),
+    ("libsvm", f"{BIG} 0:1 5:1 12:1 15:1", "label"),
+    ("csv", f"3,1,x{BIG[:100_000]},40,u1,item 1", "price"),  # 100 kB: under the csv reader's field limit
+    ("csv", f"3,{BIG[:100_000]},2.5,40,u1,item 1", "y"),
+], ids=["criteo-int", "criteo-hex", "criteo-label", "libsvm-index", "libsvm-value", "libsvm-label", "csv-dense",
+        "csv-label"])
+def test_a_huge_bad_value_is_shown_truncated(tmp_path, spec, line, field):
+    """Generated files with one 2 MB bad value on line 8: the message names the field,
+    shows the value's start and its length, and stays short (one shared helper)."""
+    if spec == "criteo":
+        p = T.write_criteo_tsv(tmp_path / "c.tsv", rows=20, replace={8: line})
+    elif spec == "libsvm":
+        p = T.write_libsvm(tmp_path / "s.libsvm", rows=20, replace={8: line})
+    else:
+        p = T.write_csv(tmp_path / "logs.csv", rows=20, replace={8: line})
+        spec = f"csv:{p},{CSV_SCHEMA}"
+    e = _raises(spec if spec.startswith("csv:") else f"{spec}:{p}")
+    assert (e.line, e.field) == (8, field), str(e)[:300]
+    assert len(str(e)) < 300, str(e)[:300]
+    assert "characters" in str(e) and ("99999" in str(e))
+
+
+def test_csv_field_over_the_reader_limit(tmp_path):
+    """Generated csv with a 2 MB field on line 8: one DataError naming line 8 (not the csv
+    module's exception); skip_bad_lines skips that line only."""
+    p = T.write_csv(tmp_path / "logs.csv", rows=20, replace={8: f"3,1,{BIG},40,u1,item 1"})
+    e = _raises(f"csv:{p},{CSV_SCHEMA}")
+    assert (e.path, e.line) == (str(p), 8) and "field limit" in str(e) and len(str(e)) < 300, str(e)[:300]
+    b = load_data(f"csv:{p},{CSV_SCHEMA},skip_bad_lines=1")
+    assert b.info["bad_lines"] == 1 and b.info["rows"]["total"] == 19
+
+
+def test_shown_value_helper():
+    """Generated strings: short values are repr'd whole, long ones cut with their length."""
+    from umec_torchrec.data.errors import shown
+
+    assert shown("x1") == "'x1'"
+    s = shown("a" * 1000)
+    assert s.startswith("'aaaa") and "1000 characters" in s and len(s) < 100
+
+
+@pytest.mark.parametrize("token,text", [
+    ("12345678901234567890:1", "out of range"),
+    ("99999999999999999999999999:1.0", "out of range"),
+])
+def test_libsvm_huge_index_gets_the_right_reason(tmp_path, token, text):
+    """Generated libsvm with a 20+-digit index on line 8: 'index out of range' naming the
+    file, line, field and token, not 'one-hot value 1 expected'."""
+    p = T.write_libsvm(tmp_path / "s.libsvm", rows=20, replace={8: f"1 0:1 {token} 12:1 15:1"})
+    e = _raises(f"libsvm:{p}")
+    assert (e.path, e.line, e.field) == (str(p), 8, "f2")
+    assert text in str(e) and token.split(":")[0][:20] in str(e) and "one-hot" not in str(e), str(e)
+
+
+def test_criteo_out_of_range_values_get_the_right_reason(tmp_path):
+    """Generated Criteo TSV: a 20-digit count and a 17-digit hex id are out of range, not
+    'not an integer' / 'not a hex categorical'."""
+    p = T.write_criteo_tsv(tmp_path / "c.tsv", rows=20, replace={8: _criteo_line_with(3, "12345678901234567890")})
+    e = _raises(f"criteo:{p}")
+    assert (e.line, e.field) == (8, "I3") and "out of range" in str(e) and "not an integer" not in str(e), str(e)
+    p = T.write_criteo_tsv(tmp_path / "c.tsv", rows=20, replace={8: _criteo_line_with(20, "1" * 17)})
+    e = _raises(f"criteo:{p}")
+    assert (e.line, e.field) == (8, "C7") and "out of range" in str(e) and "not a hex" not in str(e), str(e)

@@ -16,7 +16,7 @@ from typing import List, Optional
 import numpy as np
 from torchrec.datasets.criteo import CAT_FEATURE_COUNT, INT_FEATURE_COUNT
 
-from umec_torchrec.data.errors import DataError
+from umec_torchrec.data.errors import DataError, shown
 from umec_torchrec.data.raw import MISSING, RawTable
 from umec_torchrec.data.textio import BadLines, iter_lines
 
@@ -31,6 +31,8 @@ _LINE = re.compile(r"([01])" + (r"\t" + _INT) * INT_FEATURE_COUNT + (r"\t" + _HE
                    re.ASCII)
 _INT_FIELD = re.compile(r"-?[0-9]{1,18}", re.ASCII)
 _HEX_FIELD = re.compile(r"[0-9a-fA-F]{1,16}", re.ASCII)
+_DIGITS = re.compile(r"-?[0-9]+", re.ASCII)
+_HEX_DIGITS = re.compile(r"[0-9a-fA-F]+", re.ASCII)
 
 
 def diagnose_line(path: str, lineno: int, line: str) -> DataError:
@@ -41,13 +43,16 @@ def diagnose_line(path: str, lineno: int, line: str) -> DataError:
         return DataError(path, lineno, field,
                          f"expected {N_FIELDS} tab-separated fields (label, I1..I13, C1..C26), got {len(parts)}")
     if parts[0] not in ("0", "1"):
-        return DataError(path, lineno, "label", f"{parts[0]!r} is not a 0/1 label")
+        return DataError(path, lineno, "label", f"{shown(parts[0])} is not a 0/1 label")
     for name, v in zip(DENSE_NAMES, parts[1:1 + INT_FEATURE_COUNT]):
         if v and not _INT_FIELD.fullmatch(v):
-            return DataError(path, lineno, name, f"{v!r} is not an integer")
+            why = ("is out of range (at most 18 digits)" if _DIGITS.fullmatch(v) else "is not an integer")
+            return DataError(path, lineno, name, f"{shown(v)} {why}")
     for name, v in zip(CAT_NAMES, parts[1 + INT_FEATURE_COUNT:]):
         if v and not _HEX_FIELD.fullmatch(v):
-            return DataError(path, lineno, name, f"{v!r} is not a hex categorical")
+            why = ("is out of range (at most 16 hex digits)" if _HEX_DIGITS.fullmatch(v)
+                   else "is not a hex categorical")
+            return DataError(path, lineno, name, f"{shown(v)} {why}")
     return DataError(path, lineno, None, "malformed line")  # not reached for lines the regex rejects
 
 

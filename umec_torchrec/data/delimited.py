@@ -10,23 +10,32 @@ rows are split by Python's C ``csv`` reader, columns are converted with numpy.
 from __future__ import annotations
 
 import csv
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from umec_torchrec.data.errors import DataError
+from umec_torchrec.data.errors import DataError, shown
 from umec_torchrec.data.raw import MISSING, RawTable
 from umec_torchrec.data.textio import BadLines, iter_lines
 from umec_torchrec.data.vocab import hash_strings
 
 _NA = {"", "na", "nan", "null", "none"}
+#: fed to the csv reader after the last line: a quote still open at the end swallows it
+_END = "\ue000umec-end-of-file\ue000"
 
 
 def _resolve(path: str, header: Optional[List[str]], col: str, role: str) -> int:
     if header is not None:
-        if col not in header:
-            raise DataError(path, 1, col, f"{role} column {col!r} is not in the header ({', '.join(header[:20])})")
-        return header.index(col)
+        where = [i for i, h in enumerate(header) if h == col]
+        if not where:
+            names = ", ".join(shown(h, 30) for h in header[:20])
+            raise DataError(path, 1, col, f"{role} column {col!r} is not in the header ({names})")
+        if len(where) > 1:
+            pos = [str(i + 1) for i in where]
+            times = "twice" if len(pos) == 2 else f"{len(pos)} times"
+            raise DataError(path, 1, col, f"{role} column {col!r} appears {times} in the header (columns "
+                                          f"{', '.join(pos[:-1])} and {pos[-1]}, counting from 1): rename one")
+        return where[0]
     try:
         i = int(col)
     except ValueError:
@@ -37,6 +46,42 @@ def _resolve(path: str, header: Optional[List[str]], col: str, role: str) -> int
     return i
 
 
+class _Unterminated(Exception):
+    """A quote still open at the end of the file: ``(first line, last line, field number)``."""
+
+
+def _records(path: str, lines: Iterator[Tuple[int, str]], delimiter: str) -> Iterator[Tuple[int, int, object]]:
+    """``(first line, last line, fields)`` of each record of the csv reader (a quoted field
+    may span lines); ``fields`` is a :class:`DataError` for a record the reader refuses
+    (a field over its size limit). A quote still open at the end of the file raises
+    :class:`_Unterminated` naming the line where it opened."""
+    at = {"line": 0}
+
+    def gen() -> Iterator[str]:
+        for n, line in lines:
+            at["line"] = n
+            yield line
+        yield _END
+
+    reader = csv.reader(gen(), delimiter=delimiter)
+    last = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            start, last = last + 1, at["line"]
+            yield start, last, DataError(path, start, None, f"the csv reader refused this line ({e})")
+            continue
+        start, last = last + 1, at["line"]
+        if row == [_END]:
+            return
+        if row and _END in row[-1]:
+            raise _Unterminated(start, last, len(row))
+        yield start, last, row
+
+
 def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), categorical: Sequence[str] = (),
                    delimiter: str = ",", header: bool = True, skip_bad_lines: bool = False,
                    max_rows: Optional[int] = None) -> RawTable:
@@ -44,26 +89,26 @@ def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
 
     Raises:
         DataError: naming file, line and field: wrong field count, a label other than 0/1,
-            a non-numeric dense value, a schema column absent from the header, no
-            categorical column, a missing or empty file.
+            a non-numeric dense value, a schema column absent from the header or named
+            twice in it, no categorical column, a missing or empty file, a quote never
+            closed (at the line where it opened, also with ``skip_bad_lines``). A record
+            whose quoted field spans lines is reported at its first line.
     """
     if not categorical:
         raise DataError(path, None, "categorical", "the csv schema needs at least one categorical column")
-    state = {"line": 0}
-    lines = iter_lines(path)
-
-    def gen() -> Iterator[str]:
-        for n, line in lines:
-            state["line"] = n
-            yield line
-
-    reader = csv.reader(gen(), delimiter=delimiter)
+    records = _records(path, iter_lines(path), delimiter)
     head: Optional[List[str]] = None
     if header:
-        head = next(reader, None)
-        if head is None:
+        try:
+            first = next(records, None)
+        except _Unterminated as u:
+            raise DataError(path, 1, None, f"unterminated quote in the header (the file ends at line {u.args[1]})"
+                            ) from None
+        if first is None:
             raise DataError(path, 1, None, "empty file: no header")
-        head = [h.strip() for h in head]
+        if isinstance(first[2], DataError):
+            raise first[2]
+        head = [h.strip() for h in first[2]]
     li = _resolve(path, head, label, "label")
     di = [_resolve(path, head, c, "dense") for c in dense]
     ci = [_resolve(path, head, c, "categorical") for c in categorical]
@@ -74,23 +119,34 @@ def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
 
     bad = BadLines(skip_bad_lines)
     errors = {}  # line -> first DataError of that line; raised/counted in line order
+    fatal: Optional[DataError] = None  # an unterminated quote: raised after the bad lines before it
     rows: List[List[str]] = []
-    linenos: List[int] = []
-    for row in reader:
-        n = state["line"]
-        if width is not None and len(row) != width:
-            errors[n] = DataError(path, n, head[len(row)] if len(row) < width else f"#{width + 1}",
-                                  f"expected {width} fields (delimiter {delimiter!r}), got {len(row)}")
-            continue
-        if len(row) < need:
-            errors[n] = DataError(path, n, f"#{len(row) + 1}",
-                                  f"expected at least {need} fields (delimiter {delimiter!r}), got {len(row)}")
-            continue
-        rows.append(row)
-        linenos.append(n)
-        if max_rows is not None and len(rows) >= max_rows:
-            break
-    if not rows and not errors and head is None:
+    linenos: List[int] = []  # the first line of each record
+    try:
+        for n, end, row in records:
+            if isinstance(row, DataError):
+                errors[n] = row
+                continue
+            span = f" (a quoted field runs from line {n} to line {end})" if end > n else ""
+            if width is not None and len(row) != width:
+                errors[n] = DataError(path, n, head[len(row)] if len(row) < width else f"#{width + 1}",
+                                      f"expected {width} fields (delimiter {delimiter!r}), got {len(row)}{span}")
+                continue
+            if len(row) < need:
+                errors[n] = DataError(path, n, f"#{len(row) + 1}",
+                                      f"expected at least {need} fields (delimiter {delimiter!r}), got {len(row)}"
+                                      f"{span}")
+                continue
+            rows.append(row)
+            linenos.append(n)
+            if max_rows is not None and len(rows) >= max_rows:
+                break
+    except _Unterminated as u:
+        start, end, k = u.args
+        name = head[k - 1] if head is not None and k <= len(head) else f"#{k}"
+        fatal = DataError(path, start, name, f"unterminated quote: the quoted field opened on line {start} is never "
+                                             f"closed (the file ends at line {end})")
+    if not rows and not errors and head is None and fatal is None:
         raise DataError(path, 1, None, "empty file: no rows")
 
     sel = [li] + di + ci
@@ -100,7 +156,7 @@ def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
     for r in np.flatnonzero(~lab_ok):
         keep[r] = False
         errors.setdefault(linenos[r], DataError(path, linenos[r], label if header else f"col{label}",
-                                                f"{str(cols[0][r])!r} is not a 0/1 label"))
+                                                f"{shown(str(cols[0][r]))} is not a 0/1 label"))
     dense_vals = []
     for name, col in zip(names_d, cols[1:1 + len(di)]):  # dense: floats, NA -> NaN
         filled = np.where(np.isin(np.char.lower(col), list(_NA)), "nan", col) if col.size else col
@@ -113,10 +169,12 @@ def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
                     v[r] = float(s)
                 except ValueError:
                     keep[r] = False
-                    errors.setdefault(linenos[r], DataError(path, linenos[r], name, f"{str(s)!r} is not a number"))
+                    errors.setdefault(linenos[r], DataError(path, linenos[r], name, f"{shown(str(s))} is not a number"))
         dense_vals.append(v)
     for n in sorted(errors):
         bad(errors[n])
+    if fatal is not None:  # the rest of the file is inside the quote: not a line to skip
+        raise fatal
     bad.check_rows(path, int(keep.sum()))
     cat_vals = []
     for col in cols[1 + len(di):]:

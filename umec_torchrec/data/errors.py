@@ -1,9 +1,33 @@
-"""The one error type of the data readers: :class:`DataError` names file, line and field."""
+"""The one error type of the data readers: :class:`DataError` names file, line and field;
+:func:`shown` is how every reader quotes a value from the file in a message."""
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
+
+#: values longer than this many characters are cut in messages (see :func:`shown`)
+SHOWN_CHARS = 60
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``value`` quoted for an error message: its ``repr`` when short, else the ``repr`` of
+    its first ``limit`` characters followed by ``...`` and the full length, so that a 2 MB
+    field does not become a 2 MB message.
+
+    Args:
+        value: the offending text (anything else is turned into text with ``str``).
+        limit: the most characters shown.
+
+    Example::
+
+        shown("x1")        # "'x1'"
+        shown("9" * 10**6) # "'999...999'... (1000000 characters)"
+    """
+    s = value if isinstance(value, str) else str(value)
+    if len(s) <= limit:
+        return repr(s)
+    return f"{s[:limit]!r}... ({len(s)} characters)"
 
 
 class DataError(ValueError):

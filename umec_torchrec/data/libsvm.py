@@ -15,13 +15,15 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from umec_torchrec.data.errors import DataError
+from umec_torchrec.data.errors import DataError, shown
 from umec_torchrec.data.raw import RawTable
 from umec_torchrec.data.textio import BadLines, iter_lines
 
 FRAPPE_FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city"]
 _LABELS = {"0": 0, "1": 1, "-1": 0, "+1": 1}
 _TOKEN = re.compile(r"([0-9]{1,18}):(1(?:\.0*)?)", re.ASCII)
+_INDEX = re.compile(r"[0-9]+", re.ASCII)
+MAX_INDEX_DIGITS = 18  # < 10**18 < 2**63: every index fits an int64
 
 
 def _field_names(path: str, k: int, names: Optional[Sequence[str]]) -> List[str]:
@@ -33,6 +35,17 @@ def _field_names(path: str, k: int, names: Optional[Sequence[str]]) -> List[str]
     if k == len(FRAPPE_FIELDS) and "frappe" in os.path.basename(path).lower():
         return list(FRAPPE_FIELDS)
     return [f"f{i + 1}" for i in range(k)]
+
+
+def _bad_token(t: str) -> str:
+    """Why ``t`` is not a valid ``idx:1`` token."""
+    idx, sep, _ = t.partition(":")
+    if not sep or not _INDEX.fullmatch(idx):
+        return f"{shown(t)} is not an idx:value token"
+    if len(idx) > MAX_INDEX_DIGITS:
+        return (f"index {shown(idx)} of {shown(t)} is out of range (at most {MAX_INDEX_DIGITS} digits, "
+                f"the indices must fit int64)")
+    return f"{shown(t)} is not idx:1 (one-hot value 1 expected)"
 
 
 def read_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines: bool = False,
@@ -51,7 +64,7 @@ def read_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines
         toks = line.split()
         if k is None:
             if len(toks) < 2:
-                bad(DataError(path, lineno, None, f"expected 'label idx:1 ...', got {line[:60]!r}"))
+                bad(DataError(path, lineno, None, f"expected 'label idx:1 ...', got {shown(line)}"))
                 continue
             k = len(toks) - 1
             fields = _field_names(path, k, names)
@@ -62,15 +75,12 @@ def read_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines
             continue
         lab = _LABELS.get(toks[0])
         if lab is None:
-            bad(DataError(path, lineno, "label", f"{toks[0]!r} is not a 0/1 label"))
+            bad(DataError(path, lineno, "label", f"{shown(toks[0])} is not a 0/1 label"))
             continue
         ms = [_TOKEN.fullmatch(t) for t in toks[1:]]
         if None in ms:
             j = ms.index(None)
-            t = toks[1 + j]
-            why = (f"{t!r} is not idx:1 (one-hot value 1 expected)" if re.fullmatch(r"[0-9]+:.*", t)
-                   else f"{t!r} is not an idx:value token")
-            bad(DataError(path, lineno, fields[j], why))
+            bad(DataError(path, lineno, fields[j], _bad_token(toks[1 + j])))
             continue
         labels.append(lab)
         idx_rows.append([m.group(1) for m in ms])
