@@ -32,6 +32,7 @@ COMMAND_MODULES: List[str] = [
     "umec_torchrec.cli.compress",  # compress, finetune
     "umec_torchrec.cli.bench",  # bench (subcommands: see umec_torchrec.bench.BENCH_MODULES)
     "umec_torchrec.cli.export",  # export
+    "umec_torchrec.cli.calibrate",  # calibrate
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any, Dict, List, Optional
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "train_config_from_args",
     "add_umec_args",
     "umec_config_from_args",
+    "add_latency_model_arg",
+    "use_latency_model_from_args",
     "add_checkpoint_args",
     "checkpoint_policy_from_args",
     "add_run_args",
@@ -230,11 +233,38 @@ def add_umec_args(p: argparse.ArgumentParser) -> None:
                    help="UMEC steps between refreshes of the holdout scores (default %(default)s)")
     g.add_argument("--umec-warmup-steps", type=int, default=d.warmup_steps,
                    help="plain training steps before the UMEC step starts (default %(default)s)")
+    add_latency_model_arg(g)
+
+
+def add_latency_model_arg(p: Any) -> None:
+    """``--latency-model LATENCY.json``: the calibration of ``latency`` budgets and reports."""
+    p.add_argument("--latency-model", metavar="LATENCY.json", default=None,
+                   help="latency table written by umec calibrate on the serving machine: needed by --budget "
+                        "latency=...; predicted latency is then reported too")
+
+
+def use_latency_model_from_args(args: argparse.Namespace, threads: Optional[int] = None,
+                                batch: Optional[int] = None, strict: bool = False) -> Any:
+    """Load ``--latency-model`` (if given) and make it this process's latency table; warnings
+    about other conditions are printed, ``strict`` ones refused (see
+    :func:`umec_torchrec.export.calibrate.check_conditions`). Returns the table or ``None``."""
+    path = getattr(args, "latency_model", None)
+    if not path:
+        return None
+    from umec_torchrec.export.calibrate import check_conditions, load_latency_table
+    from umec_torchrec.umec.latency import set_latency_table
+
+    table = load_latency_table(path)
+    for w in check_conditions(table, path, threads=threads, batch=batch, strict=strict):
+        print(f"umec: warning: {w}", file=sys.stderr)
+    set_latency_table(table)
+    return table
 
 
 def umec_config_from_args(args: argparse.Namespace) -> Any:
     """A validated ``UMECConfig`` from :func:`add_umec_args`'s flags (``ValueError`` naming
-    the flag: ``--s-lr must be a finite number >= 0, got nan``)."""
+    the flag: ``--s-lr must be a finite number >= 0, got nan``); ``--latency-model``, when
+    given, becomes the process's latency table (:func:`use_latency_model_from_args`)."""
     from umec_torchrec.umec.optimizer import UMECConfig
 
     cfg = UMECConfig(**{f: getattr(args, dest) for f, dest in UMEC_FIELDS.items()})
@@ -242,6 +272,7 @@ def umec_config_from_args(args: argparse.Namespace) -> Any:
         cfg.validate()
     except ValueError as e:
         raise ValueError(as_flag(str(e), UMEC_FIELDS)) from None
+    use_latency_model_from_args(args)
     return cfg
 
 

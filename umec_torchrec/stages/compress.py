@@ -38,6 +38,7 @@ from umec_torchrec.train.metrics import evaluate
 from umec_torchrec.umec.allocation import resources_of_masks
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
 from umec_torchrec.umec.importance import ScoreKind
+from umec_torchrec.umec.latency import reported_resources
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
@@ -51,7 +52,7 @@ def compression_report(spec: GroupSpec, masks: PruningMasks) -> Dict[str, Any]:
     """What ``metrics.json`` reports about an architecture: resources (absolute and relative
     to dense), kept features, kept units per layer."""
     return {
-        "resources": resources_of_masks(spec, masks),
+        "resources": resources_of_masks(spec, masks, reported_resources(spec)),  # latency: with a latency table
         "kept_features": list(masks.kept_features),
         "pruned_features": masks.pruned_features,
         "kept_units": masks.kept_units(),

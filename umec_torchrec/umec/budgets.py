@@ -7,8 +7,12 @@ Grammar::
     embedding_bytes=abs:64MiB # at most 64 MiB of embedding tables (absolute)
     flops=abs:2.5e6           # at most 2.5 MFLOPs per sample (absolute)
     lookup_bytes=0.4          # read at most 40% of the dense model's table bytes per sample
+    latency=0.2               # at most 20% of the dense program's predicted serving time
+    latency=abs:3ms           # at most 3 ms per call of the calibrated batch size
 
-Absolute values accept the suffixes K, M, G (x1000) and KiB, MiB, GiB (x1024), B optional.
+Absolute values accept the suffixes K, M, G (x1000) and KiB, MiB, GiB (x1024), B optional;
+absolute latencies are in seconds, or with the suffix s, ms, us (x1e-3, x1e-6) or ns.
+A ``latency`` budget needs a latency model (:mod:`umec_torchrec.umec.latency`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Iterable, List, Union
 
 __all__ = ["Budget", "parse_budgets"]
 
+_TIME_SUFFIX = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1024.0, "mi": 1024.0**2, "gi": 1024.0**3,
            "ti": 1024.0**4}
 
@@ -44,6 +49,18 @@ class Budget:
         name, raw = (t.strip() for t in text.split("=", 1))
         if name not in RESOURCES:
             raise ValueError(f"budget {text!r}: unknown resource {name!r}; known: {', '.join(sorted(RESOURCES))}")
+        if raw.lower().startswith("abs:") and name == "latency":
+            m = re.fullmatch(r"([0-9.eE+-]+)\s*(s|ms|us|ns)?", raw[4:].strip())
+            try:
+                v = float(m.group(1)) * _TIME_SUFFIX[m.group(2) or ""] if m else float("nan")
+            except ValueError:
+                v = float("nan")
+            if not v == v:
+                raise ValueError(f"budget {text!r}: cannot read the absolute time {raw[4:]!r} "
+                                 "(e.g. abs:3ms, abs:0.003)")
+            if not v > 0:
+                raise ValueError(f"budget {text!r}: must be positive")
+            return cls(name, v, relative=False)
         if raw.lower().startswith("abs:"):
             m = re.fullmatch(r"([0-9.eE+-]+)\s*([kKmMgGtT]i?)?[bB]?", raw[4:].strip())
             if not m:

@@ -23,6 +23,9 @@ layer; ``cat``: 0) and top MLP whose input width is ``D + C(F'+1, 2)`` (dot) or
 the kept features (one id per feature and sample). Serving time has a part that scales with
 it, not with FLOPs: at a 10% FLOPs budget the embedding lookups of the features still kept
 can be the larger share of the compact model's time (see ``umec bench inference``).
+
+``latency``: predicted seconds per call of the serving program at the calibrated batch size,
+from a measured table (``umec calibrate``; the predictor is :mod:`umec_torchrec.umec.latency`).
 """
 
 from __future__ import annotations
@@ -219,12 +222,33 @@ class LookupBytes(_FeatureBytes):
     spec_field = "feature_lookup_bytes"
 
 
+class Latency(Resource):
+    """Predicted serving time (seconds per call of the calibrated batch size) of the active
+    latency table (:mod:`umec_torchrec.umec.latency`, ``--latency-model``)."""
+
+    name = "latency"
+    unit = "s"
+
+    def __init__(self, spec: GroupSpec) -> None:
+        super().__init__(spec)
+        from umec_torchrec.umec.latency import LatencyPredictor, active_latency_table
+
+        self.predictor = LatencyPredictor(spec, active_latency_table())
+
+    def feature_costs(self) -> torch.Tensor:
+        return self.predictor.feature_costs()
+
+    def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.predictor(kept, alive)
+
+
 RESOURCES: Dict[str, Type[Resource]] = {"flops": DenseFlops, "embedding_bytes": EmbeddingBytes,
-                                        "lookup_bytes": LookupBytes}
+                                        "lookup_bytes": LookupBytes, "latency": Latency}
 
 
 def make_resource(name: str, spec: GroupSpec) -> Resource:
-    """The resource model called ``name`` (``flops``, ``embedding_bytes`` or ``lookup_bytes``)."""
+    """The resource model called ``name`` (``flops``, ``embedding_bytes``, ``lookup_bytes`` or
+    ``latency``)."""
     try:
         cls = RESOURCES[name]
     except KeyError:
@@ -232,5 +256,5 @@ def make_resource(name: str, spec: GroupSpec) -> Resource:
     return cls(spec)
 
 
-__all__ = ["RESOURCES", "DenseFlops", "DLRMFlops", "ChainFlops", "EmbeddingBytes", "LookupBytes", "Resource",
-           "make_resource"]
+__all__ = ["RESOURCES", "DenseFlops", "DLRMFlops", "ChainFlops", "EmbeddingBytes", "LookupBytes", "Latency",
+           "Resource", "make_resource"]

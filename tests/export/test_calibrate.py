@@ -1,0 +1,122 @@
+"""``umec calibrate`` (export/calibrate.py): a small calibration (few widths, few repetitions,
+tiny generated model config) runs in CI-sized time, its file round-trips and drives the
+predictor; a file from another torch version, thread count or batch size is refused or warned
+about, naming the difference; the command refuses to overwrite. Generated model configs and
+random inputs only; no timing is asserted (only that times are positive and finite)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from umec_torchrec.cli import main
+from umec_torchrec.export.calibrate import (
+    CalibrationOptions,
+    calibrate,
+    check_conditions,
+    config_prediction,
+    linear_grid,
+    load_latency_table,
+    save_latency_table,
+)
+from umec_torchrec.export.compact import compact_config
+from umec_torchrec.io import write_json
+from umec_torchrec.models import ModelConfig
+from umec_torchrec.umec.latency import LatencyPredictor, using_latency_table
+from umec_torchrec.umec.masks import PruningMasks
+
+CFG = ModelConfig(kind="cat", feature_names=[f"f{i}" for i in range(4)], table_sizes=[5, 50, 500, 2000],
+                  dense_in_features=3, embedding_dim=8, bottom=[32, 8], top=[24, 1])
+
+
+@pytest.fixture(scope="module")
+def table():
+    return calibrate(CFG, CalibrationOptions(batch=32, quick=True, threads=1))
+
+
+def test_small_calibration_covers_the_model_and_round_trips(table, tmp_path):
+    assert table.batch == 32 and table.conditions["threads"] == 1 and table.conditions["torch"] == torch.__version__
+    assert table.conditions["cpu"] and table.conditions["torchrec"]
+    ins, outs = linear_grid(CFG, 16, quick=True)
+    assert table.linear_in == ins and table.linear_out == outs
+    assert 3 in ins and 5 * 8 in ins  # dense input; full interaction width (4 fields + dense) x D
+    assert {1, 8} <= set(outs) and 32 in outs  # logit, D, the aligned hidden width 24 -> 32
+    assert table.lookup["float32"]["rows"][-1] == 2000 and table.interaction_inputs[-1] == 5
+    flat = [v for row in table.linear_s for v in row] + table.interaction_s + table.lookup["float32"]["seconds"]
+    assert all(math.isfinite(v) and v > 0 for v in flat) and table.overhead_s >= 0
+    assert table.raw["programs"] and table.raw["programs"][0]["measured_s"] > 0
+    path = str(tmp_path / "LAT.json")
+    save_latency_table(path, table)
+    again = load_latency_table(path)
+    assert again == table
+    pred = config_prediction(again, CFG)
+    assert pred["total"] == pytest.approx(sum(pred[k] for k in ("overhead", "linear", "lookup", "interaction")))
+    # the dense program measured whole during calibration is what the overhead was fitted on
+    assert pred["total"] == pytest.approx(table.raw["programs"][0]["measured_s"], rel=1e-6) or table.overhead_s == 0
+
+
+def test_calibration_drives_the_resource_and_compact_programs_are_cheaper(table):
+    """The calibrated table as the latency resource of a model of this config: the compact
+    config (half the features, narrower layers) is predicted cheaper than the dense one."""
+    masks = PruningMasks(list(CFG.feature_names), ["f0", "f1"], {"dense_arch.model._mlp.0": list(range(8)),
+                                                                 "over_arch.model.0._mlp.0": list(range(6))},
+                         {"dense_arch.model._mlp.0": 32, "over_arch.model.0._mlp.0": 24})
+    small = compact_config(CFG, masks)
+    assert config_prediction(table, small)["total"] < config_prediction(table, CFG)["total"]
+    from umec_torchrec.models import build_dlrm
+    from umec_torchrec.umec.groups import discover_groups
+
+    spec = discover_groups(build_dlrm(CFG))
+    with using_latency_table(table):
+        pred = LatencyPredictor(spec, table)
+        full = torch.tensor([[float(s.size) for s in spec.sets]])
+        dense = float(pred(full, torch.ones(1, spec.feature_set.size))[0])
+    unserved = config_prediction(table, CFG)
+    assert dense <= unserved["total"] + 1e-12  # exact widths (24) never cost more than served ones (32)
+
+
+def test_other_conditions_are_refused_or_warned_about(table):
+    t = dataclasses.replace(table, conditions=dict(table.conditions, torch="1.0.0"))
+    with pytest.raises(ValueError, match="LAT.json: calibrated with torch 1.0.0, this run has torch " +
+                       torch.__version__.replace("+", r"\+")):
+        check_conditions(t, "LAT.json", threads=1, batch=32)
+    with pytest.raises(ValueError, match="calibrated with threads 1, this run has threads 2.*--threads 2"):
+        check_conditions(table, "LAT.json", threads=2, batch=32)
+    with pytest.raises(ValueError, match="calibrated with batch 32, this run has batch 4096.*--batch 4096"):
+        check_conditions(table, "LAT.json", threads=1, batch=4096)
+    warn = check_conditions(dataclasses.replace(table, conditions=dict(table.conditions, torchrec="0.1", cpu="Z80")),
+                            "LAT.json", threads=1, batch=32)
+    assert any("torchrec 0.1" in w for w in warn) and any("cpu Z80" in w for w in warn)
+    assert check_conditions(table, "LAT.json", threads=1, batch=32) == []
+    soft = check_conditions(t, "LAT.json", threads=2, batch=4096, strict=False)
+    assert {w.split(" ")[3] for w in soft} == {"torch", "threads", "batch"}
+
+
+def test_calibrate_command_writes_and_refuses_to_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(str(run / "config.json"), {"model": CFG.to_dict(), "data": {}})
+    out = str(tmp_path / "LAT.json")
+    rc = main(["calibrate", "--out", out, "--quick", "--batch", "16", "--threads", "1", "--reps", "1",
+               "--model-like", str(run)])
+    assert rc == 0 and "predicted at" in capsys.readouterr().out
+    t = load_latency_table(out)
+    assert t.batch == 16 and t.conditions["model_like"] == os.path.abspath(run) and t.conditions["reps"] == 1
+    before = open(out).read()
+    assert main(["calibrate", "--out", out, "--quick", "--model-like", str(run)]) == 2
+    assert "LAT.json: exists; pass --force" in capsys.readouterr().err
+    assert open(out).read() == before
+    with open(out, "w") as f:
+        json.dump(dict(json.loads(before), overhead_s=-1.0), f)
+    with pytest.raises(ValueError, match="LAT.json: field 'overhead_s' must be a finite number >= 0"):
+        load_latency_table(out)
+
+
+def test_bad_options_name_the_field():
+    with pytest.raises(ValueError, match="batch must be a positive integer, got 0"):
+        CalibrationOptions(batch=0).validate()

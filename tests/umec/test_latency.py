@@ -1,0 +1,224 @@
+"""The latency predictor (umec/latency.py) and the ``latency`` budget: the predictor equals its
+calibration table at the grid points and is monotone between them, it reduces to a known
+formula (the FLOPs resource) for a bilinear table, a latency budget is met by ``finalize()``,
+and bad tables / missing tables give one-line errors. Generated tables and generated data
+(tests/helpers/data.py); no timing is asserted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.data import random_data
+from helpers.models import small_model
+from umec_torchrec.umec.allocation import kept_of_masks
+from umec_torchrec.umec.budgets import Budget
+from umec_torchrec.umec.groups import discover_groups
+from umec_torchrec.umec.latency import (
+    LatencyPredictor,
+    LatencyTable,
+    interp1,
+    interp2,
+    monotone,
+    reported_resources,
+    using_latency_table,
+)
+from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
+from umec_torchrec.umec.resources import make_resource
+
+K = 1e-9  # seconds per multiply-add of the bilinear table
+
+
+def _grid(top: int) -> list:
+    g, w = [], 1
+    while w < top:
+        g.append(w)
+        w *= 2
+    return g + [top]
+
+
+def bilinear_table(max_in: int = 256, max_out: int = 64, fields: int = 8, lookup_s: float = 2e-6,
+                   overhead_s: float = 1e-5, kind: str = "cat", dim: int = 8) -> LatencyTable:
+    """A generated table whose Linear time is exactly ``K * in * out`` (bilinear, so the
+    interpolation is exact everywhere), a constant lookup per field and no interaction cost."""
+    ins, outs = _grid(max_in), _grid(max_out)
+    return LatencyTable(
+        batch=64, align=1, embedding_dim=dim, kind=kind, linear_in=ins, linear_out=outs,
+        linear_s=[[K * i * o for o in outs] for i in ins],
+        lookup={"float32": {"rows": [1, 10**6], "seconds": [lookup_s, lookup_s]}},
+        interaction_inputs=[1, fields + 1], interaction_s=[0.0, 0.0], overhead_s=overhead_s,
+        conditions={"threads": 1, "torch": torch.__version__})
+
+
+def random_table(seed: int = 0) -> LatencyTable:
+    """A generated table with random monotone (non-linear) values."""
+    g = torch.Generator().manual_seed(seed)
+    ins, outs = [3, 16, 32, 80, 128, 256], [1, 8, 16, 48, 64]
+    lin = monotone(torch.rand(len(ins), len(outs), generator=g, dtype=torch.float64) * 1e-4)
+    rows = [10, 1000, 10**5, 10**7]
+    look = monotone(torch.rand(len(rows), generator=g, dtype=torch.float64) * 1e-5)
+    inter = monotone(torch.rand(4, generator=g, dtype=torch.float64) * 1e-5)
+    return LatencyTable(batch=64, align=16, embedding_dim=8, kind="cat", linear_in=ins, linear_out=outs,
+                        linear_s=lin.tolist(), lookup={"float32": {"rows": rows, "seconds": look.tolist()}},
+                        interaction_inputs=[2, 3, 5, 9], interaction_s=inter.tolist(), overhead_s=3e-5)
+
+
+def test_predictor_equals_the_table_at_grid_points_and_is_monotone_between():
+    t = random_table()
+    ins = torch.tensor(t.linear_in, dtype=torch.float64)
+    outs = torch.tensor(t.linear_out, dtype=torch.float64)
+    I, O = torch.meshgrid(ins, outs, indexing="ij")
+    assert torch.allclose(t.linear(I, O), torch.tensor(t.linear_s, dtype=torch.float64), rtol=0, atol=1e-15)
+    m = torch.tensor(t.interaction_inputs, dtype=torch.float64)
+    assert torch.allclose(t.interaction(m), torch.tensor(t.interaction_s, dtype=torch.float64), rtol=0, atol=1e-15)
+    body = t.lookup["float32"]
+    assert torch.allclose(t.lookup_seconds(body["rows"], [4.0] * len(body["rows"])),
+                          torch.tensor(body["seconds"], dtype=torch.float64), rtol=0, atol=1e-15)
+    # a fine mesh over and beyond the grid: non-decreasing along both axes
+    xi = torch.linspace(1, 300, 181, dtype=torch.float64)
+    yo = torch.linspace(1, 70, 139, dtype=torch.float64)
+    X, Y = torch.meshgrid(xi, yo, indexing="ij")
+    v = t.linear(X, Y)
+    assert (v.diff(dim=0) >= -1e-18).all() and (v.diff(dim=1) >= -1e-18).all()
+    assert (t.interaction(torch.linspace(1, 12, 200, dtype=torch.float64)).diff() >= -1e-18).all()
+    r = torch.logspace(0, 8, 100, dtype=torch.float64).tolist()
+    assert (t.lookup_seconds(r, [4.0] * len(r)).diff() >= -1e-18).all()
+    # between two grid points the value lies between theirs (interpolation, not extrapolation)
+    mid = t.linear(torch.tensor(24.0, dtype=torch.float64), torch.tensor(12.0, dtype=torch.float64))
+    lo = t.linear_s[1][1]
+    hi = t.linear_s[2][2]
+    assert lo <= float(mid) <= hi
+
+
+def test_interp_helpers_known_values():
+    xp, fp = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([10.0, 20.0, 40.0])
+    assert interp1(torch.tensor([0.0, 1.0, 1.5, 3.0, 4.0, 9.0]), xp, fp).tolist() == [10.0, 10.0, 15.0, 30.0, 40.0,
+                                                                                        40.0]
+    f = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    grid = torch.tensor([0.0, 1.0])
+    assert float(interp2(torch.tensor(0.5), torch.tensor(0.5), grid, grid, f)) == pytest.approx(1.5)
+    assert monotone(torch.tensor([[1.0, 0.0], [0.0, 2.0]])).tolist() == [[1.0, 1.0], [1.0, 2.0]]
+
+
+def test_bilinear_table_gives_the_flops_formula_at_any_kept_counts():
+    """With Linear time K * in * out, one lookup cost per field and no interaction cost, the
+    predicted latency of a ``cat`` DLRM is overhead + K/2 * FLOPs + lookup * kept fields, at
+    every kept-count vector (the FLOPs resource is checked against FlopCounterMode elsewhere)."""
+    data = random_data(n=64, features=5, dense=3)
+    model, _ = small_model("cat", data, dim=8, bottom=(16, 12), top=(16, 8, 1))
+    spec = discover_groups(model)
+    table = bilinear_table(max_in=64, max_out=16, fields=5)
+    pred = LatencyPredictor(spec, table)
+    flops = make_resource("flops", spec)
+    g = torch.Generator().manual_seed(0)
+    full = torch.tensor([float(s.size) for s in spec.sets])
+    kept = torch.floor(torch.rand(20, len(full), generator=g) * full) + 1.0
+    alive = (torch.rand(20, spec.feature_set.size, generator=g) < 0.6).float()
+    kept[:, 0] = alive.sum(1)
+    want = table.overhead_s + K / 2 * flops(kept.double(), alive.double()) + 2e-6 * alive.double().sum(1)
+    got = pred(kept.double(), alive.double())
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-15)
+
+
+def test_predicted_latency_falls_with_every_pruned_group():
+    """Monotone in every kept count: removing one group of any set never raises the prediction
+    and removing a unit or a field strictly lowers it (exact widths, so the primal-dual step
+    sees every group)."""
+    data = random_data(n=64, features=5, dense=3)
+    model, _ = small_model("cat", data, dim=8, bottom=(16, 12), top=(16, 8, 1))
+    spec = discover_groups(model)
+    with using_latency_table(random_table(1)):
+        lat = make_resource("latency", spec)
+    S = len(spec.sets)
+    full = torch.tensor([[float(s.size) for s in spec.sets]], dtype=torch.float64)
+    alive = torch.ones(1, spec.feature_set.size, dtype=torch.float64)
+    base = lat(full, alive)
+    for l in range(S):
+        k = full.clone()
+        k[0, l] -= 1
+        a = alive.clone()
+        if spec.sets[l].kind == "features":
+            a[0, 0] = 0.0
+        assert float(lat(k, a)) <= float(base) + 1e-18, spec.sets[l].name
+
+
+def test_a_latency_budget_is_met_by_finalize():
+    """Generated data: UMEC under latency=0.5 (relative) and under an absolute latency in
+    seconds; after finalize() the predicted latency of the masks (recomputed from the table)
+    is within the budget, like any other resource."""
+    data = random_data(n=512, features=6, dense=3)
+    table = bilinear_table(max_in=64, max_out=16, fields=6, lookup_s=3e-6, overhead_s=5e-6)
+    for budget in ("latency=0.5", "abs"):
+        model, _ = small_model("cat", data, dim=8, bottom=(16, 12), top=(16, 8, 1))
+        with using_latency_table(table):
+            spec = discover_groups(model)
+            dense_s = LatencyPredictor(spec, table)(torch.tensor([[float(s.size) for s in spec.sets]]),
+                                                    torch.ones(1, spec.feature_set.size))
+            text = budget if budget != "abs" else f"latency=abs:{1e6 * 0.4 * float(dense_s):.6f}us"
+            umec = UMECOptimizer(torch.optim.Adagrad(model.parameters(), lr=0.05), model, [text],
+                                 UMECConfig(score="weight"))
+        for b in data.batches(64, shuffle=True, seed=0):
+            loss, _ = model(umec.feature_mask(b))
+            loss.backward()
+            umec.step()
+            umec.zero_grad()
+        masks = umec.finalize()
+        frac = umec.resource_fractions()["latency"]
+        limit = 0.5 if budget != "abs" else 0.4
+        assert frac <= limit + 1e-6, (budget, frac)
+        kept, alive = kept_of_masks(spec, masks)
+        again = float(LatencyPredictor(spec, table)(kept.double(), alive.double())[0]) / float(dense_s)
+        assert again == pytest.approx(frac, rel=1e-5) and again <= limit + 1e-6
+        assert masks.kept_units() != {n: w for n, w in masks.layer_widths.items()} or len(masks.kept_features) < 6
+
+
+def test_latency_budget_without_a_table_is_refused():
+    data = random_data(n=64, features=3, dense=3)
+    model, _ = small_model("cat", data)
+    with pytest.raises(ValueError, match="latency budget needs a latency model: pass --latency-model"):
+        UMECOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, ["latency=0.5"], UMECConfig(score="weight"))
+    assert "latency" not in reported_resources()
+    with using_latency_table(random_table()):
+        assert "latency" in reported_resources()
+
+
+def test_table_too_small_for_the_model_is_refused():
+    data = random_data(n=64, features=5, dense=3)
+    model, _ = small_model("cat", data, dim=8, bottom=(16, 12), top=(16, 8, 1))
+    small = bilinear_table(max_in=16, max_out=16, fields=5)
+    with pytest.raises(ValueError, match="covers in widths up to 16, the model needs 48"):
+        LatencyPredictor(discover_groups(model), small)
+    with pytest.raises(ValueError, match="calibrated for a dot interaction with D=8, the model is cat"):
+        LatencyPredictor(discover_groups(model), bilinear_table(max_in=64, kind="dot"))
+
+
+def test_latency_budget_strings():
+    assert Budget.parse("latency=abs:3ms").value == pytest.approx(3e-3)
+    assert Budget.parse("latency=abs:250us").value == pytest.approx(2.5e-4)
+    assert Budget.parse("latency=abs:0.003") == Budget.parse(str(Budget.parse("latency=abs:3ms")))
+    assert Budget.parse("latency=0.2").relative
+    with pytest.raises(ValueError, match="cannot read the absolute time '3 minutes'"):
+        Budget.parse("latency=abs:3 minutes")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(format="other/1"), "field 'format' is 'other/1'"),
+    (lambda d: d.pop("overhead_s"), "missing field 'overhead_s'"),
+    (lambda d: d["linear_s"][0].__setitem__(1, -1.0), "field 'linear_s' must hold finite seconds >= 0"),
+    (lambda d: d["linear_s"][0].__setitem__(0, 1.0), "field 'linear_s' must be non-decreasing"),
+    (lambda d: d.update(linear_s=d["linear_s"][1:]), "field 'linear_s' must be a 6 x 5 list"),
+    (lambda d: d.update(interaction_inputs=[3, 2, 5, 9]), "field 'interaction_inputs' must be a non-empty list"),
+    (lambda d: d["lookup"].update(int3={"rows": [1], "seconds": [0.0]}), "unknown dtype 'int3'"),
+    (lambda d: d.update(extra=1), "unknown field 'extra'"),
+    (lambda d: d.update(batch=0), "field 'batch' must be a positive integer"),
+])
+def test_bad_tables_name_the_field(change, message):
+    d = random_table().to_dict()
+    change(d)
+    with pytest.raises(ValueError, match="LAT.json: .*" + message.replace("(", r"\(").replace("[", r"\[")):
+        LatencyTable.from_dict(d, source="LAT.json")
+
+
+def test_table_round_trips_through_its_dict():
+    t = random_table(3)
+    assert LatencyTable.from_dict(t.to_dict()) == t

@@ -1,0 +1,390 @@
+"""Calibration of the serving program's cost pieces (``umec calibrate``), and its file.
+
+The pieces are timed with the operations the exported program
+(:class:`~umec_torchrec.export.program.CompactPredictor`) runs, on this machine, at one batch
+size and thread count:
+
+* every Linear: ``addmm`` then in-place ReLU (as :class:`~umec_torchrec.export.aligned.AlignedMLP`)
+  on a grid of ``(in, out)`` widths: multiples of the alignment up to the model's widest
+  layer, plus the model's own fixed widths (dense input, D, the logit, the full interaction);
+* one field's row lookup (``F.embedding`` on a column of the transposed id matrix) per table
+  size class (10, 10^3, 10^5, 10^6, 10^7 rows up to the model's largest table) and dtype;
+* the interaction on ``m`` inputs (``torch.cat`` for ``cat``; the model's own interaction on
+  the stacked embeddings for ``dot`` and ``dcn``);
+* the fixed per-call overhead: the exported programs of the model (and of a half-size compact
+  one), built with :func:`~umec_torchrec.export.program.export_program` exactly as
+  ``umec export`` builds them (tables capped at 1000 rows), timed whole; the overhead is the
+  median of their time minus the sum of their predicted pieces.
+
+Each measurement is the median over repetitions of a block of calls; the tables are then made
+monotone (:func:`umec_torchrec.umec.latency.monotone`; the raw medians stay in ``raw``). The
+file records the conditions (threads, batch, library versions, CPU model);
+:func:`check_conditions` refuses or warns about a file measured under others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch.nn import functional as F
+
+from umec_torchrec.export.aligned import aligned_width, check_align
+from umec_torchrec.export.compact import build_compact
+from umec_torchrec.export.program import DEFAULT_ALIGN, export_program
+from umec_torchrec.io import read_json, write_json
+from umec_torchrec.models import ModelConfig, build_dlrm
+from umec_torchrec.umec import layout
+from umec_torchrec.umec.latency import LatencyTable, monotone, predict_program
+from umec_torchrec.umec.masks import PruningMasks
+
+__all__ = [
+    "CalibrationOptions",
+    "calibrate",
+    "check_conditions",
+    "config_prediction",
+    "current_conditions",
+    "linear_grid",
+    "load_latency_table",
+    "predicted_speedup",
+    "save_latency_table",
+]
+
+#: table size classes of the lookup calibration (plus the model's largest table)
+ROW_CLASSES = (10, 10**3, 10**5, 10**6, 10**7)
+#: rows of the reference programs' tables (their lookups use this class)
+REFERENCE_ROWS = 1000
+#: conditions that make a table wrong for this machine, and those that only make it doubtful
+STRICT_CONDITIONS = ("torch", "threads", "batch")
+SOFT_CONDITIONS = ("torchrec", "fbgemm_gpu", "cpu", "align")
+
+
+@dataclass
+class CalibrationOptions:
+    """How ``umec calibrate`` measures.
+
+    Args:
+        batch: rows per call (the serving batch; a latency budget is per call of this size).
+        threads: intra-op threads (``torch.set_num_threads``); ``None`` keeps the current number.
+        reps: timed repetitions per measurement (median); ``None``: 7, or 2 with ``quick``.
+        quick: a few widths, size classes and interaction points (CI-sized).
+        align: hidden-width alignment of the program (``umec export --align``).
+        seed: seed of the random inputs.
+    """
+
+    batch: int = 4096
+    threads: Optional[int] = None
+    reps: Optional[int] = None
+    quick: bool = False
+    align: int = DEFAULT_ALIGN
+    seed: int = 0
+
+    def validate(self) -> None:
+        """``ValueError`` naming the field on a bad value."""
+        for name in ("batch", "threads", "reps", "align"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    @property
+    def repetitions(self) -> int:
+        return self.reps if self.reps is not None else (2 if self.quick else 7)
+
+
+# ---------------------------------------------------------------------- conditions
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def current_conditions(threads: Optional[int] = None, batch: Optional[int] = None) -> Dict[str, Any]:
+    """This process's conditions: library versions, CPU model, threads (default: the current
+    number) and, when given, the batch size."""
+    from umec_torchrec.runs import versions
+
+    out: Dict[str, Any] = dict(versions())
+    out.update({"cpu": _cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                "threads": int(threads if threads is not None else torch.get_num_threads())})
+    if batch is not None:
+        out["batch"] = int(batch)
+    return out
+
+
+def check_conditions(table: LatencyTable, source: str, threads: Optional[int] = None, batch: Optional[int] = None,
+                     strict: bool = True) -> List[str]:
+    """Compare ``table``'s conditions with this process's.
+
+    Args:
+        table: the calibration.
+        source: its file (named in the messages).
+        threads / batch: the thread count and batch size the prediction is for (not compared
+            when ``None``).
+        strict: a different torch version, thread count or batch size raises ``ValueError``
+            (a measurement on this machine is compared with the prediction); otherwise every
+            difference is only a warning (a budget chosen on another machine than the one that
+            will serve).
+
+    Returns:
+        one warning per other difference (torchrec, fbgemm_gpu, CPU model), naming both values.
+    """
+    rec = table.conditions
+    now = current_conditions(threads)
+    now.pop("threads")
+    if threads is not None:
+        now["threads"] = int(threads)
+    if batch is not None:
+        now["batch"] = int(batch)
+    rec = dict(rec, batch=table.batch)
+    warnings = []
+    for key in STRICT_CONDITIONS + SOFT_CONDITIONS:
+        if key not in now or key not in rec or str(rec[key]) == str(now[key]):
+            continue
+        msg = f"{source}: calibrated with {key} {rec[key]}, this run has {key} {now[key]}"
+        if strict and key in STRICT_CONDITIONS:
+            raise ValueError(msg + ("; calibrate again here (umec calibrate"
+                                    + (f" --{key} {now[key]}" if key in ("threads", "batch") else "") + ")"))
+        warnings.append(msg)
+    return warnings
+
+
+# ---------------------------------------------------------------------- the file
+def save_latency_table(path: str, table: LatencyTable) -> None:
+    """Write ``table`` to ``path`` atomically (JSON)."""
+    write_json(path, table.to_dict())
+
+
+def load_latency_table(path: str) -> LatencyTable:
+    """Read a table written by :func:`save_latency_table`; ``ValueError`` naming the file and
+    the field on a malformed one."""
+    return LatencyTable.from_dict(read_json(path), source=path)
+
+
+# ---------------------------------------------------------------------- grids
+def _top_in(cfg: ModelConfig, owners: int) -> int:
+    d = cfg.embedding_dim
+    return d + owners * (owners - 1) // 2 if cfg.kind == "dot" else owners * d
+
+
+def linear_grid(cfg: ModelConfig, align: int = DEFAULT_ALIGN, quick: bool = False) -> Tuple[List[int], List[int]]:
+    """The ``(in, out)`` widths a calibration times for ``cfg``'s program.
+
+    Multiples ``k * align`` (``k`` = 1, 2, 3, 4, 6, 8, 12, 16, ...; with ``quick`` only
+    powers of 4) up to the widest layer, plus the fixed widths: dense input, full interaction
+    width, D, the logit and the model's own (aligned) hidden widths.
+
+    Example::
+
+        ins, outs = linear_grid(kaggle_model_config())   # ins start 13, 16, ...; outs 1, 16, ...
+    """
+    check_align(align)
+    n_owners = len(cfg.feature_names) + 1
+    hidden = [aligned_width(w, align) for w in list(cfg.bottom[:-1]) + list(cfg.top[:-1])]
+    max_in = max([cfg.dense_in_features, _top_in(cfg, n_owners)] + hidden)
+    max_out = max(hidden + [cfg.embedding_dim, 1])
+    ks = [1, 4, 16, 64, 256] if quick else [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+    fixed_in = {cfg.dense_in_features, _top_in(cfg, n_owners), max_in}
+    fixed_out = {1, cfg.embedding_dim, max_out}
+    if not quick:
+        fixed_in |= set(hidden)
+        fixed_out |= set(hidden)
+    ins = sorted({k * align for k in ks if k * align < max_in} | fixed_in)
+    outs = sorted({k * align for k in ks if k * align < max_out} | fixed_out)
+    return ins, outs
+
+
+def _row_classes(cfg: ModelConfig, quick: bool) -> List[int]:
+    top = max(cfg.table_sizes)
+    classes = (10, 10**3) if quick else ROW_CLASSES
+    return sorted({r for r in classes if r < top} | {top})
+
+
+def _interaction_inputs(cfg: ModelConfig, quick: bool) -> List[int]:
+    n = len(cfg.feature_names)
+    qs = (0.5,) if quick else (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+    return sorted({2, n + 1} | {1 + max(1, round(n * q)) for q in qs})
+
+
+# ---------------------------------------------------------------------- timing
+def _median_seconds(fn: Callable[[int], Any], reps: int, n_inputs: int = 1, min_block_s: float = 2e-3) -> float:
+    """Median seconds per call of ``fn(i)`` (``i`` cycling over ``n_inputs``): a warm-up
+    call, then ``reps`` timed blocks of enough calls to last about ``min_block_s``."""
+    fn(0)
+    t = time.perf_counter()
+    fn(0)
+    one = max(time.perf_counter() - t, 1e-7)
+    calls = max(n_inputs, min(200, math.ceil(min_block_s / one)))
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for i in range(calls):
+            fn(i % n_inputs)
+        out.append((time.perf_counter() - t) / calls)
+    return statistics.median(out)
+
+
+def _time_linears(ins: List[int], outs: List[int], batch: int, reps: int, g: torch.Generator) -> List[List[float]]:
+    rows = []
+    for n_in in ins:  # the calibration grid: one measurement per point (not a hot path)
+        x = torch.rand(batch, n_in, generator=g)
+        row = []
+        for n_out in outs:
+            w = torch.rand(n_out, n_in, generator=g) - 0.5
+            b = torch.rand(n_out, generator=g)
+            row.append(_median_seconds(lambda i: torch.addmm(b, x, w.t()).relu_(), reps))
+        rows.append(row)
+    return rows
+
+
+def _time_lookups(classes: List[int], cfg: ModelConfig, batch: int, reps: int, g: torch.Generator) -> List[float]:
+    out = []
+    n_f = len(cfg.feature_names)
+    for rows in classes:
+        weight = torch.rand(rows, cfg.embedding_dim, generator=g)
+        ids = [torch.randint(rows, (batch, n_f), generator=g).t() for _ in range(4)]  # [F, B] as in the program
+        out.append(_median_seconds(lambda i: F.embedding(ids[i][0], weight), reps, n_inputs=len(ids)))
+        del weight
+    return out
+
+
+def _time_interactions(inputs: List[int], cfg: ModelConfig, batch: int, reps: int, g: torch.Generator) -> List[float]:
+    out = []
+    d = cfg.embedding_dim
+    for m in inputs:
+        dense = torch.rand(batch, d, generator=g)
+        rows = [torch.rand(batch, d, generator=g) for _ in range(m - 1)]
+        if cfg.kind == "cat":  # CompactPredictor.forward's two interaction paths
+            out.append(_median_seconds(lambda i: torch.cat([dense] + rows, dim=1), reps))
+        else:
+            sub = dataclasses.replace(cfg, feature_names=list(cfg.feature_names[: m - 1]), table_sizes=[1] * (m - 1))
+            inter = layout.interaction(build_dlrm(sub).eval())
+            out.append(_median_seconds(
+                lambda i: inter(dense_features=dense, sparse_features=torch.stack(rows, dim=1)), reps))
+    return out
+
+
+def _half_masks(cfg: ModelConfig) -> PruningMasks:
+    kept = list(cfg.feature_names[: max(1, len(cfg.feature_names) // 2)])
+    widths = layout.prunable_widths(cfg)
+    layers = {n: list(range(max(1, w // 2))) for n, w in widths.items()}
+    return PruningMasks(list(cfg.feature_names), kept, layers, widths)
+
+
+def _time_programs(table: LatencyTable, cfg: ModelConfig, batch: int, reps: int, quick: bool,
+                   g: torch.Generator) -> List[Dict[str, Any]]:
+    """The reference programs (tables capped at :data:`REFERENCE_ROWS` rows): measured against
+    the sum of their predicted pieces."""
+    ref = dataclasses.replace(cfg, table_sizes=[min(REFERENCE_ROWS, r) for r in cfg.table_sizes])
+    dense = build_dlrm(ref).eval()
+    models = [("dense", dense, ref)]
+    if not quick:
+        masks = _half_masks(ref)
+        from umec_torchrec.export.compact import compact_config
+
+        models.append(("half", build_compact(dense.state_dict(), ref, masks), compact_config(ref, masks)))
+    out = []
+    for name, model, mcfg in models:
+        prog = export_program(model, ref.dense_in_features, align=table.align).module()
+        sizes = torch.tensor(mcfg.table_sizes, dtype=torch.float64)
+        inputs = [(torch.rand(batch, ref.dense_in_features, generator=g) * 3.0,
+                   (torch.rand(batch, len(sizes), generator=g, dtype=torch.float64) * sizes).long())
+                  for _ in range(4)]
+        measured = _median_seconds(lambda i: prog(*inputs[i]), reps, n_inputs=len(inputs))
+        pieces = predict_program(table, mcfg.kind, mcfg.embedding_dim, mcfg.dense_in_features, mcfg.bottom, mcfg.top,
+                                 mcfg.table_sizes, served=True)
+        out.append({"program": name, "measured_s": measured, "pieces_s": pieces["total"] - pieces["overhead"],
+                    "bottom": list(mcfg.bottom), "top": list(mcfg.top), "features": len(mcfg.feature_names)})
+    return out
+
+
+@torch.inference_mode()
+def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, model_like: str = "",
+              log: Callable[[str], None] = lambda s: None) -> LatencyTable:
+    """Measure the serving program's pieces for models shaped like ``cfg`` (its kind, D, dense
+    input, widest layers, table sizes and number of features) on this machine.
+
+    Args:
+        cfg: the model whose serving the table predicts (and its compressed versions).
+        options: batch, threads, repetitions, ``quick``, alignment.
+        model_like: what ``cfg`` came from (recorded in the conditions).
+        log: progress lines.
+
+    Returns:
+        the :class:`LatencyTable` (write it with :func:`save_latency_table`).
+
+    Example::
+
+        table = calibrate(kaggle_model_config(), CalibrationOptions(batch=4096, threads=1))
+        save_latency_table("LATENCY.json", table)
+    """
+    opts = options or CalibrationOptions()
+    opts.validate()
+    start = time.perf_counter()
+    prev_threads = torch.get_num_threads()
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    try:
+        g = torch.Generator().manual_seed(opts.seed)
+        reps, B = opts.repetitions, opts.batch
+        ins, outs = linear_grid(cfg, opts.align, opts.quick)
+        log(f"calibrate: {torch.get_num_threads()} threads, batch {B}, {reps} repetitions; "
+            f"Linear grid {len(ins)} x {len(outs)} (in {ins[0]}..{ins[-1]}, out {outs[0]}..{outs[-1]})")
+        lin_raw = _time_linears(ins, outs, B, reps, g)
+        classes = _row_classes(cfg, opts.quick)
+        log(f"calibrate: lookups, table classes {classes} rows")
+        look_raw = _time_lookups(classes, cfg, B, reps, g)
+        inputs = _interaction_inputs(cfg, opts.quick)
+        log(f"calibrate: {cfg.kind} interaction at {inputs} inputs")
+        inter_raw = _time_interactions(inputs, cfg, B, reps, g)
+        table = LatencyTable(
+            batch=B, align=opts.align, embedding_dim=cfg.embedding_dim, kind=cfg.kind, linear_in=ins, linear_out=outs,
+            linear_s=monotone(torch.tensor(lin_raw, dtype=torch.float64)).tolist(),
+            lookup={"float32": {"rows": classes,
+                                "seconds": monotone(torch.tensor(look_raw, dtype=torch.float64)).tolist()}},
+            interaction_inputs=inputs,
+            interaction_s=monotone(torch.tensor(inter_raw, dtype=torch.float64)).tolist(),
+            overhead_s=0.0,
+        )
+        log("calibrate: whole exported programs, for the fixed overhead")
+        progs = _time_programs(table, cfg, B, reps, opts.quick, g)
+        table.overhead_s = max(0.0, statistics.median(p["measured_s"] - p["pieces_s"] for p in progs))
+        table.conditions = current_conditions(batch=B)
+        table.conditions.update({"align": opts.align, "reps": reps, "quick": opts.quick, "model_like": model_like,
+                                 "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "seconds_taken": round(time.perf_counter() - start, 1)})
+        table.raw = {"linear_s": lin_raw, "lookup": {"float32": look_raw}, "interaction_s": inter_raw,
+                     "programs": progs}
+        table.validate()
+        return table
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def predicted_speedup(table: LatencyTable, dense: ModelConfig, compact: ModelConfig) -> Dict[str, float]:
+    """Predicted seconds per call of the served ``dense`` and ``compact`` programs and their ratio."""
+    def total(c: ModelConfig) -> float:
+        return predict_program(table, c.kind, c.embedding_dim, c.dense_in_features, c.bottom, c.top,
+                               c.table_sizes, served=True)["total"]
+
+    d, c = total(dense), total(compact)
+    return {"dense_s": d, "compact_s": c, "speedup": d / c if c else float("inf")}
+
+
+def config_prediction(table: LatencyTable, cfg: ModelConfig) -> Dict[str, float]:
+    """Predicted seconds per call of ``cfg``'s served program, by piece (see
+    :func:`~umec_torchrec.umec.latency.predict_program`)."""
+    return predict_program(table, cfg.kind, cfg.embedding_dim, cfg.dense_in_features, cfg.bottom, cfg.top,
+                           cfg.table_sizes, served=True)
+
