@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+import dataclasses
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 import torch
-from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-__all__ = ["FeatureMask"]
+__all__ = ["FeatureMask", "MaskedLoader"]
 
 
 class FeatureMask:
@@ -19,53 +19,132 @@ class FeatureMask:
     looked up or sent through the input distribution, and its pooled embedding is exactly
     zero (an empty bag). Once a table is pruned it costs nothing for the rest of training.
 
+    One object per optimizer: :meth:`set_pruned` changes it in place (``UMECOptimizer.finalize``
+    and ``set_masks`` do), so a reference taken earlier (``map(umec.feature_mask, loader)``,
+    :meth:`wrap`) applies the current mask.
+
+    Accepted batches: a ``KeyedJaggedTensor`` (also variable-batch, VBE), and any dataclass
+    batch whose ``KeyedJaggedTensor`` fields are filtered (torchrec ``Batch``: ``sparse_features``;
+    ``ModelInput``: ``idlist_features`` and ``idscore_features``).
+
     Args:
         pruned: names of the pruned features.
 
     Example::
 
         mask = FeatureMask(["C3", "C7"])
-        batch = mask(batch)              # torchrec Batch or KeyedJaggedTensor
+        batch = mask(batch)              # torchrec Batch, ModelInput or KeyedJaggedTensor
+        for batch in mask.wrap(loader):  # e.g. the iterator of a TrainPipelineSparseDist
+            ...
     """
 
     def __init__(self, pruned: Iterable[str] = ()) -> None:
         self.pruned: List[str] = list(pruned)
-        self._cache: Optional[tuple] = None
+        self._cache: Optional[Tuple[List[str], torch.Tensor]] = None
 
     def __bool__(self) -> bool:
         return bool(self.pruned)
 
+    def set_pruned(self, pruned: Iterable[str]) -> None:
+        """Replace the pruned features in place (every holder of this object sees the change)."""
+        self.pruned = list(pruned)
+        self._cache = None
+
     def _keep_keys(self, keys: List[str]) -> torch.Tensor:
-        if self._cache is None or self._cache[0] != keys:
+        cache = self._cache
+        if cache is None or cache[0] != keys:
             p = set(self.pruned)
-            self._cache = (list(keys), torch.tensor([k not in p for k in keys], dtype=torch.bool))
-        return self._cache[1]
+            cache = (list(keys), torch.tensor([k not in p for k in keys], dtype=torch.bool))
+            self._cache = cache
+        return cache[1]
 
     def filter_kjt(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        """The KJT with the ids of pruned keys removed (vectorised, O(number of ids))."""
+        """The KJT with the ids of pruned keys removed (vectorised, O(number of ids)).
+
+        Keeps the keys, the per-key strides of a variable-batch KJT (``stride_per_key_per_rank``)
+        and its ``inverse_indices``.
+        """
         if not self.pruned:
             return kjt
         keys = kjt.keys()
-        keep_key = self._keep_keys(keys).to(kjt.lengths().device)
         lengths = kjt.lengths()
-        stride = kjt.stride()
-        keep_seg = keep_key.repeat_interleave(stride)  # one flag per (key, sample) segment
+        keep_key = self._keep_keys(keys).to(lengths.device)
+        if kjt.variable_stride_per_key():
+            per_key = torch.tensor(kjt.stride_per_key(), device=lengths.device)
+            keep_seg = keep_key.repeat_interleave(per_key, output_size=lengths.numel())
+        else:
+            keep_seg = keep_key.repeat_interleave(kjt.stride())  # one flag per (key, sample) segment
         keep_val = keep_seg.repeat_interleave(lengths.long(), output_size=kjt.values().numel())
         weights = kjt.weights_or_none()
-        return KeyedJaggedTensor.from_lengths_sync(
-            keys=keys,
-            values=kjt.values()[keep_val],
-            lengths=lengths * keep_seg.to(lengths.dtype),
-            weights=None if weights is None else weights[keep_val],
-        )
+        new_lengths = lengths * keep_seg.to(lengths.dtype)
+        values = kjt.values()[keep_val]
+        new_weights = None if weights is None else weights[keep_val]
+        if kjt.variable_stride_per_key():
+            return KeyedJaggedTensor(
+                keys=keys, values=values, weights=new_weights, lengths=new_lengths,
+                stride_per_key_per_rank=kjt.stride_per_key_per_rank(),
+                inverse_indices=kjt.inverse_indices_or_none(),
+            )
+        return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=new_lengths, weights=new_weights)
 
-    def __call__(self, batch):
+    def __call__(self, batch: Any) -> Any:
+        """``batch`` with the pruned features' ids removed (a new object; ``batch`` is unchanged).
+
+        Raises:
+            TypeError: for a batch that is neither a ``KeyedJaggedTensor`` nor a dataclass
+                holding one (the message names its type).
+        """
         if isinstance(batch, KeyedJaggedTensor):
             return self.filter_kjt(batch)
+        if not dataclasses.is_dataclass(batch) or isinstance(batch, type):
+            raise TypeError(f"FeatureMask: cannot drop features from a {type(batch).__name__}; expected a "
+                            "KeyedJaggedTensor or a dataclass batch holding one (torchrec Batch, ModelInput)")
+        kjts = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)
+                if isinstance(getattr(batch, f.name), KeyedJaggedTensor)}
+        if not kjts:
+            raise TypeError(f"FeatureMask: {type(batch).__name__} has no KeyedJaggedTensor field to drop features from")
         if not self.pruned:
             return batch
-        return Batch(
-            dense_features=batch.dense_features,
-            sparse_features=self.filter_kjt(batch.sparse_features),
-            labels=batch.labels,
-        )
+        return dataclasses.replace(batch, **{k: self.filter_kjt(v) for k, v in kjts.items()})
+
+    def wrap(self, loader: Iterable[Any]) -> "MaskedLoader":
+        """An iterable over ``loader`` whose batches have the current mask applied (see
+        :class:`MaskedLoader`)."""
+        return MaskedLoader(loader, self)
+
+
+class MaskedLoader:
+    """Iterates ``loader`` and applies ``mask`` to each batch as it is drawn, i.e. with the
+    mask of that moment: hand it to a TorchRec training pipeline (``TrainPipelineSparseDist``,
+    ``TrainPipelineBase``), which runs the input distribution of batch ``i + 1`` before the
+    forward of batch ``i``, so that a mask applied inside the model would come too late.
+
+    The pipeline draws up to two batches ahead, so after ``finalize()`` those already drawn
+    still carry the pruned features' ids (their over-arch weights are zero, so they change
+    nothing; their tables are looked up once more).
+
+    Args:
+        loader: any iterable of batches (a ``DataLoader``, a list, a generator function's result).
+        mask: the :class:`FeatureMask` (e.g. ``umec.feature_mask``), read at each batch.
+
+    Example::
+
+        pipeline = TrainPipelineSparseDist(dmp, umec, torch.device("cpu"))
+        it = iter(umec.feature_mask.wrap(loader))
+        while True:
+            try:
+                pipeline.progress(it)
+            except StopIteration:
+                break
+    """
+
+    def __init__(self, loader: Iterable[Any], mask: FeatureMask) -> None:
+        self.loader = loader
+        self.mask = mask
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            yield self.mask(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]

@@ -185,11 +185,15 @@ class GroupSpec:
         sets: the group sets; the feature set (if any) first.
         structure: the dense-path shape (:class:`DLRMStructure` or :class:`ChainStructure`),
             read by the FLOPs model of :mod:`umec_torchrec.umec.resources`.
-        feature_table_bytes: bytes of each feature's table (feature order).
+        feature_table_bytes: bytes of each feature's table (feature order); a table read by
+            several features (a shared table) has its whole size in each of them.
         feature_lookup_bytes: bytes each feature reads from its table per sample (dim x
             element size: one id per feature and sample), feature order.
         feature_names: all sparse features (model order).
         dense_is_group: whether the feature set's first group is the dense-arch output.
+        feature_tables: the table each feature reads (feature order; ``""`` or absent: a table
+            of its own). Features naming the same table share it: its bytes count once in
+            ``embedding_bytes`` and it is dropped only when all of them are pruned.
     """
 
     sets: List[GroupSet]
@@ -199,6 +203,7 @@ class GroupSpec:
     feature_names: List[str] = field(default_factory=list)
     dense_is_group: bool = False
     watch: Dict[str, nn.Module] = field(default_factory=dict)  # module whose input feeds each moment
+    feature_tables: List[str] = field(default_factory=list)
 
     def set_index(self, name: str) -> int:
         """Position of the set called ``name`` (``KeyError`` if there is none)."""
@@ -240,9 +245,15 @@ class GroupSpec:
 
 
 def feature_tables(model: nn.Module) -> Dict[str, str]:
-    """``{feature: table name}`` of the DLRM inside ``model`` (sharded or not)."""
-    configs = layout.embedding_configs(find_dlrm(model))
-    return {f: c.name for c in configs for f in (c.feature_names or [c.name])}
+    """``{feature: table name}`` of every (sharded or plain) EmbeddingBagCollection inside
+    ``model``: a DLRM, a ``DistributedModelParallel`` or a custom model; empty if it has none.
+    Several features may map to one table (a shared table).
+
+    Example::
+
+        feature_tables(dmp)   # {"item": "t_item", "user_hist": "t_item", "ctx": "t_ctx"}
+    """
+    return {f: c.name for c in layout.all_embedding_configs(model) for f in (c.feature_names or [c.name])}
 
 
 def _table_bytes(dlrm: nn.Module, names: List[str], rows: bool = True) -> List[float]:
@@ -272,13 +283,20 @@ def discover_groups(
     """Discover the UMEC groups of the TorchRec DLRM inside ``model`` (DLRM, DLRMTrain, DMP).
 
     Raises:
-        TypeError: when ``model`` holds no TorchRec DLRM (the message lists what was found);
-            declare the groups with :func:`declare_groups` instead.
+        TypeError: when ``model`` holds no TorchRec DLRM or a DLRM variant whose interaction
+            layout is unknown (e.g. ``DLRM_Projection``); the message says what was found and
+            names :func:`declare_groups`, the way to give the groups of any other model.
     """
-    dlrm = find_dlrm(model)
+    try:
+        dlrm = find_dlrm(model)
+    except TypeError as e:
+        raise TypeError(f"{e}; declare the groups of a custom model with "
+                        "umec_torchrec.umec.declare_groups(first_linear, feature_columns, chain=...)") from None
+    layout.check_supported(dlrm)
     kind = model_kind(dlrm)
     if kind not in MODEL_KINDS:
-        raise TypeError(f"unsupported DLRM variant {type(dlrm).__name__}")
+        raise TypeError(f"unsupported DLRM variant {type(dlrm).__name__}; declare its groups with "
+                        "umec_torchrec.umec.declare_groups")
     names = layout.feature_names(dlrm)
     D = layout.embedding_dim(dlrm)
     sets: List[GroupSet] = []
@@ -331,6 +349,7 @@ def discover_groups(
         prune_dense=prune_dense,
     )
     watch = {"over_arch_input": layout.first_top_linear(dlrm)}
+    tables = feature_tables(dlrm)
     if cn is not None:
         watch["cross_input"] = cn
     return GroupSpec(
@@ -341,6 +360,7 @@ def discover_groups(
         feature_lookup_bytes=_table_bytes(dlrm, names, rows=False),
         feature_names=names,
         dense_is_group=prune_dense and prune_features,
+        feature_tables=[tables.get(n, "") for n in names],
     )
 
 
@@ -352,6 +372,7 @@ def declare_groups(
     feature_table_bytes: Optional[Mapping[str, float]] = None,
     extra_flops: float = 0.0,
     feature_lookup_bytes: Optional[Mapping[str, float]] = None,
+    feature_tables: Optional[Mapping[str, str]] = None,
 ) -> GroupSpec:
     """Declare the groups of a custom model: one Linear chain plus a feature-to-columns map.
 
@@ -366,6 +387,9 @@ def declare_groups(
         extra_flops: fixed FLOPs per sample outside the chain (counted in the dense total).
         feature_lookup_bytes: bytes read per sample per feature (ids per sample x dim x
             element size), for a ``lookup_bytes`` budget.
+        feature_tables: ``{feature: table name}`` (e.g. :func:`feature_tables` of the model);
+            features naming one table share it: ``feature_table_bytes`` then gives that table's
+            bytes (the same value for each of them), counted once. Default: one table each.
 
     Example::
 
@@ -398,9 +422,21 @@ def declare_groups(
         layer_names=names,
         extra_flops=float(extra_flops),
     )
-    tb, lb = feature_table_bytes or {}, feature_lookup_bytes or {}
+    tb, lb, ft = feature_table_bytes or {}, feature_lookup_bytes or {}, feature_tables or {}
+    unknown = sorted(set(ft) - set(feats))
+    if unknown:
+        raise ValueError(f"feature_tables names features that are not declared: {unknown}")
+    first_of: Dict[str, str] = {}
+    for f in feats:
+        t = ft.get(f, "")
+        if not t:
+            continue
+        g = first_of.setdefault(t, f)
+        if float(tb.get(f, 0.0)) != float(tb.get(g, 0.0)):
+            raise ValueError(f"feature_table_bytes: {f!r} ({tb.get(f, 0.0)}) and {g!r} ({tb.get(g, 0.0)}) "
+                             f"share table {t!r} but give it different sizes")
     return GroupSpec(sets, structure, [float(tb.get(f, 0.0)) for f in feats], [float(lb.get(f, 0.0)) for f in feats],
-                     feats, watch={"over_arch_input": first_linear})
+                     feats, watch={"over_arch_input": first_linear}, feature_tables=[str(ft.get(f, "")) for f in feats])
 
 
 __all__ = [

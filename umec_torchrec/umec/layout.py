@@ -28,10 +28,10 @@ from typing import Callable, Dict, List, Literal, Optional
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import DLRM
+from torchrec.models.dlrm import DLRM, InteractionArch, InteractionDCNArch
 from torchrec.modules.mlp import Perceptron
 
-from umec_torchrec.models import ModelConfig, model_kind
+from umec_torchrec.models import ConcatInteractionArch, ModelConfig, model_kind
 
 # --- module paths (DLRM-relative FQNs) ------------------------------------------------------
 BOTTOM_MLP = "dense_arch.model._mlp"
@@ -145,6 +145,39 @@ def embedding_configs(dlrm: DLRM) -> list:
     """The ``EmbeddingBagConfig`` of every table, in model order (also for a sharded EBC)."""
     ebc = embedding_bag_collection(dlrm)
     return ebc.embedding_bag_configs() if hasattr(ebc, "embedding_bag_configs") else ebc._embedding_bag_configs
+
+
+def _has_bag_configs(m: nn.Module) -> bool:
+    return callable(getattr(m, "embedding_bag_configs", None)) or hasattr(m, "_embedding_bag_configs")
+
+
+def all_embedding_configs(model: nn.Module) -> list:
+    """The ``EmbeddingBagConfig`` of every table of every EmbeddingBagCollection (plain,
+    quantized or sharded) inside ``model``, in module order; a collection nested inside
+    another one is not visited twice. Empty when the model has none."""
+    out: list = []
+    stack = [model]
+    while stack:
+        m = stack.pop()
+        if _has_bag_configs(m):
+            out.extend(m.embedding_bag_configs() if callable(getattr(m, "embedding_bag_configs", None))
+                       else m._embedding_bag_configs)
+            continue
+        stack.extend(reversed(list(m.children())))
+    return out
+
+
+def check_supported(dlrm: DLRM) -> None:
+    """Raise ``TypeError`` when the DLRM's interaction has no known column layout: only
+    torchrec's pairwise ``InteractionArch`` (``dot``), ``InteractionDCNArch`` (``dcn``) and the
+    concatenation (``cat``) are known, e.g. ``DLRM_Projection``'s two projection branches are not."""
+    inter = dlrm.inter_arch
+    if not isinstance(inter, (InteractionArch, InteractionDCNArch, ConcatInteractionArch)):
+        raise TypeError(
+            f"{type(dlrm).__name__} has an interaction ({type(inter).__name__}) whose over-arch columns "
+            "group discovery does not know (supported: DLRM, DLRM_DCN, DLRMConcat); "
+            "declare its groups with umec_torchrec.umec.declare_groups(first_linear, feature_columns, chain=...)"
+        )
 
 
 def table_weights(dlrm: DLRM) -> List[torch.Tensor]:
@@ -313,6 +346,8 @@ __all__ = [
     "sparse_parameters",
     "set_embedding_bag_collection",
     "embedding_configs",
+    "all_embedding_configs",
+    "check_supported",
     "table_weights",
     "HiddenLayer",
     "hidden_layers",

@@ -508,7 +508,7 @@ class UMECOptimizer(OptimizerWrapper):
         if self.score_kind.folds_mean:
             self._fold_means(pruned)
         self._fix(FixedArchitecture.of_spec(self.spec, masks, [p.to(sc.dtype) for p, sc in zip(pruned, scores)]),
-                  zero_tables, strict=False)  # custom models may be declared without TorchRec tables
+                  zero_tables, strict=True)  # a model without TorchRec tables has none to zero
         return masks
 
     def _fold_means(self, pruned: Sequence[torch.Tensor]) -> None:
@@ -533,7 +533,8 @@ class UMECOptimizer(OptimizerWrapper):
     def _fix(self, fixed: FixedArchitecture, zero_tables: bool, strict: bool) -> None:
         self._fixed = fixed
         fixed.apply_()
-        self.feature_mask = fixed.feature_mask
+        self.feature_mask.set_pruned(fixed.masks.pruned_features)  # in place: earlier references stay correct
+        fixed.feature_mask = self.feature_mask
         if zero_tables:
             fixed.zero_tables(self.model, strict=strict)
 

@@ -17,12 +17,15 @@ layer; ``cat``: 0) and top MLP whose input width is ``D + C(F'+1, 2)`` (dot) or
 ``(F'+1) D`` (cat, dcn).
 
 ``embedding_bytes``: rows x dim x bytes-per-element summed over the kept tables, so a
-10-million-row table counts for what it costs.
+10-million-row table counts for what it costs. A table read by several features (a shared
+table, ``EmbeddingBagConfig(feature_names=[...])``) counts once, and is kept while any of
+its features is: ``sum_t bytes_t min(1, sum_{f reads t} alive_f)``.
 
 ``lookup_bytes``: bytes read from the tables per sample, dim x bytes-per-element summed over
-the kept features (one id per feature and sample). Serving time has a part that scales with
-it, not with FLOPs: at a 10% FLOPs budget the embedding lookups of the features still kept
-can be the larger share of the compact model's time (see ``umec bench inference``).
+the kept features (one id per feature and sample; a shared table is read once per feature).
+Serving time has a part that scales with it, not with FLOPs: at a 10% FLOPs budget the
+embedding lookups of the features still kept can be the larger share of the compact model's
+time (see ``umec bench inference``).
 
 ``latency``: predicted seconds per call of the serving program at the calibrated batch size,
 from a measured table (``umec calibrate``; the predictor is :mod:`umec_torchrec.umec.latency`).
@@ -206,12 +209,42 @@ class _FeatureBytes(Resource):
         return alive @ self.bytes.to(device=alive.device, dtype=alive.dtype)
 
 
+def table_incidence(spec: GroupSpec) -> torch.Tensor:
+    """``[G, T]`` 0/1 map of the feature set's groups to the tables they read (``G`` groups,
+    aligned like :func:`_per_feature`; the dense-arch group reads none). Features naming the
+    same table in ``spec.feature_tables`` share a column; a feature without a name has its own."""
+    names = list(spec.feature_tables) or [""] * len(spec.feature_names)
+    fs = spec.feature_set
+    n_feat = (fs.size if fs is not None else 0) - int(spec.dense_is_group)
+    names = (names + [""] * n_feat)[:n_feat]
+    col: Dict[object, int] = {}
+    idx = [col.setdefault(t if t else ("", i), len(col)) for i, t in enumerate(names)]
+    inc = torch.zeros(n_feat, len(col))
+    if n_feat:
+        inc[torch.arange(n_feat), torch.tensor(idx)] = 1.0
+    if spec.dense_is_group:
+        inc = torch.cat([torch.zeros(1, len(col)), inc])
+    return inc
+
+
 class EmbeddingBytes(_FeatureBytes):
-    """Bytes of the kept embedding tables."""
+    """Bytes of the kept embedding tables, a shared table counted once (see the module docstring)."""
 
     name = "embedding_bytes"
     unit = "B"
     spec_field = "feature_table_bytes"
+
+    def __init__(self, spec: GroupSpec) -> None:
+        super().__init__(spec)
+        self.tables = table_incidence(spec)  # [G, T]
+        # a table's bytes: those of (any of) its features; shared features give the same value
+        self.table_bytes = (self.tables * self.bytes[:, None]).amax(dim=0)
+
+    def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+        assert alive is not None
+        inc = self.tables.to(device=alive.device, dtype=alive.dtype)
+        readers = (alive @ inc).clamp(max=1.0)  # [..., T]: 1 while any feature of the table is kept
+        return readers @ self.table_bytes.to(device=alive.device, dtype=alive.dtype)
 
 
 class LookupBytes(_FeatureBytes):
@@ -256,5 +289,5 @@ def make_resource(name: str, spec: GroupSpec) -> Resource:
     return cls(spec)
 
 
-__all__ = ["RESOURCES", "DenseFlops", "DLRMFlops", "ChainFlops", "EmbeddingBytes", "LookupBytes", "Latency",
-           "Resource", "make_resource"]
+__all__ = ["RESOURCES", "table_incidence", "DenseFlops", "DLRMFlops", "ChainFlops", "EmbeddingBytes", "LookupBytes",
+           "Latency", "Resource", "make_resource"]

@@ -1,0 +1,134 @@
+"""UMEC with TorchRec training pipelines (CPU, a 1-rank gloo group, table-wise sharding).
+
+``TrainPipelineSparseDist`` starts the input distribution of batch ``i + 1`` before the
+forward of batch ``i``, from the batch the loader gave it: the mask has to be applied to the
+loader (``umec.feature_mask.wrap(loader)``), and it has to be the *current* mask, so
+``finalize()`` updates the one :class:`FeatureMask` object in place. The tests spy on the
+sharded EBC's ``input_dist`` and count the ids of every feature it receives. Generated data
+(planted signal, no real data).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import pytest
+import torch
+from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from umec_torchrec.data.testing import planted_ctr
+from umec_torchrec.distributed import init_distributed
+from umec_torchrec.models import ModelConfig, find_dlrm
+from umec_torchrec.train import TrainConfig, build_training
+from umec_torchrec.umec import FeatureMask, PruningMasks
+from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
+
+SIZES = [1000, 1200, 1000, 1100]
+FEATURES = [f"f{i}" for i in range(len(SIZES))]
+BATCH = 32
+
+
+def _batches(n: int) -> List:
+    data = planted_ctr(BATCH * n, SIZES, n_dense=4, seed=0, bias=0.0)
+    return list(data.batches(BATCH, shuffle=False))[:n]
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    c = init_distributed("gloo")  # a 1-rank gloo group in this process (reused if one exists)
+    assert c.world_size == 1
+    return c
+
+
+def _build(ctx):
+    cfg = ModelConfig("cat", FEATURES, SIZES, 4, 8, [16, 8], [16, 8, 1])
+    tc = TrainConfig(batch_size=BATCH, sharding="table_wise", seed=0, log_every=0, embedding_optimizer="sgd",
+                     dense_optimizer="sgd", emb_lr=0.1, dense_lr=0.05)
+    dmp, opt = build_training(cfg, tc, ctx)
+    umec = UMECOptimizer(opt, dmp, ["flops=0.6"], UMECConfig(score="weight"))
+    return dmp, umec
+
+
+def _spy(dmp) -> List[Dict[str, int]]:
+    """Ids per feature received by the sharded EBC's input_dist, one record per call."""
+    sebc = find_dlrm(dmp).sparse_arch.embedding_bag_collection
+    calls: List[Dict[str, int]] = []
+    original = sebc.input_dist
+
+    def input_dist(ctx, features: KeyedJaggedTensor, *args, **kwargs):
+        calls.append({k: int(n) for k, n in zip(features.keys(), features.length_per_key())})
+        return original(ctx, features, *args, **kwargs)
+
+    sebc.input_dist = input_dist
+    return calls
+
+
+def test_feature_mask_is_one_object_updated_in_place(ctx):
+    """A mapped loader built before finalize() drops the ids pruned by it (today finalize
+    replaces the attribute, so the early reference keeps sending every id)."""
+    dmp, umec = _build(ctx)
+    ref = umec.feature_mask
+    mapped = map(umec.feature_mask, _batches(3))
+    first = next(mapped)
+    assert first.sparse_features.length_per_key() == [BATCH] * len(FEATURES)
+    masks = umec.finalize()
+    assert umec.feature_mask is ref and isinstance(ref, FeatureMask)
+    pruned = set(masks.pruned_features)
+    assert pruned, masks
+    after = next(mapped).sparse_features
+    assert after.length_per_key() == [0 if f in pruned else BATCH for f in FEATURES]
+
+
+def test_set_masks_updates_the_same_object(ctx):
+    dmp, umec = _build(ctx)
+    ref = umec.feature_mask
+    wrapped = umec.feature_mask.wrap(_batches(2))
+    umec.set_masks(PruningMasks(FEATURES, ["f0", "f3"]))
+    assert umec.feature_mask is ref
+    got = [b.sparse_features.length_per_key() for b in wrapped]
+    assert got == [[BATCH, 0, 0, BATCH]] * 2
+
+
+@pytest.mark.parametrize("pipeline_cls", [TrainPipelineSparseDist, TrainPipelineBase])
+def test_pipeline_input_dist_sees_no_pruned_ids(ctx, pipeline_cls):
+    """Search steps through the pipeline, finalize() in the middle of the iteration: every batch
+    drawn from the wrapped loader after finalize reaches the input distribution without the
+    pruned features' ids; before it, all ids arrive. (The pipeline draws batches ahead: the
+    batches already drawn keep their ids.) Without the wrapper the pruned ids arrive."""
+    dmp, umec = _build(ctx)
+    calls = _spy(dmp)
+    drawn: List[int] = []
+    loader = _batches(10)
+
+    def counted():
+        for i, b in enumerate(loader):
+            drawn.append(i)
+            yield b
+
+    pipe = pipeline_cls(dmp, umec, torch.device("cpu"))
+    it = iter(umec.feature_mask.wrap(counted()))
+    for _ in range(3):
+        pipe.progress(it)
+    masks = umec.finalize()
+    pruned = set(masks.pruned_features)
+    assert pruned and len(pruned) < len(FEATURES), masks
+    n_before = len(drawn)  # batches already drawn (and masked) before finalize
+    assert len(calls) <= n_before
+    while True:
+        try:
+            pipe.progress(it)
+        except StopIteration:
+            break
+    assert len(calls) == len(loader)  # one input distribution per batch
+    for i, rec in enumerate(calls):
+        for f in FEATURES:
+            expect = 0 if (i >= n_before and f in pruned) else BATCH
+            assert rec[f] == expect, (i, f, rec, n_before)
+    # the same pipeline without the wrapper: the pruned ids reach the input distribution
+    calls.clear()
+    pipe2 = pipeline_cls(dmp, umec, torch.device("cpu"))
+    raw = iter(_batches(3))
+    for _ in range(2):
+        pipe2.progress(raw)
+    assert all(rec[f] == BATCH for rec in calls for f in FEATURES)
