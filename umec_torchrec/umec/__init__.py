@@ -6,11 +6,14 @@ Typical use inside a training loop::
                          holdout=lambda: valid.batches(4096))  # validation batches for the scores
     loss, _ = model(umec.feature_mask(batch)); loss.backward(); umec.step(); umec.zero_grad()
     masks = umec.finalize()
+
+With a TorchRec train pipeline, mask the loader: ``it = iter(umec.feature_mask.wrap(loader))``,
+then ``pipeline.progress(it)`` at every step.
 """
 
 from umec_torchrec.umec.allocation import BudgetAllocator, SetOrder, resources_of_masks
 from umec_torchrec.umec.budgets import Budget, parse_budgets
-from umec_torchrec.umec.feature_mask import FeatureMask
+from umec_torchrec.umec.feature_mask import FeatureMask, MaskedLoader
 from umec_torchrec.umec.groups import GroupSpec, declare_groups, discover_groups
 from umec_torchrec.umec.hard_prune import apply_masks_, weight_masks
 from umec_torchrec.umec.masked_optimizer import FixedArchitecture, MaskedOptimizer
@@ -24,6 +27,7 @@ __all__ = [
     "FeatureMask",
     "FixedArchitecture",
     "GroupSpec",
+    "MaskedLoader",
     "MaskedOptimizer",
     "PruningMasks",
     "SetOrder",
