@@ -67,7 +67,10 @@ def fit(
                              f"of {p.get('batch_size')} per epoch) differs from this run's ({per_epoch} of "
                              f"{train_cfg.batch_size} on {ctx.world_size} rank(s))")
         own = mine(p["ranks"], ctx.rank, ctx.world_size)
-        state = LoopState.from_dict(own["loop"])
+        if len(p["ranks"]) == ctx.world_size:
+            state = LoopState.from_dict(own["loop"])
+        else:  # another world size: the loss sums of every saved rank, not rank 0's alone
+            state = LoopState.over_ranks([r["loop"] for r in p["ranks"]])
         if p.get("sched"):
             sched.load_state_dict(p["sched"])
         set_rng_state(own["rng"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -33,8 +33,8 @@ class LoopState:
     Args:
         steps: completed steps (global, over the whole run).
         samples: global samples seen.
-        loss_sum: sum of this rank's step losses.
-        win_loss / win_n: the current log window (sum of losses, steps).
+        loss_sum: sum of this rank's step losses (the mean over ranks is reported).
+        win_loss / win_n: the current log window (sum of this rank's losses, steps).
         last_window_loss: mean loss of the last closed window (over ranks).
         seconds: training seconds spent before this process started (resumed runs).
     """
@@ -53,6 +53,33 @@ class LoopState:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "LoopState":
         return cls(**d)
+
+    @classmethod
+    def over_ranks(cls, per_rank: Sequence[Dict[str, Any]]) -> "LoopState":
+        """The counters to continue from on another world size, from those saved by each
+        of ``len(per_rank)`` ranks (:meth:`to_dict` of each, in rank order).
+
+        The loss sums (``loss_sum``, ``win_loss``) are per rank and the figures reported are
+        their mean over the ranks, so every new rank continues from the mean of the saved
+        ones: the new ranks' mean is then the same as the old ranks' would have been. The
+        global counters are the same on every rank; ``seconds`` is the slowest rank's.
+
+        Example::
+
+            state = LoopState.over_ranks([r["loop"] for r in progress["ranks"]])
+        """
+        if not per_rank:
+            raise ValueError("no per-rank loop state to continue from")
+        states = [cls.from_dict(d) for d in per_rank]
+        out = states[0]
+        for st in states[1:]:
+            if (st.steps, st.samples, st.win_n) != (out.steps, out.samples, out.win_n):
+                raise ValueError(f"the ranks' saved loop counters disagree: {out} vs {st}")
+        k = len(states)
+        out.loss_sum = sum(st.loss_sum for st in states) / k
+        out.win_loss = sum(st.win_loss for st in states) / k
+        out.seconds = max(st.seconds for st in states)
+        return out
 
 
 def _global_mean(x: float) -> float:
@@ -108,7 +135,8 @@ def train_steps(
 
     Returns:
         ``{"steps", "samples" (global), "loss" (mean of the last window, over ranks),
-        "mean_loss" (this rank, all steps), "seconds", "steps_per_s", "samples_per_s"}``.
+        "mean_loss" (all steps, over ranks), "seconds", "steps_per_s", "samples_per_s"}``;
+        every rank gets the same figures.
     """
     rank, world = _rank_world()
     bar = None
@@ -182,7 +210,7 @@ def train_steps(
         "steps": steps,
         "samples": samples,
         "loss": last_window_loss,
-        "mean_loss": st.loss_sum / max(steps, 1),
+        "mean_loss": _global_mean(st.loss_sum) / max(steps, 1),
         "seconds": secs,
         "steps_per_s": steps / max(secs, 1e-9),
         "samples_per_s": samples / max(secs, 1e-9),
