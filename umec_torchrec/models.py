@@ -7,7 +7,8 @@ Three interaction layouts are supported, named by ``ModelConfig.kind``:
 * ``"cat"``: :class:`DLRMConcat`, the concatenation layout of the UMEC paper: the over-arch
   input is the dense-arch output followed by each sparse feature's pooled embedding.
 
-Each feature has its own table named ``t_<feature>``.
+Each feature has its own table named ``t_<feature>``, unless ``ModelConfig.table_features``
+names a table it shares with other features.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ class ModelConfig:
         bottom: bottom (dense-arch) layer sizes; the last must equal ``embedding_dim``.
         top: top (over-arch) layer sizes, ending with 1.
         dcn_num_layers / dcn_low_rank_dim: cross-net shape for ``kind="dcn"``.
+        table_features: shared tables, ``{table name: the features that read it}`` (adjacent in
+            ``feature_names``, in that order, with equal ``table_sizes``); every other feature
+            has its own table ``t_<feature>``.
     """
 
     kind: ModelKind
@@ -115,6 +119,7 @@ class ModelConfig:
     top: List[int] = field(default_factory=lambda: [512, 256, 1])
     dcn_num_layers: int = 2
     dcn_low_rank_dim: int = 16
+    table_features: Dict[str, List[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -134,9 +139,39 @@ class ModelConfig:
             raise ValueError(f"top layer sizes must have at least 2 entries ending in 1, got {self.top}")
         if min(self.table_sizes) < 1:
             raise ValueError(f"table sizes must be positive, got {self.table_sizes}")
+        self._check_table_features()
+
+    def _check_table_features(self) -> None:
+        pos = {f: i for i, f in enumerate(self.feature_names)}
+        seen: Dict[str, str] = {}
+        for t, feats in self.table_features.items():
+            if not feats:
+                raise ValueError(f"table_features: table {t!r} lists no feature")
+            for f in feats:
+                if f not in pos:
+                    raise ValueError(f"table_features: table {t!r} names {f!r}, which is not a sparse feature")
+                if f in seen:
+                    raise ValueError(f"table_features: feature {f!r} is in tables {seen[f]!r} and {t!r}")
+                seen[f] = t
+            idx = [pos[f] for f in feats]
+            if idx != list(range(idx[0], idx[0] + len(idx))):
+                raise ValueError(f"table_features: the features of table {t!r} ({feats}) must be adjacent in "
+                                 "feature_names, in that order")
+            sizes = {self.table_sizes[i] for i in idx}
+            if len(sizes) != 1:
+                raise ValueError(f"table_features: the features of table {t!r} ({feats}) have different "
+                                 f"table_sizes {sorted(sizes)}")
 
     def table_name(self, feature: str) -> str:
+        """The table ``feature`` reads: its shared table, or ``t_<feature>``."""
+        for t, feats in self.table_features.items():
+            if feature in feats:
+                return t
         return f"t_{feature}"
+
+    def table_rows(self) -> Dict[str, int]:
+        """``{table name: rows}`` of every table once, in model order."""
+        return {self.table_name(f): int(n) for f, n in zip(self.feature_names, self.table_sizes)}
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,15 +189,13 @@ class ModelConfig:
 
 
 def table_configs(cfg: ModelConfig) -> List[EmbeddingBagConfig]:
-    """One ``EmbeddingBagConfig`` per sparse feature, in model order."""
+    """One ``EmbeddingBagConfig`` per table (a shared table lists its features), in model order."""
+    readers: Dict[str, List[str]] = {}
+    for f in cfg.feature_names:
+        readers.setdefault(cfg.table_name(f), []).append(f)
     return [
-        EmbeddingBagConfig(
-            name=cfg.table_name(f),
-            embedding_dim=cfg.embedding_dim,
-            num_embeddings=n,
-            feature_names=[f],
-        )
-        for f, n in zip(cfg.feature_names, cfg.table_sizes)
+        EmbeddingBagConfig(name=t, embedding_dim=cfg.embedding_dim, num_embeddings=n, feature_names=readers[t])
+        for t, n in cfg.table_rows().items()
     ]
 
 

@@ -81,6 +81,54 @@ def test_compact_equals_masked_generated(kind):
     assert spread > 1e-4  # the logits are not all equal (the check is not vacuous)
 
 
+def shared_config(kind: str) -> ModelConfig:
+    """item and user_hist read one table, t_hist (40 rows); ctx has its own (30 rows)."""
+    return ModelConfig(kind, ["item", "user_hist", "ctx"], [40, 40, 30], 5, embedding_dim=8, bottom=[24, 16, 8],
+                       top=[32, 12, 1], dcn_num_layers=2, dcn_low_rank_dim=4,
+                       table_features={"t_hist": ["item", "user_hist"]})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compact_keeps_a_shared_table_once_generated(kind, tmp_path):
+    """Generated weights and ids, a table read by two features: pruning one of them keeps the
+    table, once, with the masked model's logits; pruning both drops it; the export's manifest
+    counts its bytes once and does not list it as pruned while a reader is kept."""
+    cfg = shared_config(kind)
+    torch.manual_seed(0)
+    dlrm = build_dlrm(cfg)
+    assert [c.name for c in layout.embedding_configs(dlrm)] == ["t_hist", "t_ctx"]
+    dense, ids = sample_inputs(cfg, n=64, seed=3)
+    kjt = kjt_of(ids, cfg.feature_names)
+    for kept, tables in [(["item", "ctx"], ["t_hist", "t_ctx"]), (["user_hist"], ["t_hist"]), (["ctx"], ["t_ctx"])]:
+        torch.manual_seed(0)
+        dlrm = build_dlrm(cfg)  # fresh: check_equivalence masks it in place
+        masks = random_masks(dlrm, kept, seed=len(kept))
+        ccfg = compact_config(cfg, masks)
+        assert list(ccfg.table_rows()) == tables
+        compact = build_compact(dlrm, cfg, masks)
+        assert sorted(layout.table_of_key(k) for k in compact.state_dict() if layout.is_table_key(k)) == sorted(tables)
+        assert check_equivalence(dlrm, cfg, masks, dense, kjt) > 1e-6  # the logits vary
+    masks = random_masks(dlrm, ["item", "ctx"])
+    man = export_model(dlrm, cfg, masks, str(tmp_path / "e"), sample=(dense, ids))
+    assert man["tables"] == {"kept": {"t_hist": 40, "t_ctx": 30}, "pruned": {}}
+    assert man["embedding_bytes"]["before"] == man["embedding_bytes"]["after"] == (40 + 30) * 8 * 4
+
+
+def test_shared_table_config_errors():
+    base = dict(kind="cat", feature_names=["a", "b", "c"], table_sizes=[5, 5, 7], dense_in_features=3,
+                embedding_dim=4, bottom=[8, 4], top=[8, 1])
+    with pytest.raises(ValueError, match="adjacent"):
+        ModelConfig(**base, table_features={"t": ["a", "c"]})
+    with pytest.raises(ValueError, match="different table_sizes"):
+        ModelConfig(**base, table_features={"t": ["b", "c"]})
+    with pytest.raises(ValueError, match="'z', which is not a sparse feature"):
+        ModelConfig(**base, table_features={"t": ["a", "z"]})
+    with pytest.raises(ValueError, match="in tables 't' and 'u'"):
+        ModelConfig(**base, table_features={"t": ["a", "b"], "u": ["b"]})
+    cfg = ModelConfig(**base, table_features={"t": ["a", "b"]})
+    assert ModelConfig.from_dict(json.loads(cfg.to_json())) == cfg and cfg.table_rows() == {"t": 5, "t_c": 7}
+
+
 def test_compact_over_arch_width_and_flops_generated():
     """Generated configs: over-arch input widths (F'+1)D and D+C(F'+1,2); the compact model
     has fewer FLOPs (FlopCounterMode)."""

@@ -132,3 +132,26 @@ def test_pipeline_input_dist_sees_no_pruned_ids(ctx, pipeline_cls):
     for _ in range(2):
         pipe2.progress(raw)
     assert all(rec[f] == BATCH for rec in calls for f in FEATURES)
+
+
+class _MaskInForward(torch.nn.Module):
+    """A user's wrapper that masks inside forward: bypassed by a pipeline that moves the input
+    distribution out of the forward."""
+
+    def __init__(self, model, mask: FeatureMask) -> None:
+        super().__init__()
+        self.inner = model
+        self.mask = mask
+
+    def forward(self, batch):
+        return self.inner(self.mask(batch))
+
+
+def test_mask_inside_forward_of_a_pipelined_model_is_refused(ctx):
+    """TrainPipelineSparseDist traces the model to pipeline its sharded EBC: a FeatureMask met
+    while tracing is refused with an error that names the loader wrapper (today an empty mask
+    passes the trace, and the pipeline then ignores the mask once finalize() fills it)."""
+    dmp, umec = _build(ctx)
+    pipe = TrainPipelineSparseDist(_MaskInForward(dmp, umec.feature_mask), umec, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"traced forward.*feature_mask\.wrap\(loader\)"):
+        pipe.progress(iter(_batches(3)))

@@ -2,8 +2,9 @@
 
 The compact model is a normal model of the same kind (``dot``, ``dcn``, ``cat``) built by
 :func:`umec_torchrec.models.build_dlrm` from :func:`compact_config`: its tables are the kept
-features' tables only, its hidden widths the kept unit counts, and its first over-arch Linear
-reads only the interaction columns that survive (``layout.kept_columns``):
+features' tables only (a shared table once, kept while one of its features is), its hidden
+widths the kept unit counts, and its first over-arch Linear reads only the interaction
+columns that survive (``layout.kept_columns``):
 
 * ``cat`` / ``dcn``: ``(F' + 1) D`` columns (dense block + one block per kept feature);
   the DCN cross kernels keep the same blocks (``V`` columns, ``W`` rows, ``bias`` entries);
@@ -63,10 +64,13 @@ def compact_config(cfg: ModelConfig, masks: PruningMasks) -> ModelConfig:
     kept = set(masks.kept_features)
     names = [f for f in cfg.feature_names if f in kept]
     sizes = [n for f, n in zip(cfg.feature_names, cfg.table_sizes) if f in kept]
+    # a shared table stays, once, while one of its features is kept (the same name: same keys)
+    shared = {t: [f for f in fs if f in kept] for t, fs in cfg.table_features.items()}
     bottom = [len(masks.layers.get(layout.bottom_layer_name(i), range(w))) for i, w in enumerate(cfg.bottom[:-1])]
     top = [len(masks.layers.get(layout.top_layer_name(i), range(w))) for i, w in enumerate(cfg.top[:-1])]
     return dataclasses.replace(
-        cfg, feature_names=names, table_sizes=sizes, bottom=bottom + [cfg.bottom[-1]], top=top + [cfg.top[-1]]
+        cfg, feature_names=names, table_sizes=sizes, bottom=bottom + [cfg.bottom[-1]], top=top + [cfg.top[-1]],
+        table_features={t: fs for t, fs in shared.items() if fs},
     )
 
 
@@ -95,7 +99,7 @@ def index_plan(cfg: ModelConfig, masks: PruningMasks) -> Dict[str, Tuple[Optiona
     cols[id(first)] = layout.kept_columns(sk, masks.kept_features, masks.dense_kept)
 
     plan: Dict[str, Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = {}
-    for f in masks.kept_features:
+    for f in masks.kept_features:  # a shared table has one key for all its features
         plan[table_key(cfg, f)] = (None, None)
     for mod_name, mod in sk.named_modules():
         if isinstance(mod, nn.Linear):

@@ -77,7 +77,6 @@ def build_manifest(
     from umec_torchrec.runs import versions
 
     before, after = measure.model_figures(cfg), measure.model_figures(ccfg)
-    kept = set(masks.kept_features)
     flops = _before_after(before, after, "flops_per_sample")
     flops["how"] = "torch.utils.flop_counter.FlopCounterMode, batch 1, dense path (lookups count 0)"
     return {
@@ -85,9 +84,9 @@ def build_manifest(
         "kind": cfg.kind,
         "source_run": source_run,
         "features": {"all": list(cfg.feature_names), "kept": list(ccfg.feature_names), "pruned": masks.pruned_features},
-        "tables": {
-            "kept": {cfg.table_name(f): n for f, n in zip(cfg.feature_names, cfg.table_sizes) if f in kept},
-            "pruned": {cfg.table_name(f): n for f, n in zip(cfg.feature_names, cfg.table_sizes) if f not in kept},
+        "tables": {  # a shared table once: kept while one of its features is
+            "kept": ccfg.table_rows(),
+            "pruned": {t: n for t, n in cfg.table_rows().items() if t not in ccfg.table_rows()},
         },
         "embedding_dim": cfg.embedding_dim,
         "dense_in_features": cfg.dense_in_features,

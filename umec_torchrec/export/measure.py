@@ -35,8 +35,8 @@ def dense_path_flops(cfg: ModelConfig) -> int:
 
 
 def embedding_bytes(cfg: ModelConfig, element_size: int = 4) -> int:
-    """Bytes of all tables: rows x dim x element size."""
-    return int(sum(cfg.table_sizes) * cfg.embedding_dim * element_size)
+    """Bytes of all tables: rows x dim x element size (a shared table once)."""
+    return int(sum(cfg.table_rows().values()) * cfg.embedding_dim * element_size)
 
 
 def lookup_bytes(cfg: ModelConfig, element_size: int = 4) -> int:
@@ -47,7 +47,7 @@ def lookup_bytes(cfg: ModelConfig, element_size: int = 4) -> int:
 def parameter_counts(cfg: ModelConfig) -> Dict[str, int]:
     """``{"embedding", "dense", "total"}`` parameter counts of ``cfg``'s model."""
     dense = sum(p.numel() for n, p in build_dlrm(tiny_tables(cfg)).named_parameters() if not layout.is_sparse_key(n))
-    emb = sum(cfg.table_sizes) * cfg.embedding_dim
+    emb = sum(cfg.table_rows().values()) * cfg.embedding_dim
     return {"embedding": int(emb), "dense": int(dense), "total": int(emb + dense)}
 
 

@@ -10,6 +10,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 __all__ = ["FeatureMask", "MaskedLoader"]
 
+_TRACED = ("FeatureMask applied inside a traced forward (torch.fx): a TorchRec train pipeline "
+           "(TrainPipelineSparseDist, ...) traces the model and runs the input distribution before forward, "
+           "so a mask inside the model is bypassed; mask the loader instead: "
+           "pipeline.progress(it) with it = iter(umec.feature_mask.wrap(loader))")
+
 
 class FeatureMask:
     """Removes the ids of pruned features from every batch.
@@ -64,6 +69,8 @@ class FeatureMask:
         Keeps the keys, the per-key strides of a variable-batch KJT (``stride_per_key_per_rank``)
         and its ``inverse_indices``.
         """
+        if isinstance(kjt, torch.fx.Proxy):
+            raise RuntimeError(_TRACED)
         if not self.pruned:
             return kjt
         keys = kjt.keys()
@@ -93,7 +100,12 @@ class FeatureMask:
         Raises:
             TypeError: for a batch that is neither a ``KeyedJaggedTensor`` nor a dataclass
                 holding one (the message names its type).
+            RuntimeError: when called inside a forward that ``torch.fx`` traces, which is what
+                TorchRec's train pipelines do before they move the input distribution out of
+                the forward: the mask would be bypassed, silently.
         """
+        if isinstance(batch, torch.fx.Proxy):
+            raise RuntimeError(_TRACED)
         if isinstance(batch, KeyedJaggedTensor):
             return self.filter_kjt(batch)
         if not dataclasses.is_dataclass(batch) or isinstance(batch, type):
