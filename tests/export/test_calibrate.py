@@ -120,3 +120,26 @@ def test_calibrate_command_writes_and_refuses_to_overwrite(tmp_path, capsys):
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="batch must be a positive integer, got 0"):
         CalibrationOptions(batch=0).validate()
+
+
+def test_manifest_reports_predicted_latency_with_a_table(table, tmp_path):
+    """Generated weights: an export made while a latency table is active records the predicted
+    time of the dense and of the exported program at their served widths; without a table the
+    section is null."""
+    from umec_torchrec.export import export_model
+    from umec_torchrec.export.manifest import summary_lines
+    from umec_torchrec.models import build_dlrm
+
+    dense = build_dlrm(CFG).eval()
+    masks = PruningMasks(list(CFG.feature_names), ["f0", "f2"], {"dense_arch.model._mlp.0": list(range(10)),
+                                                                 "over_arch.model.0._mlp.0": list(range(7))},
+                         {"dense_arch.model._mlp.0": 32, "over_arch.model.0._mlp.0": 24})
+    assert export_model(dense, CFG, masks, str(tmp_path / "plain"))["latency"] is None
+    with using_latency_table(table):
+        man = export_model(dense, CFG, masks, str(tmp_path / "exp"))
+    lat = man["latency"]
+    assert lat["batch"] == 32 and 0 < lat["compact_s"] < lat["dense_s"]
+    assert lat["dense_s"] == pytest.approx(config_prediction(table, CFG)["total"])
+    served = dataclasses.replace(compact_config(CFG, masks), bottom=[16, 8], top=[16, 1])  # 10 -> 16, 7 -> 16
+    assert lat["compact_s"] == pytest.approx(config_prediction(table, served)["total"])
+    assert any("predicted latency per batch of 32" in line for line in summary_lines(man, "exp"))

@@ -75,7 +75,7 @@ def test_budget_parsing():
     assert Budget.parse("flops=abs:2.5M").value == 2.5e6
     assert Budget("flops", 1e3, False).fraction(4e3) == 0.25
     for bad, msg in [("flops=0", r"\(0, 1\]"), ("flops=-0.2", r"\(0, 1\]"), ("flops=1.5", r"\(0, 1\]"),
-                     ("latency=0.3", "unknown resource 'latency'"), ("flops", "NAME=VALUE"),
+                     ("speed=0.3", "unknown resource 'speed'"), ("flops", "NAME=VALUE"),
                      ("flops=abc", "not a number"), ("flops=abs:-3", "cannot read|positive")]:
         with pytest.raises(ValueError, match=msg):
             Budget.parse(bad)

@@ -24,6 +24,13 @@ profiled pass (``torch.profiler``) splits each program's time into GEMMs, embedd
 and the rest: ``gemm`` is the speed-up of the GEMM time alone and ``lookup`` the compact
 program's share of time in lookups (which scale with the kept features, not with FLOPs).
 Target: at batch 4096 the measured speed-up is at least 80% of the ideal.
+
+With ``--latency-model LATENCY.json`` (``umec calibrate`` on this machine, same threads) the
+budgets may also be ``latency=F`` (masks of the same family whose *predicted* latency ratio is
+at most ``F``) or ``latency=abs:T``; every row at the table's batch size then shows the
+predicted speed-up and the compact program's median measured time over its predicted time,
+and the per-call p50 / p99 latency is reported for every row. The latency targets (measured
+within 10% of predicted, speed-up at least 0.9 / budget) are printed, not asserted.
 """
 
 from __future__ import annotations
@@ -36,18 +43,21 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from umec_torchrec.bench.kaggle import kaggle_model_config
+from umec_torchrec.export.aligned import aligned_width
 from umec_torchrec.export.compact import build_compact, compact_config, skeleton
 from umec_torchrec.export.measure import dense_path_flops
-from umec_torchrec.export.program import export_program
+from umec_torchrec.export.program import DEFAULT_ALIGN, export_program
 from umec_torchrec.export.samples import one_id_kjt
 from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelConfig, ModelKind, build_dlrm
 from umec_torchrec.umec import FeatureMask, apply_masks_, layout
+from umec_torchrec.umec.budgets import Budget
+from umec_torchrec.umec.latency import LatencyTable, predict_program
 from umec_torchrec.umec.masks import PruningMasks
 
 
@@ -98,6 +108,76 @@ def budget_masks(
         else:
             hi = mid
     return best
+
+
+def served_latency(table: LatencyTable, cfg: ModelConfig, align: int = DEFAULT_ALIGN) -> float:
+    """Predicted seconds per call of ``cfg``'s exported program (hidden widths padded to
+    ``align``, as :func:`export_program` serves them)."""
+    def served(widths: List[int]) -> List[int]:
+        return [aligned_width(w, align) for w in widths[:-1]] + [widths[-1]]
+
+    return predict_program(table, cfg.kind, cfg.embedding_dim, cfg.dense_in_features, served(cfg.bottom),
+                           served(cfg.top), cfg.table_sizes, served=False)["total"]
+
+
+def latency_masks(
+    cfg: ModelConfig, table: LatencyTable, budget: float, seed: int = 0, feature_share: Optional[float] = None
+) -> Tuple[PruningMasks, float]:
+    """Masks whose exported program has a predicted latency ratio (compact / dense, from
+    ``table``) close to (at most) ``budget``: the same family as :func:`budget_masks` (a seeded
+    random share of the features, default ``sqrt(budget)``, then one common width factor); when
+    even the narrowest widths miss the budget, fewer features are kept.
+
+    Returns:
+        ``(masks, predicted latency ratio)``.
+    """
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget must be in (0, 1], got {budget}")
+    if feature_share is not None and not 0.0 < feature_share <= 1.0:
+        raise ValueError(f"feature share must be in (0, 1], got {feature_share}")
+    n = len(cfg.feature_names)
+    share = math.sqrt(budget) if feature_share is None else feature_share
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    full = served_latency(table, cfg)
+
+    def ratio(kept: List[str], scale: float) -> Tuple[PruningMasks, float]:
+        m = _width_masks(cfg, kept, scale, seed + 1)
+        return m, served_latency(table, compact_config(cfg, m)) / full
+
+    for n_keep in range(max(1, min(n, int(round(n * share)))), 0, -1):  # a few tries at most
+        kept = [cfg.feature_names[i] for i in sorted(order[:n_keep])]
+        best = ratio(kept, 1.0)
+        if best[1] <= budget:
+            return best
+        best = ratio(kept, 1e-6)
+        if best[1] > budget:
+            continue
+        lo, hi = 0.0, 1.0
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            m, r = ratio(kept, mid)
+            if r <= budget:
+                lo, best = mid, (m, r)
+            else:
+                hi = mid
+        return best
+    raise ValueError(f"latency={budget:g}: below the predicted latency of the smallest model "
+                     f"({ratio(cfg.feature_names[:1], 1e-6)[1]:.3f} of dense)")
+
+
+def parse_bench_budgets(items: Sequence[Union[float, str]]) -> List[Tuple[str, Budget]]:
+    """``0.5`` (a FLOPs budget), ``flops=0.5``, ``latency=0.3`` or ``latency=abs:2ms`` as
+    ``(label, Budget)`` pairs; other resources are refused."""
+    out = []
+    for it in items:
+        b = Budget("flops", float(it)) if isinstance(it, (int, float)) else Budget.parse(
+            it if "=" in str(it) else f"flops={it}")
+        if b.resource not in ("flops", "latency"):
+            raise ValueError(f"bench inference budget {it!r}: only flops= and latency= budgets")
+        if b.resource == "flops" and not b.relative:
+            raise ValueError(f"bench inference budget {it!r}: give FLOPs budgets as fractions")
+        out.append((str(b), b))
+    return out
 
 
 def _param_bytes(model: nn.Module) -> int:
@@ -184,27 +264,49 @@ def run_inference_bench(
     seed: int = 0,
     log: Callable[[str], None] = lambda s: None,
     feature_share: Optional[float] = None,
+    latency_table: Optional[LatencyTable] = None,
 ) -> List[Dict[str, Any]]:
     """Time dense, compact, dense-eager and masked-eager models alternating; one result row per
     (batch size, budget). ``table_sizes`` shrinks the tables (tests); default Kaggle size.
+
+    ``budgets``: numbers (FLOPs fractions) or ``flops=F`` / ``latency=F`` / ``latency=abs:T``
+    strings; latency budgets need ``latency_table`` (a calibration at every batch size given).
+    With a table, rows at its batch size carry the predicted times next to the measured ones.
 
     Each round times a block of 4 consecutive calls per model (its steady state, as in serving),
     the blocks alternating between models. ``rounds`` default: ``50000 // batch`` clipped to
     [10, 50] (about 2 x 10^5 samples per model at batch 4096).
     """
     torch.manual_seed(seed)
+    parsed = parse_bench_budgets(budgets)
+    if any(b.resource == "latency" for _, b in parsed):
+        if latency_table is None:
+            raise ValueError("latency budgets need a latency model (--latency-model LATENCY.json)")
+        other = [bs for bs in batch_sizes if bs != latency_table.batch]
+        if other:
+            raise ValueError(f"the latency model was calibrated at batch {latency_table.batch}; latency budgets "
+                             f"cannot be benched at batch {other[0]} (calibrate there with umec calibrate --batch)")
     cfg = kaggle_model_config(kind=kind, table_sizes=table_sizes)
     log(f"building the dense {kind} model ({sum(cfg.table_sizes):,} table rows, D={cfg.embedding_dim})...")
     dense = build_dlrm(cfg).eval()
     dense_bytes = _param_bytes(dense)
     dense_prog = export_program(dense, cfg.dense_in_features).module()
+    full_flops = dense_path_flops(cfg)
     setups = []
-    for b in budgets:
-        masks, ratio = budget_masks(cfg, b, seed=seed, feature_share=feature_share)
+    for label, bud in parsed:
+        if bud.resource == "latency":
+            assert latency_table is not None
+            b = bud.fraction(served_latency(latency_table, cfg))
+            masks, _ = latency_masks(cfg, latency_table, b, seed=seed, feature_share=feature_share)
+            ratio = dense_path_flops(compact_config(cfg, masks)) / full_flops
+        else:
+            b = bud.value
+            masks, ratio = budget_masks(cfg, b, seed=seed, feature_share=feature_share)
         compact = build_compact(dense.state_dict(), cfg, masks)
         ccfg = compact_config(cfg, masks)
         setups.append({
-            "budget": b, "masks": masks, "flops_ratio": ratio, "ccfg": ccfg,
+            "budget": b, "label": label, "resource": bud.resource, "masks": masks, "flops_ratio": ratio,
+            "ccfg": ccfg,
             "compact_prog": export_program(compact, cfg.dense_in_features).module(),
             "compact_bytes": _param_bytes(compact),
             "masked": _masked_model(dense, cfg, masks),
@@ -212,7 +314,8 @@ def run_inference_bench(
             "kept_idx": [cfg.feature_names.index(f) for f in ccfg.feature_names],
             "lookup_ratio": len(ccfg.feature_names) / len(cfg.feature_names),
         })
-        log(f"budget {b}: {len(ccfg.feature_names)} features (lookup bytes ratio {setups[-1]['lookup_ratio']:.3f}), "
+        log(f"budget {label}: {len(ccfg.feature_names)} features "
+            f"(lookup bytes ratio {setups[-1]['lookup_ratio']:.3f}), "
             f"bottom {ccfg.bottom}, top {ccfg.top}, FLOPs ratio {ratio:.3f}")
 
     results = []
@@ -231,11 +334,13 @@ def run_inference_bench(
                 "masked_eager": lambda i: masked(inputs[i][0], fmask(kjts[i])),
             }
             times: Dict[str, List[float]] = {k: [] for k in variants}
+            calls: Dict[str, List[float]] = {k: [] for k in variants}  # every timed call, for p50 / p99
             for r in range(warmup + n_rounds):
                 for name, fn in variants.items():  # a block of calls per model, blocks alternating
-                    t = _time(lambda: [fn(i) for i in range(len(inputs))]) / len(inputs)
+                    per_call = [_time(lambda: fn(i)) for i in range(len(inputs))]
                     if r >= warmup:
-                        times[name].append(t)
+                        times[name].append(sum(per_call) / len(per_call))
+                        calls[name].extend(per_call)
             compact_split = time_split(lambda i: cprog(inputs[i][0], kept_ids[i]), len(inputs))
             # best of the rounds: the usual estimate of uncontended time on a shared machine
             best = {k: min(v) for k, v in times.items()}
@@ -258,30 +363,71 @@ def run_inference_bench(
                 "lookup_bytes_ratio": s["lookup_ratio"],
                 "bottom": s["ccfg"].bottom, "top": s["ccfg"].top,
                 "rounds": n_rounds,
+                "resource": s["resource"], "label": s["label"],
+                "call_latency_s": {k: {"p50": _quantile(v, 0.5), "p99": _quantile(v, 0.99)} for k, v in calls.items()},
+                "predicted": None,
             }
+            if latency_table is not None and latency_table.batch == bs:
+                pd, pc = served_latency(latency_table, cfg), served_latency(latency_table, s["ccfg"])
+                row["predicted"] = {
+                    "dense_s": pd, "compact_s": pc, "speedup": pd / pc,
+                    "measured_dense_s": med["dense"], "measured_compact_s": med["compact"],
+                    "dense_measured_over_predicted": med["dense"] / pd,
+                    "compact_measured_over_predicted": med["compact"] / pc,
+                }
             results.append(row)
             log(format_row(row))
     return results
 
 
-HEADER = (f"{'batch':>6s} {'budget':>6s} {'ideal':>7s} {'compact':>8s} {'% ideal':>8s} {'gemm':>7s} "
-          f"{'lookup':>7s} {'masked':>7s} {'memory':>7s} {'dense/s':>10s} {'compact/s':>10s}")
+def _quantile(values: List[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
+
+
+HEADER = (f"{'batch':>6s} {'budget':>13s} {'ideal':>7s} {'compact':>8s} {'% ideal':>8s} {'gemm':>7s} "
+          f"{'lookup':>7s} {'masked':>7s} {'memory':>7s} {'dense/s':>10s} {'compact/s':>10s} "
+          f"{'pred':>7s} {'meas/pred':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
 
 
 def format_row(r: Dict[str, Any]) -> str:
     sps = r["samples_per_s"]
-    return (f"{r['batch']:6d} {r['budget']:6.2f} {r['ideal_speedup']:6.2f}x {r['speedup']:7.2f}x "
+    label = r.get("label") or f"flops={r['budget']:g}"
+    p = r.get("predicted")
+    pred = (f"{p['speedup']:6.2f}x {p['compact_measured_over_predicted']:9.3f}" if p else f"{'n/a':>7s} {'n/a':>9s}")
+    lat = r.get("call_latency_s", {}).get("compact")
+    calls = f"{1e3 * lat['p50']:8.3f} {1e3 * lat['p99']:8.3f}" if lat else f"{'':8s} {'':8s}"
+    return (f"{r['batch']:6d} {label:>13s} {r['ideal_speedup']:6.2f}x {r['speedup']:7.2f}x "
             f"{100 * r['share_of_ideal']:7.1f}% {r['gemm_speedup']:6.2f}x {100 * r['lookup_share']['compact']:6.1f}% "
             f"{r['masked_speedup']:6.2f}x {r['memory_ratio']:7.3f} "
-            f"{sps['dense']:10,.0f} {sps['compact']:10,.0f}")
+            f"{sps['dense']:10,.0f} {sps['compact']:10,.0f} {pred} {calls}")
 
 
 def format_table(results: List[Dict[str, Any]]) -> str:
     """The result table (ideal = 1 / dense-path FLOPs ratio; compact = measured speed-up of the
     exported compact program over the dense program; gemm = the same for the GEMM time alone;
     lookup = share of the compact program's time in embedding lookups; masked = masked eager
-    over dense eager; memory = parameter bytes compact / dense)."""
+    over dense eager; memory = parameter bytes compact / dense; pred = predicted speed-up from
+    the latency model; meas/pred = the compact program's median measured time over its
+    predicted time; p50 / p99 = per-call latency of the compact program)."""
     return "\n".join([HEADER] + [format_row(r) for r in results])
+
+
+def latency_target_lines(results: List[Dict[str, Any]]) -> List[str]:
+    """The latency targets of issue 15, per ``latency=`` row with a prediction: the measured
+    time within 10% of the predicted one, and a measured speed-up of at least 0.9 / budget."""
+    out = []
+    for r in results:
+        p = r.get("predicted")
+        if r.get("resource") != "latency" or not p:
+            continue
+        err = p["compact_measured_over_predicted"] - 1.0
+        need = 0.9 / r["budget"]
+        med = r["median_speedup"]
+        out.append(f"target batch {r['batch']} {r['label']}: measured/predicted {1 + err:.3f} "
+                   f"({'within' if abs(err) <= 0.1 else 'NOT within'} 10%); speed-up {r['speedup']:.2f}x best, "
+                   f"{med:.2f}x median vs >= {need:.2f}x ({'met' if min(r['speedup'], med) >= need else 'NOT met'})")
+    return out
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
@@ -293,7 +439,13 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
                     "(alternating) at each batch size; also times the masked, unexported model. Prints the "
                     "measured speed-up next to the ideal one (1 / FLOPs ratio) and the memory ratio.")
     p.add_argument("--batch-sizes", default="128,4096", help="comma-separated batch sizes (default 128,4096)")
-    p.add_argument("--budgets", default="0.5,0.3,0.1", help="comma-separated FLOPs budgets (default 0.5,0.3,0.1)")
+    p.add_argument("--budgets", default="0.5,0.3,0.1",
+                   help="comma-separated budgets: 0.3 or flops=0.3 (FLOPs ratio), latency=0.3 (predicted latency "
+                        "ratio) or latency=abs:2ms (needs --latency-model) (default 0.5,0.3,0.1)")
+    p.add_argument("--latency-model", metavar="LATENCY.json", default=None,
+                   help="latency table from umec calibrate on this machine (same threads; its batch size): rows at "
+                        "its batch size get the predicted time beside the measured one")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the current number)")
     p.add_argument("--model", choices=list(MODEL_KINDS), default=DEFAULT_MODEL_KIND,
                    help=f"interaction (default {DEFAULT_MODEL_KIND})")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per model (default: ~2e5 samples)")
@@ -310,25 +462,40 @@ add_bench_parser = add_parser
 def cmd_bench_inference(args: argparse.Namespace) -> int:
     try:
         batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
-        budgets = [float(x) for x in args.budgets.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--batch-sizes / --budgets: expected comma-separated numbers, got "
-                         f"{args.batch_sizes!r} / {args.budgets!r}") from None
+        raise ValueError(f"--batch-sizes: expected comma-separated numbers, got {args.batch_sizes!r}") from None
+    budgets = [x.strip() for x in args.budgets.split(",") if x.strip()]
+    parse_bench_budgets(budgets)  # a bad budget is refused before any model is built
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    table = None
+    if args.latency_model:
+        from umec_torchrec.export.calibrate import check_conditions, load_latency_table
+
+        table = load_latency_table(args.latency_model)
+        for w in check_conditions(table, args.latency_model, threads=torch.get_num_threads(), strict=True):
+            print(f"warning: {w}", flush=True)
     print(f"bench inference: {torch.get_num_threads()} threads; ideal = 1/FLOPs ratio, compact = exported compact "
           "program vs dense program, gemm = the same for GEMM time only, lookup = compact time share in embedding "
-          "lookups, masked = masked eager vs dense eager, memory = param bytes compact/dense", flush=True)
+          "lookups, masked = masked eager vs dense eager, memory = param bytes compact/dense, pred = predicted "
+          "speed-up, meas/pred = compact median time / predicted, p50/p99 = compact per-call ms", flush=True)
     res = run_inference_bench(batch_sizes, budgets, kind=args.model, rounds=args.rounds,
-                              feature_share=args.feature_share,
+                              feature_share=args.feature_share, latency_table=table,
                               log=lambda s: print(s, flush=True))
     print(format_table(res))
-    big = [r for r in res if r["batch"] == max(batch_sizes)]
+    big = [r for r in res if r["batch"] == max(batch_sizes) and r["resource"] == "flops"]
     if big:
         worst = min(r["share_of_ideal"] for r in big)
-        print(f"target (batch {max(batch_sizes)}: measured >= 80% of ideal): "
+        print(f"target (FLOPs budgets, batch {max(batch_sizes)}: measured >= 80% of ideal): "
               f"{'met' if worst >= 0.8 else 'NOT met'} (worst {100 * worst:.1f}%)")
+    for line in latency_target_lines(res):
+        print(line)
     if args.json:
         print(json.dumps(res, indent=2))
     return 0
 
 
-__all__ = ["budget_masks", "run_inference_bench", "format_table", "add_parser", "add_bench_parser"]
+__all__ = ["budget_masks", "latency_masks", "served_latency", "parse_bench_budgets", "run_inference_bench",
+           "format_table", "latency_target_lines", "add_parser", "add_bench_parser"]

@@ -28,9 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "faster CPU GEMMs (default %(default)s; 16 = the AVX-512 float vector; 1 = exact widths)")
     p.add_argument("--force", action="store_true", help="replace an existing export in DIR")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    from umec_torchrec.cli.flags import add_trust_arg
+    from umec_torchrec.cli.flags import add_latency_model_arg, add_trust_arg
 
     add_trust_arg(p)
+    add_latency_model_arg(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -40,8 +41,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.align < 1:
         raise ValueError(f"--align must be >= 1, got {args.align}")
+    from umec_torchrec.cli.flags import use_latency_model_from_args
     from umec_torchrec.io import trusting
 
+    use_latency_model_from_args(args)  # the manifest then reports predicted latency
     with trusting(args.trust_checkpoint):
         man = export_run(args.run, args.out, int8=args.int8, force=args.force, align=args.align)
     if args.json:

@@ -8,7 +8,8 @@ Files of an export directory:
 * ``program.pt2`` (:data:`PROGRAM_FILE`): the ``torch.export`` program of
   :class:`~umec_torchrec.export.program.CompactPredictor`;
 * ``model_int8.pt`` (:data:`INT8_FILE`, optional): the int8 state dict;
-* ``manifest.json`` (:data:`MANIFEST`): this module's :func:`build_manifest`.
+* ``manifest.json`` (:data:`MANIFEST`): this module's :func:`build_manifest` (with the
+  predicted latency of the dense and exported programs when a latency table is active).
 """
 
 from __future__ import annotations
@@ -108,8 +109,37 @@ def build_manifest(
         "program": {"file": PROGRAM_FILE, **program_signature(cfg.dense_in_features, pred),
                     "max_abs_diff_vs_module": program_diff, "check_rows": int(check_rows)},
         "int8": None,
+        "latency": latency_entry(cfg, ccfg, pred),
         "versions": versions(),
     }
+
+
+def latency_entry(cfg: ModelConfig, ccfg: ModelConfig, pred: CompactPredictor) -> Optional[Dict[str, Any]]:
+    """The manifest's ``latency`` section: predicted seconds per call of the dense and of the
+    exported program (at their served widths) from the active latency table
+    (:mod:`umec_torchrec.umec.latency`, ``--latency-model``); ``None`` without one, and
+    ``{"unavailable": why}`` when the table does not fit the model."""
+    from umec_torchrec.export.aligned import aligned_width
+    from umec_torchrec.umec.latency import active_latency_table, predict_program
+
+    table = active_latency_table(required=False)
+    if table is None:
+        return None
+
+    def served(widths: List[int]) -> List[int]:
+        return [aligned_width(w, pred.align) for w in widths[:-1]] + [widths[-1]]
+
+    try:
+        dense = predict_program(table, cfg.kind, cfg.embedding_dim, cfg.dense_in_features, served(cfg.bottom),
+                                served(cfg.top), cfg.table_sizes, served=False)
+        compact = predict_program(table, ccfg.kind, ccfg.embedding_dim, ccfg.dense_in_features, pred.bottom.widths,
+                                  pred.top.widths, ccfg.table_sizes, served=False)
+    except ValueError as e:
+        return {"unavailable": str(e)}
+    return {"batch": table.batch, "unit": "seconds per call of the calibrated batch",
+            "dense_s": dense["total"], "compact_s": compact["total"],
+            "ratio": _ratio(compact["total"], dense["total"]), "compact_pieces_s": compact,
+            "calibration": {k: table.conditions.get(k) for k in ("threads", "batch", "cpu", "torch", "calibrated_at")}}
 
 
 def int8_entry(max_abs_logit_diff: float, check_rows: int, embedding_bytes: int, method: str) -> Dict[str, Any]:
@@ -151,6 +181,10 @@ def summary_lines(manifest: Dict[str, Any], out_dir: str) -> List[str]:
         f"  FLOPs/sample {f['before']:,} -> {f['after']:,} ({f['ratio']:.3f}), "
         f"embedding bytes {e['before']:,} -> {e['after']:,} ({e['ratio']:.3f})",
     ]
+    lat = m.get("latency")
+    if lat and "compact_s" in lat:
+        lines.append(f"  predicted latency per batch of {lat['batch']}: {1e3 * lat['dense_s']:.3f} ms -> "
+                     f"{1e3 * lat['compact_s']:.3f} ms ({lat['ratio']:.3f})")
     if m.get("int8"):
         lines.append(f"  int8 tables: {m['int8']['embedding_bytes']:,} bytes, "
                      f"max |logit diff| {m['int8']['max_abs_logit_diff']:.2e} on {m['int8']['check_rows']} rows")
@@ -166,6 +200,7 @@ __all__ = [
     "run_budgets",
     "build_manifest",
     "int8_entry",
+    "latency_entry",
     "read_manifest",
     "summary_lines",
 ]

@@ -1,0 +1,71 @@
+"""``umec bench inference`` with a latency model: latency= budgets give masks whose predicted
+latency ratio meets the budget, every row at the calibrated batch carries predicted beside
+measured times and per-call p50 / p99; mismatched batch sizes, missing tables and other
+resources are refused. Generated Kaggle-shaped config with 50-row tables and random ids, and a
+generated latency table (so the masks do not depend on this machine's timings); no timing is
+asserted."""
+
+from __future__ import annotations
+
+import pytest
+
+from umec_torchrec.bench.inference import (
+    format_table,
+    latency_masks,
+    latency_target_lines,
+    parse_bench_budgets,
+    run_inference_bench,
+    served_latency,
+)
+from umec_torchrec.bench.kaggle import kaggle_model_config
+from umec_torchrec.export.compact import compact_config
+from umec_torchrec.umec.latency import LatencyTable
+
+SIZES = [50] * 26
+
+
+@pytest.fixture(scope="module")
+def table():
+    """A generated table for the Kaggle shape at batch 512: Linear time 1e-9 * in * out + 5 us,
+    1 us per lookup, 0.1 us per interaction input, 50 us per call."""
+    ins = [13, 16, 32, 64, 128, 256, 432, 512]
+    outs = [1, 16, 32, 64, 128, 256, 512]
+    return LatencyTable(batch=512, align=16, embedding_dim=16, kind="cat", linear_in=ins, linear_out=outs,
+                        linear_s=[[1e-9 * i * o + 5e-6 for o in outs] for i in ins],
+                        lookup={"float32": {"rows": [10, 10**7], "seconds": [1e-6, 1e-6]}},
+                        interaction_inputs=[2, 27], interaction_s=[2e-7, 2.7e-6], overhead_s=5e-5)
+
+
+def test_latency_masks_meet_the_predicted_budget(table):
+    cfg = kaggle_model_config(table_sizes=SIZES)
+    full = served_latency(table, cfg)
+    for b in (0.5, 0.3):
+        masks, ratio = latency_masks(cfg, table, b)
+        assert ratio <= b and ratio == pytest.approx(served_latency(table, compact_config(cfg, masks)) / full)
+    with pytest.raises(ValueError, match="below the predicted latency of the smallest model"):
+        latency_masks(cfg, table, 1e-6)
+
+
+def test_bench_rows_carry_predicted_and_measured_times(table):
+    res = run_inference_bench((512,), ["latency=0.4"], rounds=2, warmup=0, table_sizes=SIZES, latency_table=table)
+    (row,) = res
+    assert row["resource"] == "latency" and row["label"] == "latency=0.4" and row["budget"] == 0.4
+    p = row["predicted"]
+    assert p["compact_s"] / p["dense_s"] <= 0.4 + 1e-9 and p["speedup"] >= 1 / 0.4 - 1e-9
+    assert p["compact_measured_over_predicted"] == pytest.approx(p["measured_compact_s"] / p["compact_s"])
+    lat = row["call_latency_s"]["compact"]
+    assert 0 < lat["p50"] <= lat["p99"]
+    assert "meas/pred" in format_table(res).splitlines()[0]
+    (line,) = latency_target_lines(res)
+    assert line.startswith("target batch 512 latency=0.4: measured/predicted")
+
+
+def test_bench_refuses_what_the_latency_model_cannot_predict(table):
+    with pytest.raises(ValueError, match="calibrated at batch 512; latency budgets cannot be benched at batch 32"):
+        run_inference_bench((32,), ["latency=0.5"], rounds=1, warmup=0, table_sizes=SIZES, latency_table=table)
+    with pytest.raises(ValueError, match="latency budgets need a latency model"):
+        run_inference_bench((512,), ["latency=0.5"], rounds=1, warmup=0, table_sizes=SIZES)
+    with pytest.raises(ValueError, match="only flops= and latency= budgets"):
+        parse_bench_budgets(["lookup_bytes=0.5"])
+    assert [str(b) for _, b in parse_bench_budgets([0.5, "0.3", "flops=0.2", "latency=abs:2ms"])] == [
+        "flops=0.5", "flops=0.3", "flops=0.2", "latency=abs:0.002"]
