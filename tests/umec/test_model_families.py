@@ -1,7 +1,8 @@
 """Models off the built-in path: DLRM_Projection is refused with a pointer to declare_groups,
 an unrecognised model's error says what was found, declared custom models get their pruned
 tables zeroed by finalize(), and FeatureMask accepts every batch type TorchRec uses (Batch,
-ModelInput, plain and variable-batch KJTs). Generated models and ids (no real data)."""
+ModelInput, plain and variable-batch KJTs); torchrec SimpleDeepFMNN through declare_groups
+(a chain through a concatenation). Generated models and ids (no real data)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from umec_torchrec.umec import FeatureMask, UMECConfig, UMECOptimizer, declare_groups, discover_groups
 from umec_torchrec.umec.groups import feature_tables
+from umec_torchrec.umec.resources import make_resource
 
 D = 4
 
@@ -146,3 +148,63 @@ def test_feature_mask_on_variable_batch_kjt():
 def test_feature_mask_refuses_an_unknown_batch_type():
     with pytest.raises(TypeError, match="cannot drop features from a dict"):
         FeatureMask(["b"])({"sparse": _kjt()})
+
+
+# --- torchrec SimpleDeepFMNN through declare_groups -----------------------------------------
+def _deepfm(features: str, deep: int) -> nn.Module:
+    from torchrec.models.deepfm import SimpleDeepFMNN
+
+    torch.manual_seed(0)
+    return SimpleDeepFMNN(num_dense_features=3, embedding_bag_collection=_ebc(tuple(features)), hidden_layer_size=8,
+                          deep_fm_dimension=deep)
+
+
+def _measured_flops(model: nn.Module, features: str) -> float:
+    """FLOPs per sample of a SimpleDeepFMNN, by FlopCounterMode (batch 2, one id per feature)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kjt = KeyedJaggedTensor.from_lengths_sync(list(features), torch.zeros(2 * len(features), dtype=torch.long),
+                                              torch.ones(2 * len(features), dtype=torch.int32))
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(2, 3), kjt)
+    return fc.get_total_flops() / 2
+
+
+def _declare_deepfm(model: nn.Module, features: str):
+    deep, over = model.inter_arch.deep_fm.dense_module[0], model.over_arch.model[0]
+    # the deep Linear reads [dense (D) | e_1 | ... | e_F]; the over arch reads [dense (D) | deep | fm (1)]
+    return declare_groups(deep, {f: range(D * (k + 1), D * (k + 2)) for k, f in enumerate(features)},
+                          chain=[(over, D)], layer_names=["deep"], extra_flops=2 * 3 * 8 + 2 * 8 * D,
+                          feature_tables=feature_tables(model), feature_table_bytes={f: 10 * D * 4.0 for f in features})
+
+
+def test_simple_deepfm_declared_groups_flops_and_finalize():
+    """torchrec's SimpleDeepFMNN declared with a chain that passes the over arch's concatenation
+    ``(over, offset=D)``: FLOPs equal FlopCounterMode on the physically smaller model (fewer
+    features, fewer deep units); a deep unit is its row and the over-arch column D + j; finalize
+    zeroes the pruned features' tables. (Today the chain is refused: "chain broken".)"""
+    model = _deepfm("abc", 6)
+    spec = _declare_deepfm(model, "abc")
+    flops = make_resource("flops", spec)
+    assert flops.dense_value() == _measured_flops(model, "abc")
+    for kept, units in [("ab", 6), ("c", 2), ("abc", 1), ("b", 3)]:
+        alive = torch.tensor([[float(f in kept) for f in "abc"]])
+        got = float(flops(torch.tensor([[float(len(kept)), float(units)]]), alive)[0])
+        assert got == _measured_flops(_deepfm(kept, units), kept), (kept, units)
+    deep, over = model.inter_arch.deep_fm.dense_module[0], model.over_arch.model[0]
+    keep = spec.keep_multipliers([torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0])])
+    assert keep[over.weight].flatten().tolist() == [1.0] * (D + 2) + [0.0] + [1.0] * 4
+    assert keep[deep.weight][2].sum() == 0 and keep[deep.weight][:, 2 * D:3 * D].sum() == 0
+    assert keep[deep.weight].sum() == 5 * (4 * D - D)
+    with pytest.raises(ValueError, match="offset 9 puts 6 outputs outside"):
+        declare_groups(deep, {"a": range(D, 2 * D)}, chain=[(over, 9)])
+    with torch.no_grad():
+        deep.weight[:, D:] *= torch.tensor([1.0] * D + [0.01] * 2 * D)  # b and c are weak
+    umec = UMECOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, ["flops=0.8", "embedding_bytes=0.34"],
+                         UMECConfig(score="weight"), groups=spec)
+    masks = umec.finalize()
+    assert masks.kept_features == ["a"]
+    assert umec.resource_fractions(masks)["flops"] <= 0.8
+    for f in "abc":
+        norm = float(model.sparse_arch.embedding_bag_collection.embedding_bags[f"t_{f}"].weight.abs().sum())
+        assert (norm == 0.0) == (f != "a"), (f, norm)

@@ -165,12 +165,16 @@ class ChainStructure:
         widths: the chain's widths: the first Linear's input, then every layer's output.
         layer_names: names of the hidden layers (the unit group sets), in order.
         extra_flops: fixed FLOPs per sample outside the chain.
+        extra_inputs: per Linear after the first, its input columns from outside the chain
+            (a concatenation, e.g. DeepFM's over arch reading ``[dense | deep | fm]``); empty:
+            none.
     """
 
     incidence: torch.Tensor
     widths: List[int]
     layer_names: List[str]
     extra_flops: float = 0.0
+    extra_inputs: List[int] = field(default_factory=list)
 
 
 Structure = Union[DLRMStructure, ChainStructure]
@@ -367,7 +371,7 @@ def discover_groups(
 def declare_groups(
     first_linear: nn.Linear,
     feature_columns: Mapping[str, Sequence[int]],
-    chain: Sequence[nn.Linear] = (),
+    chain: Sequence[Union[nn.Linear, Tuple[nn.Linear, int]]] = (),
     layer_names: Optional[Sequence[str]] = None,
     feature_table_bytes: Optional[Mapping[str, float]] = None,
     extra_flops: float = 0.0,
@@ -382,6 +386,10 @@ def declare_groups(
             shared by several features (counted in each, removed when any owner is pruned).
         chain: the Linear layers after ``first_linear`` in order, ending with the output layer;
             every layer of ``[first_linear, *chain[:-1]]`` gets one unit group per output unit.
+            An entry ``(linear, offset)`` reads the previous layer's outputs as its input columns
+            ``[offset, offset + width)`` of a concatenation; its other columns come from outside
+            the chain and are never pruned (e.g. ``SimpleDeepFMNN``'s over arch reads
+            ``[dense | deep | fm]``: ``(over_arch.model[0], D)``).
         layer_names: names of those hidden layers (defaults to ``"layer<i>"``).
         feature_table_bytes: table bytes per feature, for an ``embedding_bytes`` budget.
         extra_flops: fixed FLOPs per sample outside the chain (counted in the dense total).
@@ -395,6 +403,10 @@ def declare_groups(
 
         spec = declare_groups(model.head[0], {"user": range(0, 16), "item": range(16, 32)},
                               chain=[model.head[2], model.head[4]])
+        # torchrec SimpleDeepFMNN: features in the deep Linear, its units in the over arch at offset D
+        deep, over = fm.inter_arch.deep_fm.dense_module[0], fm.over_arch.model[0]
+        spec = declare_groups(deep, {f: range(D * (k + 1), D * (k + 2)) for k, f in enumerate(names)},
+                              chain=[(over, D)], feature_tables=feature_tables(fm))
     """
     feats = list(feature_columns)
     if not feats:
@@ -407,20 +419,35 @@ def declare_groups(
         inc[cols.to(inc.device), g] = 1.0
     sets = [GroupSet(FEATURE_SET, FEATURES, feats, [Member(first_linear.weight, 1, inc, moment="over_arch_input")],
                      gate=Gate(first_linear, inc, Replace.MEAN))]
-    layers = [first_linear, *chain]
+    links = [c if isinstance(c, tuple) else (c, None) for c in chain]
+    layers = [first_linear, *(lin for lin, _ in links)]
     names = list(layer_names) if layer_names is not None else [f"layer{i}" for i in range(len(layers) - 1)]
-    for i, (lin, nxt) in enumerate(zip(layers[:-1], layers[1:])):
-        if nxt.in_features != lin.out_features:
-            raise ValueError(f"chain broken at {names[i]}: {lin.out_features} outputs feed {nxt.in_features} inputs")
+    if len(names) != len(layers) - 1:
+        raise ValueError(f"layer_names: {len(names)} names for {len(layers) - 1} hidden layers")
+    extra_inputs = []
+    for i, (lin, (nxt, offset)) in enumerate(zip(layers[:-1], links)):
+        w = lin.out_features
+        if offset is None and nxt.in_features != w:
+            raise ValueError(f"chain broken at {names[i]}: {w} outputs feed {nxt.in_features} inputs "
+                             "(give (linear, offset) for a concatenation)")
+        if offset is not None and not 0 <= int(offset) <= nxt.in_features - w:
+            raise ValueError(f"chain at {names[i]}: offset {offset} puts {w} outputs outside the "
+                             f"{nxt.in_features} inputs of the next Linear")
+        extra_inputs.append(nxt.in_features - w)
         bias = [Member(lin.bias, 0)] if lin.bias is not None else []
-        members = [Member(lin.weight, 0)] + bias + [Member(nxt.weight, 1)]
-        sets.append(GroupSet(names[i], UNITS, [str(j) for j in range(lin.out_features)], members,
-                             gate=Gate(nxt, None, Replace.MEAN)))
+        cols = None
+        if offset is not None and nxt.in_features != w:  # unit j = input column offset + j of nxt
+            cols = torch.zeros(nxt.in_features, w, device=nxt.weight.device)
+            cols[torch.arange(w, device=cols.device) + int(offset), torch.arange(w, device=cols.device)] = 1.0
+        members = [Member(lin.weight, 0)] + bias + [Member(nxt.weight, 1, cols)]
+        sets.append(GroupSet(names[i], UNITS, [str(j) for j in range(w)], members,
+                             gate=Gate(nxt, cols, Replace.MEAN)))
     structure = ChainStructure(
         incidence=inc.detach().cpu(),
         widths=[first_linear.in_features] + [lin.out_features for lin in layers],
         layer_names=names,
         extra_flops=float(extra_flops),
+        extra_inputs=extra_inputs,
     )
     tb, lb, ft = feature_table_bytes or {}, feature_lookup_bytes or {}, feature_tables or {}
     unknown = sorted(set(ft) - set(feats))

@@ -155,13 +155,22 @@ class ChainFlops:
         self.widths = list(st.widths)
         self.layer_idx = [_set_index(spec, n) for n in st.layer_names]
         self.extra = float(st.extra_flops)
+        n_next = len(self.widths) - 2  # Linears after the first
+        self.extra_inputs = (list(st.extra_inputs) + [0] * n_next)[:n_next]
 
     def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
         assert alive is not None
         # a column survives iff none of its owners is pruned
         dead = (1.0 - alive) @ self.inc.to(alive.device).t()  # [..., in]
         first_in = (dead == 0).to(kept.dtype).sum(-1)
-        return self.extra + _chain(kept, first_in, self.widths[1:], self.layer_idx + [None])
+        idx = self.layer_idx + [None]
+        prev = _width(kept, idx[0], self.widths[1])
+        total = 2.0 * first_in * prev
+        for i, (w, extra) in enumerate(zip(self.widths[2:], self.extra_inputs), start=1):  # the (few) layers
+            cur = _width(kept, idx[i], w)
+            total = total + 2.0 * (prev + extra) * cur  # columns from outside the chain are always read
+            prev = cur
+        return self.extra + total
 
 
 class DenseFlops(Resource):
