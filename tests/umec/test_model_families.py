@@ -208,3 +208,48 @@ def test_simple_deepfm_declared_groups_flops_and_finalize():
     for f in "abc":
         norm = float(model.sparse_arch.embedding_bag_collection.embedding_bags[f"t_{f}"].weight.abs().sum())
         assert (norm == 0.0) == (f != "a"), (f, norm)
+
+
+class MixedDims(nn.Module):
+    """A user's EBC + concatenation + MLP with tables of different dims: ``u`` (dim 4) and
+    ``i`` (dim 8) have their own tables, ``h`` shares ``i``'s table."""
+
+    def __init__(self, features=("u", "i", "h"), width: int = 6) -> None:
+        super().__init__()
+        dims = {"u": 4, "i": 8, "h": 8}
+        tables = [EmbeddingBagConfig(name="t_u", embedding_dim=4, num_embeddings=50, feature_names=["u"])]
+        shared = [f for f in ("i", "h") if f in features]
+        if shared:
+            tables.append(EmbeddingBagConfig(name="t_i", embedding_dim=8, num_embeddings=20, feature_names=shared))
+        self.features = [f for f in ("u", "i", "h") if f in features]
+        self.ebc = EmbeddingBagCollection(tables=tables)
+        self.head = nn.Sequential(nn.Linear(sum(dims[f] for f in self.features), width), nn.ReLU(),
+                                  nn.Linear(width, 1))
+
+    def forward(self, x: KeyedJaggedTensor) -> torch.Tensor:
+        kt = self.ebc(x)
+        return self.head(torch.cat([kt[f] for f in self.features], dim=1))
+
+
+def test_declare_groups_reads_table_costs_from_the_model():
+    """tables_of=model: table and lookup bytes from the EBC configs (dims 4 and 8, a shared
+    table counted once); FLOPs equal FlopCounterMode on the smaller model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = MixedDims()
+    spec = declare_groups(model.head[0], {"u": range(0, 4), "i": range(4, 12), "h": range(12, 20)},
+                          chain=[model.head[2]], tables_of=model)
+    assert spec.feature_tables == ["t_u", "t_i", "t_i"]
+    eb, lb, fl = (make_resource(n, spec) for n in ("embedding_bytes", "lookup_bytes", "flops"))
+    assert eb.dense_value() == (50 * 4 + 20 * 8) * 4
+    assert lb.dense_value() == (4 + 8 + 8) * 4
+    kept = torch.tensor([[2.0, 3.0]])
+    alive = torch.tensor([[1.0, 0.0, 1.0]])  # i pruned, h kept: t_i stays
+    assert float(eb(kept, alive)[0]) == (50 * 4 + 20 * 8) * 4 and float(lb(kept, alive)[0]) == (4 + 8) * 4
+    small = MixedDims(("u", "h"), width=3)
+    kjt = KeyedJaggedTensor.from_lengths_sync(["u", "h"], torch.zeros(4, dtype=torch.long),
+                                              torch.ones(4, dtype=torch.int32))
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        small(kjt)
+    assert float(fl(kept, alive)[0]) == fc.get_total_flops() / 2

@@ -136,3 +136,30 @@ def test_declared_shared_table_bytes_and_zeroing():
     assert float(model.ebc.embedding_bags["t_ctx"].weight.abs().sum()) == 0.0
     assert float(model.ebc.embedding_bags["t_item"].weight.abs().sum()) > 0.0
     assert isinstance(umec.feature_mask, FeatureMask)
+
+
+@pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
+def test_sharded_shared_table_kept_until_every_reader_is_pruned(sharding):
+    """The same on DistributedModelParallel (a 1-rank gloo group, table- and column-wise): the
+    sharded EBC reports the shared table once; zeroing a pruned reader's table leaves the
+    shards of t_item untouched until item is pruned too."""
+    from umec_torchrec.distributed import init_distributed
+    from umec_torchrec.train.config import TrainConfig
+    from umec_torchrec.train.optim import apply_embedding_optimizer
+    from umec_torchrec.train.sharding import shard_model
+    from umec_torchrec.umec.tables import local_parts
+
+    ctx = init_distributed("gloo")
+    model = shared_model()
+    apply_embedding_optimizer(model, TrainConfig(embedding_optimizer="sgd"))
+    dmp = shard_model(model, ctx, sharding, batch_size=16)
+    assert feature_tables(dmp) == {"item": "t_item", "user_hist": "t_item", "ctx": "t_ctx"}
+
+    def norm(t: str) -> float:
+        w = dmp.state_dict()[f"model.sparse_arch.embedding_bag_collection.embedding_bags.{t}.weight"]
+        return float(sum(p.abs().sum() for p in local_parts(w)))
+
+    assert zero_tables_(dmp, ["user_hist", "ctx"]) == ["t_ctx"]
+    assert norm("t_item") > 0 and norm("t_ctx") == 0
+    assert zero_tables_(dmp, ["user_hist", "item", "ctx"]) == ["t_ctx", "t_item"]
+    assert norm("t_item") == 0

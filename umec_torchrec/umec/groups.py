@@ -271,6 +271,14 @@ def _table_bytes(dlrm: nn.Module, names: List[str], rows: bool = True) -> List[f
     return [by_feature.get(n, by_feature.get(n.split("@")[0], 0.0)) for n in names]
 
 
+def _embedding_costs(model: nn.Module) -> Dict[str, Tuple[str, float, float]]:
+    """``{feature: (table, table bytes, bytes of one looked-up row)}`` of every
+    EmbeddingBagCollection inside ``model``."""
+    return {f: (c.name, float(c.num_embeddings * c.embedding_dim * _elem_bytes(c)),
+                float(c.embedding_dim * _elem_bytes(c)))
+            for c in layout.all_embedding_configs(model) for f in (c.feature_names or [c.name])}
+
+
 def _elem_bytes(cfg) -> float:
     from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS
 
@@ -377,6 +385,7 @@ def declare_groups(
     extra_flops: float = 0.0,
     feature_lookup_bytes: Optional[Mapping[str, float]] = None,
     feature_tables: Optional[Mapping[str, str]] = None,
+    tables_of: Optional[nn.Module] = None,
 ) -> GroupSpec:
     """Declare the groups of a custom model: one Linear chain plus a feature-to-columns map.
 
@@ -398,6 +407,10 @@ def declare_groups(
         feature_tables: ``{feature: table name}`` (e.g. :func:`feature_tables` of the model);
             features naming one table share it: ``feature_table_bytes`` then gives that table's
             bytes (the same value for each of them), counted once. Default: one table each.
+        tables_of: a module holding the model's EmbeddingBagCollections (e.g. the model):
+            ``feature_tables``, ``feature_table_bytes`` and ``feature_lookup_bytes`` default to
+            what its ``EmbeddingBagConfig`` s say (rows x dim x element size, dim x element
+            size, tables of any dims; a mapping given explicitly wins).
 
     Example::
 
@@ -449,6 +462,14 @@ def declare_groups(
         extra_flops=float(extra_flops),
         extra_inputs=extra_inputs,
     )
+    if tables_of is not None:  # explicit mappings win over what the EBC configs say
+        found = _embedding_costs(tables_of)
+        if feature_tables is None:
+            feature_tables = {f: t for f, (t, _, _) in found.items() if f in feature_columns}
+        if feature_table_bytes is None:
+            feature_table_bytes = {f: b for f, (_, b, _) in found.items()}
+        if feature_lookup_bytes is None:
+            feature_lookup_bytes = {f: b for f, (_, _, b) in found.items()}
     tb, lb, ft = feature_table_bytes or {}, feature_lookup_bytes or {}, feature_tables or {}
     unknown = sorted(set(ft) - set(feats))
     if unknown:
