@@ -5,16 +5,24 @@
 distributed it still creates a 1-rank group (a ``FileStore`` in a temp dir), so that
 ``DistributedModelParallel``, collectives and ``torch.distributed.checkpoint`` work the same
 way for world size 1 and N. Backend: ``gloo`` on CPU, ``nccl`` on CUDA.
+
+Under torchrun, a failure is reported once: :func:`first_to_fail` tells the first failing
+worker of the job (a counter in the TorchElastic agent's store, reachable before any process
+group exists), and :func:`record_error_file` writes the worker's TorchElastic error file,
+which torchrun shows as the root cause of its ``ChildFailedError``.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
@@ -178,5 +186,68 @@ def session(backend: Optional[str] = None) -> Iterator[DistContext]:
             destroy()
 
 
+# --- failures under torchrun ---------------------------------------------------------------
+def elastic_worker() -> bool:
+    """Whether this process is a worker started by torchrun (TorchElastic)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "TORCHELASTIC_ERROR_FILE" in os.environ
+
+
+def first_to_fail(timeout: float = 3.0) -> bool:
+    """Whether this process is the first of its torchrun job (this restart attempt) to
+    report a failure; call it once, when failing.
+
+    The workers count their failures in the store that the TorchElastic agent serves at
+    ``MASTER_ADDR:MASTER_PORT`` (``TORCHELASTIC_USE_AGENT_STORE=True``), so it works before
+    and without a process group, across nodes. Outside torchrun, or when the store cannot be
+    reached within ``timeout`` seconds, it returns ``True``: every failing process then
+    reports (a duplicate line rather than none).
+
+    Example::
+
+        if first_to_fail():
+            print("umec: error: ...", file=sys.stderr)
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_PORT" not in os.environ:
+        return True
+    env = os.environ
+    key = f"umec/failures/{env.get('TORCHELASTIC_RUN_ID', '')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    try:
+        store = dist.TCPStore(os.environ.get("MASTER_ADDR", "localhost"), int(os.environ["MASTER_PORT"]),
+                              is_master=False, timeout=timedelta(seconds=timeout), wait_for_workers=False)
+        return int(store.add(key, 1)) == 1
+    except Exception:  # noqa: BLE001 - the agent is gone or unreachable: report rather than stay silent
+        return True
+
+
+def record_error_file(message: str) -> Optional[str]:
+    """Write ``message`` into this worker's TorchElastic error file (``TORCHELASTIC_ERROR_FILE``,
+    the format of :class:`torch.distributed.elastic.multiprocessing.errors.ErrorHandler`, with
+    the one line in place of a traceback), so that torchrun's failure summary shows it as the
+    root cause; returns the file's path, or ``None`` outside torchrun (or when it cannot be
+    written: reporting a failure must not fail).
+
+    Example::
+
+        record_error_file("umec: error: --embedding-dim must be >= 1, got -4")
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return None
+    data = {"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                            "timestamp": str(int(time.time()))}}}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return None
+    return path
+
+
 __all__ = ["DistContext", "init_distributed", "destroy", "session", "default_backend", "is_distributed",
-           "rank_world", "get_rank", "get_world_size", "barrier", "local_tensors"]
+           "rank_world", "get_rank", "get_world_size", "barrier", "local_tensors", "elastic_worker", "first_to_fail",
+           "record_error_file"]

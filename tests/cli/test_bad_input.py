@@ -225,7 +225,7 @@ def test_console_entry_point_has_no_traceback(root, tmp_path):
 def test_world_size_change_that_cannot_be_handled(root, tmp_path):
     """2 ranks (torchrun), generated data: (a) resuming a 1-rank run whose batch size does
     not divide by 2; (b) compressing a 1-rank run whose planner-chosen table layout (and so
-    its optimizer state) differs on 2 ranks. Each: one line per rank naming the problem,
+    its optimizer state) differs on 2 ranks. Each: one line (from the first failing rank) naming the problem,
     exit non-zero, nothing changed."""
     odd = tmp_path / "odd"
     assert cli.main(["train", "--data", DATA, *SMALL[:6], "--batch-size", "63", *SMALL[8:], "--steps", "3",
@@ -243,8 +243,45 @@ def test_world_size_change_that_cannot_be_handled(root, tmp_path):
         before = snapshot(tmp_path), snapshot(root)
         p = subprocess.run(base + argv, capture_output=True, text=True, timeout=240, env=env)
         mine = [ln for ln in p.stderr.splitlines() if ln.startswith("umec:")]
-        assert p.returncode != 0 and mine and all(text in ln and ln.startswith("umec: error:") for ln in mine), \
+        assert p.returncode != 0 and len(mine) == 1 and text in mine[0] and mine[0].startswith("umec: error:"), \
             p.stderr[-3000:]
         assert not any("Traceback" in ln for ln in p.stderr.splitlines() if ln.startswith("[rank")), p.stderr[-3000:]
         assert (snapshot(tmp_path), snapshot(root)) == before
     assert json.load(open(odd / "config.json"))["world_size"] == 1
+
+
+def _root_cause(stderr: str) -> str:
+    """The "Root Cause" section of torchrun's ``ChildFailedError`` summary."""
+    assert "Root Cause (first observed failure):" in stderr, stderr[-3000:]
+    return stderr.split("Root Cause (first observed failure):", 1)[1]
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not next to the Python interpreter")
+def test_torchrun_user_error_is_one_line_from_the_first_failing_rank(tmp_path):
+    """2 ranks (torchrun, gloo), generated data: a bad flag value rejected by the library
+    (``--embedding-dim -4``) and one rejected by argparse (``--batch-size abc``). Each: one
+    error line in all (argparse: one usage), the failing worker's exit status is the
+    single-process one (2), its TorchElastic error file holds the line (torchrun's root
+    cause shows it), no worker traceback, nothing written. torchrun itself exits 1 with its
+    ``ChildFailedError`` summary whatever the worker's status (torch/distributed/run.py)."""
+    env = dict(os.environ, GLOO_DEVICE_TRANSPORT="TCP", OMP_NUM_THREADS="1")
+    base = [TORCHRUN, "--nproc-per-node", "2", "--master_port", "0", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", "localhost:0", "-m", "umec_torchrec.cli", "train", "--data", DATA, *SMALL]
+    out = tmp_path / "r"
+    cases = [(["--embedding-dim", "-4"], "umec: error: --embedding-dim must be >= 1, got -4", 0),
+             (["--batch-size", "abc"], "umec train: error: argument --batch-size: invalid int value: 'abc'", 1)]
+    for flag, line, usage in cases:
+        single = subprocess.run([sys.executable, "-m", "umec_torchrec.cli", "train", "--data", DATA, *SMALL, *flag,
+                                 "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
+        assert single.returncode == 2 and single.stderr.strip().splitlines()[-1] == line, single.stderr
+        p = subprocess.run(base + flag + ["--out", str(out)], capture_output=True, text=True, timeout=240, env=env)
+        err = p.stderr.splitlines()
+        assert [ln for ln in err if ln.startswith(("umec:", "umec train:"))] == [line], p.stderr[-3000:]
+        assert sum(ln.startswith("usage: umec train") for ln in err) == usage, p.stderr[-3000:]
+        root = _root_cause(p.stderr)
+        assert "exitcode  : 2 " in root and f"traceback : {line}" in root, root
+        error_file = root.split("error_file: ", 1)[1].split()[0]
+        assert error_file.endswith("error.json"), root  # not <N/A>
+        assert p.stderr.count("Traceback (most recent call last)") == 1, p.stderr[-3000:]  # torchrun's own only
+        assert p.returncode == 1, p.returncode  # torchrun's status for any failed worker (not ours to set)
+        assert not os.path.exists(out)

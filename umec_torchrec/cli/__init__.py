@@ -19,7 +19,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from umec_torchrec.cli.errors import PROG, UserError, user_error_types
+from umec_torchrec.cli.errors import PROG, UserError, report, user_error_types
 from umec_torchrec.log import quiet_libraries
 
 __all__ = ["COMMAND_MODULES", "PROG", "UserError", "build_parser", "main", "EXIT_NO_SPACE"]
@@ -36,9 +36,19 @@ COMMAND_MODULES: List[str] = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """``argparse`` with its usage error reported through :func:`~umec_torchrec.cli.errors.report`
+    (the same usage and line, exit status 2, but once per torchrun job); subparsers are of
+    this class too."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        report(f"{self.prog}: error: {message}", before=self.format_usage())
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser: one subparser (or more) per module of :data:`COMMAND_MODULES`."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="UMEC compression for TorchRec DLRM models: train, evaluate, compress, finetune, export, "
                     "demo, bench.",
@@ -71,21 +81,22 @@ def _build_parser_deferring_sigint() -> Optional[argparse.ArgumentParser]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``umec`` console script; returns the exit status (2 for a user
-    error, 130 for Ctrl-C, :data:`EXIT_NO_SPACE` for a full disk, each printed as one line)."""
+    error, 130 for Ctrl-C, :data:`EXIT_NO_SPACE` for a full disk, each printed as one line;
+    under torchrun by the first failing worker only, see :func:`~umec_torchrec.cli.errors.report`)."""
     try:
         parser = _build_parser_deferring_sigint()
         if parser is None:
-            print(f"{PROG}: interrupted", file=sys.stderr)
+            report(f"{PROG}: interrupted")
             return 130
         args = parser.parse_args(argv)
         quiet_libraries()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:  # first: the next clause imports the data package
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        report(f"{PROG}: interrupted")
         return 130
     except user_error_types() as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        report(f"{PROG}: error: {msg}")
         return 2
     except OSError as e:
         from umec_torchrec.io import DiskFull, disk_full
@@ -93,5 +104,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not disk_full(e):
             raise
         path = e.filename if isinstance(e, DiskFull) else (e.filename or "a file")
-        print(f"{PROG}: error: no space left on device while writing {path}", file=sys.stderr)
+        report(f"{PROG}: error: no space left on device while writing {path}")
         return EXIT_NO_SPACE

@@ -17,7 +17,8 @@ def run_guarded(ctx: Any, fn: Callable[[], Any]) -> int:
     """Run a training stage with SIGTERM/SIGINT handlers installed (in the training loop:
     stop after the current step, checkpoint; before or after it: stop at once; exit
     ``128 + signal`` either way) and non-finite losses or UMEC state reported as one line
-    (exit :data:`EXIT_DIVERGED`). Messages come from rank 0 only."""
+    (exit :data:`EXIT_DIVERGED`; under torchrun also in each rank's TorchElastic error file).
+    Messages come from rank 0 only."""
     from umec_torchrec.train.guard import NonFiniteError, RunInterrupted, StopRequested, stop_on_signals
 
     try:
@@ -28,7 +29,11 @@ def run_guarded(ctx: Any, fn: Callable[[], Any]) -> int:
             print(f"{PROG}: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except NonFiniteError as e:
+        from umec_torchrec.distributed import record_error_file
+
+        line = f"{PROG}: error: {e}"
+        record_error_file(line)  # under torchrun: every rank's root cause in its failure summary
         if ctx.rank == 0:
-            print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
         return EXIT_DIVERGED
     return 0
