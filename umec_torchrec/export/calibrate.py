@@ -11,13 +11,16 @@ size and thread count:
   size class (10, 10^3, 10^5, 10^6, 10^7 rows up to the model's largest table) and dtype;
 * the interaction on ``m`` inputs (``torch.cat`` for ``cat``; the model's own interaction on
   the stacked embeddings for ``dot`` and ``dcn``);
-* the fixed per-call overhead: the exported programs of the model (and of a half-size compact
-  one), built with :func:`~umec_torchrec.export.program.export_program` exactly as
-  ``umec export`` builds them (tables capped at 1000 rows), timed whole; the overhead is the
-  median of their time minus the sum of their predicted pieces.
+* the fixed per-call overhead and the program factor: the exported programs of the model and
+  of compact ones with a half and a quarter of its features and widths, built with
+  :func:`~umec_torchrec.export.program.export_program` exactly as ``umec export`` builds them
+  (tables capped at 1000 rows), timed whole; ``measured = overhead + factor * pieces`` is
+  fitted by least squares (``quick``: the dense program only, factor 1).
 
-Each measurement is the median over repetitions of a block of calls; the tables are then made
-monotone (:func:`umec_torchrec.umec.latency.monotone`; the raw medians stay in ``raw``). The
+Each measurement is the fastest of ``reps`` blocks of calls (a block lasts about 2 ms or at
+least one call): on a shared machine the fastest block is the uncontended time, as the
+inference bench's best round. The tables are then made monotone
+(:func:`umec_torchrec.umec.latency.monotone`; the raw values stay in ``raw``). The
 file records the conditions (threads, batch, library versions, CPU model);
 :func:`check_conditions` refuses or warns about a file measured under others.
 """
@@ -51,6 +54,7 @@ __all__ = [
     "check_conditions",
     "config_prediction",
     "current_conditions",
+    "fit_overhead",
     "linear_grid",
     "load_latency_table",
     "predicted_speedup",
@@ -73,7 +77,7 @@ class CalibrationOptions:
     Args:
         batch: rows per call (the serving batch; a latency budget is per call of this size).
         threads: intra-op threads (``torch.set_num_threads``); ``None`` keeps the current number.
-        reps: timed repetitions per measurement (median); ``None``: 7, or 2 with ``quick``.
+        reps: timed blocks per measurement (the fastest counts); ``None``: 7, or 2 with ``quick``.
         quick: a few widths, size classes and interaction points (CI-sized).
         align: hidden-width alignment of the program (``umec export --align``).
         seed: seed of the random inputs.
@@ -208,7 +212,7 @@ def linear_grid(cfg: ModelConfig, align: int = DEFAULT_ALIGN, quick: bool = Fals
 def _row_classes(cfg: ModelConfig, quick: bool) -> List[int]:
     top = max(cfg.table_sizes)
     classes = (10, 10**3) if quick else ROW_CLASSES
-    return sorted({r for r in classes if r < top} | {top})
+    return sorted({r for r in classes if 2 * r <= top} | {top})  # no class next to the largest table
 
 
 def _interaction_inputs(cfg: ModelConfig, quick: bool) -> List[int]:
@@ -218,9 +222,9 @@ def _interaction_inputs(cfg: ModelConfig, quick: bool) -> List[int]:
 
 
 # ---------------------------------------------------------------------- timing
-def _median_seconds(fn: Callable[[int], Any], reps: int, n_inputs: int = 1, min_block_s: float = 2e-3) -> float:
-    """Median seconds per call of ``fn(i)`` (``i`` cycling over ``n_inputs``): a warm-up
-    call, then ``reps`` timed blocks of enough calls to last about ``min_block_s``."""
+def _seconds(fn: Callable[[int], Any], reps: int, n_inputs: int = 1, min_block_s: float = 2e-3) -> float:
+    """Seconds per call of ``fn(i)`` (``i`` cycling over ``n_inputs``) in the fastest of
+    ``reps`` timed blocks of enough calls to last about ``min_block_s``, after a warm-up call."""
     fn(0)
     t = time.perf_counter()
     fn(0)
@@ -232,7 +236,7 @@ def _median_seconds(fn: Callable[[int], Any], reps: int, n_inputs: int = 1, min_
         for i in range(calls):
             fn(i % n_inputs)
         out.append((time.perf_counter() - t) / calls)
-    return statistics.median(out)
+    return min(out)
 
 
 def _time_linears(ins: List[int], outs: List[int], batch: int, reps: int, g: torch.Generator) -> List[List[float]]:
@@ -243,7 +247,7 @@ def _time_linears(ins: List[int], outs: List[int], batch: int, reps: int, g: tor
         for n_out in outs:
             w = torch.rand(n_out, n_in, generator=g) - 0.5
             b = torch.rand(n_out, generator=g)
-            row.append(_median_seconds(lambda i: torch.addmm(b, x, w.t()).relu_(), reps))
+            row.append(_seconds(lambda i: torch.addmm(b, x, w.t()).relu_(), reps))
         rows.append(row)
     return rows
 
@@ -254,8 +258,7 @@ def _time_lookups(classes: List[int], cfg: ModelConfig, batch: int, reps: int, g
     for rows in classes:
         weight = torch.rand(rows, cfg.embedding_dim, generator=g)
         ids = [torch.randint(rows, (batch, n_f), generator=g).t() for _ in range(4)]  # [F, B] as in the program
-        out.append(_median_seconds(lambda i: F.embedding(ids[i][0], weight), reps, n_inputs=len(ids)))
-        del weight
+        out.append(_seconds(lambda i: F.embedding(ids[i][0], weight), reps, n_inputs=len(ids)))
     return out
 
 
@@ -266,34 +269,35 @@ def _time_interactions(inputs: List[int], cfg: ModelConfig, batch: int, reps: in
         dense = torch.rand(batch, d, generator=g)
         rows = [torch.rand(batch, d, generator=g) for _ in range(m - 1)]
         if cfg.kind == "cat":  # CompactPredictor.forward's two interaction paths
-            out.append(_median_seconds(lambda i: torch.cat([dense] + rows, dim=1), reps))
+            out.append(_seconds(lambda i: torch.cat([dense] + rows, dim=1), reps))
         else:
             sub = dataclasses.replace(cfg, feature_names=list(cfg.feature_names[: m - 1]), table_sizes=[1] * (m - 1))
             inter = layout.interaction(build_dlrm(sub).eval())
-            out.append(_median_seconds(
+            out.append(_seconds(
                 lambda i: inter(dense_features=dense, sparse_features=torch.stack(rows, dim=1)), reps))
     return out
 
 
-def _half_masks(cfg: ModelConfig) -> PruningMasks:
-    kept = list(cfg.feature_names[: max(1, len(cfg.feature_names) // 2)])
+def _share_masks(cfg: ModelConfig, share: float) -> PruningMasks:
+    """The first ``share`` of the features and of every hidden layer's units."""
+    kept = list(cfg.feature_names[: max(1, round(len(cfg.feature_names) * share))])
     widths = layout.prunable_widths(cfg)
-    layers = {n: list(range(max(1, w // 2))) for n, w in widths.items()}
+    layers = {n: list(range(max(1, round(w * share)))) for n, w in widths.items()}
     return PruningMasks(list(cfg.feature_names), kept, layers, widths)
 
 
 def _time_programs(table: LatencyTable, cfg: ModelConfig, batch: int, reps: int, quick: bool,
                    g: torch.Generator) -> List[Dict[str, Any]]:
     """The reference programs (tables capped at :data:`REFERENCE_ROWS` rows): measured against
-    the sum of their predicted pieces."""
+    the sum of their predicted pieces (``table`` without overhead, factor 1)."""
+    from umec_torchrec.export.compact import compact_config
+
     ref = dataclasses.replace(cfg, table_sizes=[min(REFERENCE_ROWS, r) for r in cfg.table_sizes])
     dense = build_dlrm(ref).eval()
     models = [("dense", dense, ref)]
-    if not quick:
-        masks = _half_masks(ref)
-        from umec_torchrec.export.compact import compact_config
-
-        models.append(("half", build_compact(dense.state_dict(), ref, masks), compact_config(ref, masks)))
+    for name, share in ([] if quick else [("half", 0.5), ("quarter", 0.25)]):
+        masks = _share_masks(ref, share)
+        models.append((name, build_compact(dense.state_dict(), ref, masks), compact_config(ref, masks)))
     out = []
     for name, model, mcfg in models:
         prog = export_program(model, ref.dense_in_features, align=table.align).module()
@@ -301,7 +305,7 @@ def _time_programs(table: LatencyTable, cfg: ModelConfig, batch: int, reps: int,
         inputs = [(torch.rand(batch, ref.dense_in_features, generator=g) * 3.0,
                    (torch.rand(batch, len(sizes), generator=g, dtype=torch.float64) * sizes).long())
                   for _ in range(4)]
-        measured = _median_seconds(lambda i: prog(*inputs[i]), reps, n_inputs=len(inputs))
+        measured = _seconds(lambda i: prog(*inputs[i]), reps, n_inputs=len(inputs))
         pieces = predict_program(table, mcfg.kind, mcfg.embedding_dim, mcfg.dense_in_features, mcfg.bottom, mcfg.top,
                                  mcfg.table_sizes, served=True)
         out.append({"program": name, "measured_s": measured, "pieces_s": pieces["total"] - pieces["overhead"],
@@ -359,7 +363,8 @@ def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, mo
         )
         log("calibrate: whole exported programs, for the fixed overhead")
         progs = _time_programs(table, cfg, B, reps, opts.quick, g)
-        table.overhead_s = max(0.0, statistics.median(p["measured_s"] - p["pieces_s"] for p in progs))
+        table.overhead_s, table.program_factor = fit_overhead([p["pieces_s"] for p in progs],
+                                                              [p["measured_s"] for p in progs])
         table.conditions = current_conditions(batch=B)
         table.conditions.update({"align": opts.align, "reps": reps, "quick": opts.quick, "model_like": model_like,
                                  "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -370,6 +375,26 @@ def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, mo
         return table
     finally:
         torch.set_num_threads(prev_threads)
+
+
+def fit_overhead(pieces: List[float], measured: List[float]) -> Tuple[float, float]:
+    """``(overhead >= 0, factor > 0)`` of ``measured ~ overhead + factor * pieces`` (least
+    squares over the reference programs); one program: factor 1 and the residual.
+
+    Example::
+
+        fit_overhead([1.0, 2.0], [1.5, 2.7])  # (0.3, 1.2)
+    """
+    p = torch.tensor(pieces, dtype=torch.float64)
+    m = torch.tensor(measured, dtype=torch.float64)
+    if p.numel() >= 2 and float(p.max() - p.min()) > 0:
+        f = float(((p - p.mean()) * (m - m.mean())).sum() / ((p - p.mean()) ** 2).sum())
+        o = float(m.mean() - f * p.mean())
+        if o < 0:  # through the origin
+            o, f = 0.0, float((p * m).sum() / (p * p).sum())
+        if f > 0:
+            return o, f
+    return max(0.0, statistics.median((m - p).tolist())), 1.0
 
 
 def predicted_speedup(table: LatencyTable, dense: ModelConfig, compact: ModelConfig) -> Dict[str, float]:

@@ -6,10 +6,13 @@ serving program (:class:`~umec_torchrec.export.program.CompactPredictor`, run as
 writes a :class:`LatencyTable`. The predicted time of one call on a batch of ``B`` rows is
 
 .. math::
-    T = T_0 + \sum_{\text{Linear } i} L(\mathrm{in}_i, \mathrm{out}_i)
-        + \sum_{f\ \text{kept}} E(\mathrm{rows}_f) + I(m),
+    T = T_0 + \phi \Big( \sum_{\text{Linear } i} L(\mathrm{in}_i, \mathrm{out}_i)
+        + \sum_{f\ \text{kept}} E(\mathrm{rows}_f) + I(m) \Big),
 
-* ``T_0``: the fixed per-call overhead (dispatch, the id transpose, the output squeeze);
+* ``T_0``: the fixed per-call overhead (input checks, dispatch, the id transpose, the squeeze);
+* ``phi``: the program factor, how much slower the pieces run inside the whole program than
+  alone (activations that left the cache, allocation); ``T_0`` and ``phi`` are fitted on
+  whole exported programs;
 * ``L(in, out)``: one Linear of the program (``addmm`` then in-place ReLU), bilinear in the
   calibrated ``(in, out)`` grid;
 * ``E(rows)``: one kept field's row lookup, piecewise linear in ``log10(rows)`` of its table
@@ -18,7 +21,8 @@ writes a :class:`LatencyTable`. The predicted time of one call on a batch of ``B
   interaction on the stacked embeddings), piecewise linear in ``m``, the number of its
   inputs (kept fields plus the dense vector).
 
-Every table is made monotone non-decreasing along each axis when it is calibrated and the
+Every table is made monotone non-decreasing along each axis when it is calibrated (each value
+lowered to the least one at or above it: timing noise only adds time) and the
 interpolation is linear between grid points and constant outside them, so the predictor
 equals the table at its grid points and is monotone in every kept count.
 
@@ -75,15 +79,17 @@ def dtype_of_element_size(size: float) -> str:
 
 
 def monotone(values: torch.Tensor) -> torch.Tensor:
-    """``values`` made non-decreasing along every dimension (running maxima, dim by dim).
+    """``values`` made non-decreasing along every dimension: each value becomes the least value
+    at or after it (running minima from the end, dim by dim). Timing noise only adds time, so a
+    spike is lowered to its neighbours' level rather than raising everything after it.
 
     Example::
 
-        monotone(torch.tensor([1.0, 3.0, 2.0]))  # tensor([1., 3., 3.])
+        monotone(torch.tensor([1.0, 3.0, 2.0]))  # tensor([1., 2., 2.])
     """
     out = values
     for d in range(values.dim()):
-        out = torch.cummax(out, dim=d).values
+        out = torch.flip(torch.cummin(torch.flip(out, [d]), dim=d).values, [d])
     return out
 
 
@@ -154,6 +160,7 @@ class LatencyTable:
         interaction_inputs: ``[K]`` increasing ``m`` (kept fields + the dense vector).
         interaction_s: ``[K]`` seconds of the interaction (monotone).
         overhead_s: fixed seconds per call.
+        program_factor: the pieces' time inside the whole program over their time alone.
         conditions: where and how it was measured: ``threads``, ``batch``, ``torch``,
             ``torchrec``, ``fbgemm_gpu``, ``cpu``, ...
         raw: the measurements before they were made monotone, and the overhead fit.
@@ -175,6 +182,7 @@ class LatencyTable:
     interaction_inputs: List[int]
     interaction_s: List[float]
     overhead_s: float
+    program_factor: float = 1.0
     conditions: Dict[str, Any] = field(default_factory=dict)
     raw: Dict[str, Any] = field(default_factory=dict)
 
@@ -217,6 +225,9 @@ class LatencyTable:
         o = self.overhead_s
         if isinstance(o, bool) or not isinstance(o, (int, float)) or not math.isfinite(o) or o < 0:
             raise bad("overhead_s", f"must be a finite number >= 0, got {o!r}")
+        f = self.program_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
+            raise bad("program_factor", f"must be a finite number > 0, got {f!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form (``{"format": FORMAT, ...fields}``)."""
@@ -410,7 +421,8 @@ def predict_program(
         served: pad hidden widths to ``table.align`` as the program does.
 
     Returns:
-        ``{"total", "overhead", "linear", "lookup", "interaction"}`` in seconds.
+        ``{"total", "overhead", "linear", "lookup", "interaction"}`` in seconds (the pieces as
+        they run inside the program: times the program factor).
 
     Example::
 
@@ -426,8 +438,9 @@ def predict_program(
     sizes = [float(element_size)] * len(table_rows) if isinstance(element_size, (int, float)) else list(element_size)
     look = table.lookup_seconds(list(table_rows), sizes).sum()
     inter = table.interaction(owners)
-    parts = {"overhead": float(table.overhead_s), "linear": float(lin), "lookup": float(look),
-             "interaction": float(inter)}
+    f = float(table.program_factor)
+    parts = {"overhead": float(table.overhead_s), "linear": f * float(lin), "lookup": f * float(look),
+             "interaction": f * float(inter)}
     parts["total"] = sum(parts.values())
     return parts
 
@@ -498,7 +511,7 @@ class LatencyPredictor:
                              "calibrate with --model-like a run of this model")
 
     def feature_costs(self) -> torch.Tensor:
-        """``[F]`` lookup seconds of each feature group (the dense-arch group costs 0)."""
+        """``[F]`` lookup seconds of each feature group alone (the dense-arch group costs 0)."""
         return self.lookup_costs
 
     def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
@@ -515,11 +528,11 @@ class LatencyPredictor:
         t = self.table
         bottom = [width(i, w) for i, w in zip(self.bottom_idx, st.bottom)]
         top = [width(i, w) for i, w in zip(self.top_idx, st.top)]
-        total = (_chain_time(t, width(None, st.dense_in_features), bottom, served=False)
-                 + _chain_time(t, _top_input(st.kind, owners, st.embedding_dim), top, served=False)
-                 + t.interaction(owners) + float(t.overhead_s))
+        pieces = (_chain_time(t, width(None, st.dense_in_features), bottom, served=False)
+                  + _chain_time(t, _top_input(st.kind, owners, st.embedding_dim), top, served=False)
+                  + t.interaction(owners))
         if alive is None:
             look = torch.full(lead, self.all_lookups, dtype=kept.dtype, device=kept.device)
         else:
             look = alive @ self.lookup_costs.to(device=alive.device, dtype=alive.dtype)
-        return (total + look).to(kept.dtype)
+        return (float(t.overhead_s) + float(t.program_factor) * (pieces + look)).to(kept.dtype)
