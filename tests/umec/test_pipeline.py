@@ -1,4 +1,4 @@
-"""UMEC with TorchRec training pipelines (CPU, a 1-rank gloo group, table-wise sharding).
+"""UMEC with TorchRec training pipelines (CPU; a 1-rank gloo group, and one 2-rank spawn; table-wise sharding).
 
 ``TrainPipelineSparseDist`` starts the input distribution of batch ``i + 1`` before the
 forward of batch ``i``, from the batch the loader gave it: the mask has to be applied to the
@@ -155,3 +155,53 @@ def test_mask_inside_forward_of_a_pipelined_model_is_refused(ctx):
     pipe = TrainPipelineSparseDist(_MaskInForward(dmp, umec.feature_mask), umec, torch.device("cpu"))
     with pytest.raises(RuntimeError, match=r"traced forward.*feature_mask\.wrap\(loader\)"):
         pipe.progress(iter(_batches(3)))
+
+
+def _two_rank_pipeline(rank: int, world_size: int) -> Dict[str, Dict[str, int]]:
+    """TW on 2 ranks, masks fixed, 4 pipeline steps on the wrapped loader: the ids each rank's
+    table shards receive after the input distribution (the all-to-all)."""
+    ctx = init_distributed("gloo")
+    dmp, umec = _build(ctx)
+    umec.set_masks(PruningMasks(FEATURES, ["f0", "f3"]))
+    sebc = find_dlrm(dmp).sparse_arch.embedding_bag_collection
+    seen: Dict[str, int] = {}
+    original = sebc.compute_and_output_dist
+
+    def spy(module_ctx, dist_input):
+        for kjt in dist_input:
+            for k, n in zip(kjt.keys(), kjt.length_per_key()):
+                seen[k] = seen.get(k, 0) + int(n)
+        return original(module_ctx, dist_input)
+
+    sebc.compute_and_output_dist = spy
+    data = planted_ctr(BATCH * 8, SIZES, n_dense=4, seed=0, bias=0.0)
+    batches = list(data.batches(BATCH, shuffle=False, rank=rank, world_size=world_size))[:4]
+    pipe = TrainPipelineSparseDist(dmp, umec, torch.device("cpu"))
+    it = iter(umec.feature_mask.wrap(batches))
+    steps = 0
+    while True:
+        try:
+            pipe.progress(it)
+            steps += 1
+        except StopIteration:
+            break
+    from umec_torchrec.train import plan_summary
+
+    return {"seen": seen, "steps": {"n": steps}, "plans": plan_summary(dmp)}
+
+
+def test_two_rank_pipeline_sends_no_pruned_ids_through_the_all_to_all():
+    """2 gloo ranks, table-wise: with the pipeline and the wrapped loader, the rank owning a
+    pruned feature's table receives none of its ids; kept features' owners receive all of
+    them (4 steps x 2 ranks x the per-rank batch)."""
+    from helpers.mp import run_multiprocess
+
+    res = run_multiprocess(_two_rank_pipeline, world_size=2)
+    owners = {f: int(res[0]["plans"][f"t_{f}"].split("ranks=[")[1].rstrip("]")) for f in FEATURES}
+    assert set(owners.values()) == {0, 1}, owners
+    for rank, r in enumerate(res):
+        assert r["steps"]["n"] == 4
+        for f in FEATURES:
+            if owners[f] != rank:
+                continue
+            assert r["seen"].get(f, 0) == (0 if f in ("f1", "f2") else 4 * BATCH), (rank, f, r["seen"])

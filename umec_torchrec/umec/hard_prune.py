@@ -6,7 +6,8 @@ part in with ``dot``) and, with DCN, its block of every cross layer. The slices 
 the same group discovery as the optimizer (:func:`~umec_torchrec.umec.groups.discover_groups`).
 Embedding tables are not scanned here: a :class:`~umec_torchrec.umec.feature_mask.FeatureMask`
 drops the ids of pruned features, so their tables are never looked up (export drops them;
-:func:`umec_torchrec.umec.tables.zero_tables_` zeroes them once when asked).
+:func:`umec_torchrec.umec.tables.zero_tables_` zeroes them once when asked; a table shared by
+several features only once all of them are pruned).
 """
 
 from __future__ import annotations
