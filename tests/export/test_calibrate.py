@@ -131,6 +131,20 @@ def test_overhead_fit():
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="batch must be a positive integer, got 0"):
         CalibrationOptions(batch=0).validate()
+    with pytest.raises(ValueError, match="clock 'cpu' times one thread: it needs threads 1, got 2"):
+        CalibrationOptions(clock="cpu", threads=2).validate()
+    with pytest.raises(ValueError, match="clock must be one of"):
+        CalibrationOptions(clock="sundial").validate()
+
+
+def test_cpu_clock_calibration_is_recorded_and_compared():
+    """A quick calibration on the thread's CPU clock records it; comparing it with a wall-clock
+    measurement is refused, naming both clocks."""
+    t = calibrate(CFG, CalibrationOptions(batch=16, quick=True, reps=1, threads=1, clock="cpu"))
+    assert t.conditions["clock"] == "cpu" and t.overhead_s >= 0
+    with pytest.raises(ValueError, match="calibrated with clock cpu, this run has clock wall.*--clock wall"):
+        check_conditions(t, "LAT.json", threads=1, batch=16, clock="wall")
+    assert check_conditions(t, "LAT.json", threads=1, batch=16, clock="cpu") == []
 
 
 def test_manifest_reports_predicted_latency_with_a_table(table, tmp_path):

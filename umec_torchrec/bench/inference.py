@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -247,10 +248,14 @@ def time_split(fn: Callable[[int], Any], n_inputs: int, rounds: int = 8) -> Dict
     return split
 
 
-def _time(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
+#: wall time, or the calling thread's CPU time (one thread: not inflated by other processes)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _time(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> float:
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
 
 
 @torch.inference_mode()
@@ -265,6 +270,7 @@ def run_inference_bench(
     log: Callable[[str], None] = lambda s: None,
     feature_share: Optional[float] = None,
     latency_table: Optional[LatencyTable] = None,
+    clock: str = "wall",
 ) -> List[Dict[str, Any]]:
     """Time dense, compact, dense-eager and masked-eager models alternating; one result row per
     (batch size, budget). ``table_sizes`` shrinks the tables (tests); default Kaggle size.
@@ -272,12 +278,18 @@ def run_inference_bench(
     ``budgets``: numbers (FLOPs fractions) or ``flops=F`` / ``latency=F`` / ``latency=abs:T``
     strings; latency budgets need ``latency_table`` (a calibration at every batch size given).
     With a table, rows at its batch size carry the predicted times next to the measured ones.
+    ``clock="cpu"`` times the calling thread's CPU time (one intra-op thread only).
 
     Each round times a block of 4 consecutive calls per model (its steady state, as in serving),
     the blocks alternating between models. ``rounds`` default: ``50000 // batch`` clipped to
     [10, 50] (about 2 x 10^5 samples per model at batch 4096).
     """
     torch.manual_seed(seed)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and torch.get_num_threads() != 1:
+        raise ValueError(f"clock 'cpu' times one thread: it needs --threads 1, got {torch.get_num_threads()}")
+    tick = CLOCKS[clock]
     parsed = parse_bench_budgets(budgets)
     if any(b.resource == "latency" for _, b in parsed):
         if latency_table is None:
@@ -337,7 +349,7 @@ def run_inference_bench(
             calls: Dict[str, List[float]] = {k: [] for k in variants}  # every timed call, for p50 / p99
             for r in range(warmup + n_rounds):
                 for name, fn in variants.items():  # a block of calls per model, blocks alternating
-                    per_call = [_time(lambda: fn(i)) for i in range(len(inputs))]
+                    per_call = [_time(lambda: fn(i), tick) for i in range(len(inputs))]
                     if r >= warmup:
                         times[name].append(sum(per_call) / len(per_call))
                         calls[name].extend(per_call)
@@ -448,6 +460,10 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
                    help="latency table from umec calibrate on this machine (same threads; its batch size): rows at "
                         "its batch size get the predicted time beside the measured one")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the current number)")
+    p.add_argument("--clock", choices=sorted(CLOCKS),
+                   default=inspect.signature(run_inference_bench).parameters["clock"].default,
+                   help="wall time, or the thread's CPU time (with --threads 1; not inflated by other processes on a "
+                        "loaded machine; compare with a calibration made with --clock cpu) (default %(default)s)")
     p.add_argument("--model", choices=list(MODEL_KINDS), default=DEFAULT_MODEL_KIND,
                    help=f"interaction (default {DEFAULT_MODEL_KIND})")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per model (default: ~2e5 samples)")
@@ -477,14 +493,16 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
         from umec_torchrec.export.calibrate import check_conditions, load_latency_table
 
         table = load_latency_table(args.latency_model)
-        for w in check_conditions(table, args.latency_model, threads=torch.get_num_threads(), strict=True):
+        for w in check_conditions(table, args.latency_model, threads=torch.get_num_threads(), strict=True,
+                                  clock=args.clock):
             print(f"warning: {w}", flush=True)
-    print(f"bench inference: {torch.get_num_threads()} threads; ideal = 1/FLOPs ratio, compact = exported compact "
+    print(f"bench inference: {torch.get_num_threads()} threads, {args.clock} clock; ideal = 1/FLOPs ratio, "
+          "compact = exported compact "
           "program vs dense program, gemm = the same for GEMM time only, lookup = compact time share in embedding "
           "lookups, masked = masked eager vs dense eager, memory = param bytes compact/dense, pred = predicted "
           "speed-up, meas/pred = compact best-round time / predicted, p50/p99 = compact per-call ms", flush=True)
     res = run_inference_bench(batch_sizes, budgets, kind=args.model, rounds=args.rounds,
-                              feature_share=args.feature_share, latency_table=table,
+                              feature_share=args.feature_share, latency_table=table, clock=args.clock,
                               log=lambda s: print(s, flush=True))
     print(format_table(res))
     big = [r for r in res if r["batch"] == max(batch_sizes) and r["resource"] == "flops"]

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reps", type=int, default=d("reps"), help="repetitions per measurement (default: 7, quick 2)")
     p.add_argument("--align", type=int, default=d("align"),
                    help="hidden-width alignment of the served program, as umec export --align (default %(default)s)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default=d("clock"),
+                   help="wall time, or the thread's CPU time (with --threads 1: not inflated by other processes on "
+                        "a loaded machine; bench with --clock cpu) (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing LATENCY.json")
     p.set_defaults(func=cmd_calibrate)
 
@@ -50,7 +53,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if os.path.exists(args.out) and not args.force:
         raise FileExistsError(f"{args.out}: exists; pass --force to replace it")
     opts = CalibrationOptions(batch=args.batch, threads=args.threads, reps=args.reps, quick=args.quick,
-                              align=args.align)
+                              align=args.align, clock=args.clock)
     opts.validate()
     if args.model_like:
         from umec_torchrec.runs import Run

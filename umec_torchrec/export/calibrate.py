@@ -65,8 +65,11 @@ __all__ = [
 ROW_CLASSES = (10, 10**3, 10**5, 10**6, 10**7)
 #: rows of the reference programs' tables (their lookups use this class)
 REFERENCE_ROWS = 1000
+#: the clocks a calibration can time with: wall time, or the calling thread's CPU time (one
+#: thread only: it leaves out the time the thread waits for a core on a loaded machine)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 #: conditions that make a table wrong for this machine, and those that only make it doubtful
-STRICT_CONDITIONS = ("torch", "threads", "batch")
+STRICT_CONDITIONS = ("torch", "threads", "batch", "clock")
 SOFT_CONDITIONS = ("torchrec", "fbgemm_gpu", "cpu", "align")
 
 
@@ -81,6 +84,8 @@ class CalibrationOptions:
         quick: a few widths, size classes and interaction points (CI-sized).
         align: hidden-width alignment of the program (``umec export --align``).
         seed: seed of the random inputs.
+        clock: ``"wall"`` (default) or ``"cpu"``: the thread's CPU time, which a loaded machine
+            does not inflate (needs ``threads=1``; compare with ``umec bench inference --clock cpu``).
     """
 
     batch: int = 4096
@@ -89,6 +94,7 @@ class CalibrationOptions:
     quick: bool = False
     align: int = DEFAULT_ALIGN
     seed: int = 0
+    clock: str = "wall"
 
     def validate(self) -> None:
         """``ValueError`` naming the field on a bad value."""
@@ -96,6 +102,10 @@ class CalibrationOptions:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {self.clock!r}")
+        if self.clock == "cpu" and self.threads != 1:
+            raise ValueError(f"clock 'cpu' times one thread: it needs threads 1, got {self.threads}")
 
     @property
     def repetitions(self) -> int:
@@ -128,14 +138,14 @@ def current_conditions(threads: Optional[int] = None, batch: Optional[int] = Non
 
 
 def check_conditions(table: LatencyTable, source: str, threads: Optional[int] = None, batch: Optional[int] = None,
-                     strict: bool = True) -> List[str]:
+                     strict: bool = True, clock: Optional[str] = None) -> List[str]:
     """Compare ``table``'s conditions with this process's.
 
     Args:
         table: the calibration.
         source: its file (named in the messages).
-        threads / batch: the thread count and batch size the prediction is for (not compared
-            when ``None``).
+        threads / batch / clock: the thread count, batch size and clock the prediction is
+            compared with (not compared when ``None``; a table without a clock is ``wall``).
         strict: a different torch version, thread count or batch size raises ``ValueError``
             (a measurement on this machine is compared with the prediction); otherwise every
             difference is only a warning (a budget chosen on another machine than the one that
@@ -151,7 +161,9 @@ def check_conditions(table: LatencyTable, source: str, threads: Optional[int] = 
         now["threads"] = int(threads)
     if batch is not None:
         now["batch"] = int(batch)
-    rec = dict(rec, batch=table.batch)
+    if clock is not None:
+        now["clock"] = clock
+    rec = dict(rec, batch=table.batch, clock=rec.get("clock", "wall"))
     warnings = []
     for key in STRICT_CONDITIONS + SOFT_CONDITIONS:
         if key not in now or key not in rec or str(rec[key]) == str(now[key]):
@@ -159,7 +171,8 @@ def check_conditions(table: LatencyTable, source: str, threads: Optional[int] = 
         msg = f"{source}: calibrated with {key} {rec[key]}, this run has {key} {now[key]}"
         if strict and key in STRICT_CONDITIONS:
             raise ValueError(msg + ("; calibrate again here (umec calibrate"
-                                    + (f" --{key} {now[key]}" if key in ("threads", "batch") else "") + ")"))
+                                    + (f" --{key} {now[key]}" if key in ("threads", "batch", "clock") else "")
+                                    + ")"))
         warnings.append(msg)
     return warnings
 
@@ -222,20 +235,24 @@ def _interaction_inputs(cfg: ModelConfig, quick: bool) -> List[int]:
 
 
 # ---------------------------------------------------------------------- timing
+_CLOCK: List[Callable[[], float]] = [time.perf_counter]  # the clock of the calibration running now
+
+
 def _seconds(fn: Callable[[int], Any], reps: int, n_inputs: int = 1, min_block_s: float = 2e-3) -> float:
     """Seconds per call of ``fn(i)`` (``i`` cycling over ``n_inputs``) in the fastest of
     ``reps`` timed blocks of enough calls to last about ``min_block_s``, after a warm-up call."""
+    clock = _CLOCK[0]
     fn(0)
-    t = time.perf_counter()
+    t = clock()
     fn(0)
-    one = max(time.perf_counter() - t, 1e-7)
+    one = max(clock() - t, 1e-7)
     calls = max(n_inputs, min(200, math.ceil(min_block_s / one)))
     out = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t = clock()
         for i in range(calls):
             fn(i % n_inputs)
-        out.append((time.perf_counter() - t) / calls)
+        out.append((clock() - t) / calls)
     return min(out)
 
 
@@ -339,6 +356,7 @@ def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, mo
     prev_threads = torch.get_num_threads()
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
+    _CLOCK[0] = CLOCKS[opts.clock]
     try:
         g = torch.Generator().manual_seed(opts.seed)
         reps, B = opts.repetitions, opts.batch
@@ -367,6 +385,7 @@ def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, mo
                                                               [p["measured_s"] for p in progs])
         table.conditions = current_conditions(batch=B)
         table.conditions.update({"align": opts.align, "reps": reps, "quick": opts.quick, "model_like": model_like,
+                                 "clock": opts.clock,
                                  "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "seconds_taken": round(time.perf_counter() - start, 1)})
         table.raw = {"linear_s": lin_raw, "lookup": {"float32": look_raw}, "interaction_s": inter_raw,
@@ -375,6 +394,7 @@ def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, mo
         return table
     finally:
         torch.set_num_threads(prev_threads)
+        _CLOCK[0] = time.perf_counter
 
 
 def fit_overhead(pieces: List[float], measured: List[float]) -> Tuple[float, float]:
