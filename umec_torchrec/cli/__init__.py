@@ -41,7 +41,8 @@ class Parser(argparse.ArgumentParser):
     (the same usage and line, exit status 2, but once per torchrun job); subparsers are of
     this class too."""
 
-    def error(self, message: str):  # noqa: D102 - argparse's hook
+    def error(self, message: str):
+        """argparse's hook for a usage error: the usage and one line, then exit status 2."""
         report(f"{self.prog}: error: {message}", before=self.format_usage())
         sys.exit(2)
 
