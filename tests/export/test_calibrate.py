@@ -168,3 +168,38 @@ def test_manifest_reports_predicted_latency_with_a_table(table, tmp_path):
     served = dataclasses.replace(compact_config(CFG, masks), bottom=[16, 8], top=[16, 1])  # 10 -> 16, 7 -> 16
     assert lat["compact_s"] == pytest.approx(config_prediction(table, served)["total"])
     assert any("predicted latency per batch of 32" in line for line in summary_lines(man, "exp"))
+
+
+@pytest.fixture
+def no_latency_table():
+    """The CLI's --latency-model sets a process-wide table: cleared after the test."""
+    from umec_torchrec.umec.latency import set_latency_table
+
+    yield
+    set_latency_table(None)
+
+
+def test_latency_budget_end_to_end_on_the_command_line(tmp_path, capsys, no_latency_table):
+    """Generated synthetic data: train, calibrate (quick, --model-like the run), compress under
+    latency=0.6 with --latency-model, export with it: metrics.json reports the predicted latency
+    within the budget, the manifest the predicted dense and exported program times; without
+    --latency-model a latency budget is a one-line error."""
+    dense, lat, c, e = (str(tmp_path / n) for n in ("dense", "LAT.json", "c", "e"))
+    # wide enough layers and a large enough batch that the GEMMs, not the per-call overhead, dominate
+    assert main(["train", "--data", "synthetic:rows=2000,seed=1,min_count=2", "--bottom", "256,16",
+                 "--top", "256,64,1", "--batch-size", "256", "--epochs", "1", "--out", dense, "--no-progress"]) == 0
+    assert main(["calibrate", "--out", lat, "--quick", "--batch", "2048", "--threads", "1", "--reps", "2",
+                 "--model-like", dense]) == 0
+    capsys.readouterr()
+    assert main(["compress", "--from", dense, "--budget", "latency=0.6", "--out", c, "--no-progress",
+                 "--score", "weight"]) == 2
+    assert "latency budget needs a latency model: pass --latency-model" in capsys.readouterr().err
+    assert main(["compress", "--from", dense, "--budget", "latency=0.6", "--latency-model", lat, "--out", c,
+                 "--no-progress", "--score", "weight"]) == 0
+    m = json.load(open(os.path.join(c, "metrics.json")))
+    assert m["budgets"]["latency"] == 0.6 and m["resources"]["latency"]["fraction"] <= 0.6 + 1e-6
+    assert 0 < m["resources"]["latency"]["value"] < m["resources"]["latency"]["dense"]
+    assert main(["export", "--from", c, "--out", e, "--latency-model", lat]) == 0
+    assert "predicted latency per batch of 2048" in capsys.readouterr().out
+    man = json.load(open(os.path.join(e, "manifest.json")))
+    assert man["latency"]["batch"] == 2048 and 0 < man["latency"]["compact_s"] < man["latency"]["dense_s"]
