@@ -65,6 +65,10 @@ def test_bench_refuses_what_the_latency_model_cannot_predict(table):
         run_inference_bench((32,), ["latency=0.5"], rounds=1, warmup=0, table_sizes=SIZES, latency_table=table)
     with pytest.raises(ValueError, match="latency budgets need a latency model"):
         run_inference_bench((512,), ["latency=0.5"], rounds=1, warmup=0, table_sizes=SIZES)
+    lines = []  # a budget no model reaches (below the smallest model's prediction) is skipped, said so
+    assert run_inference_bench((512,), ["latency=1e-6"], rounds=1, warmup=0, table_sizes=SIZES, latency_table=table,
+                               log=lines.append) == []
+    assert any("budget latency=1e-06: skipped, latency=1e-06: below the predicted latency" in s for s in lines)
     with pytest.raises(ValueError, match="only flops= and latency= budgets"):
         parse_bench_budgets(["lookup_bytes=0.5"])
     assert [str(b) for _, b in parse_bench_budgets([0.5, "0.3", "flops=0.2", "latency=abs:2ms"])] == [

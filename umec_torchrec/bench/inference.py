@@ -309,7 +309,11 @@ def run_inference_bench(
         if bud.resource == "latency":
             assert latency_table is not None
             b = bud.fraction(served_latency(latency_table, cfg))
-            masks, _ = latency_masks(cfg, latency_table, b, seed=seed, feature_share=feature_share)
+            try:
+                masks, _ = latency_masks(cfg, latency_table, b, seed=seed, feature_share=feature_share)
+            except ValueError as e:  # e.g. the per-call overhead alone is above the budget at a small batch
+                log(f"budget {label}: skipped, {e}")
+                continue
             ratio = dense_path_flops(compact_config(cfg, masks)) / full_flops
         else:
             b = bud.value
