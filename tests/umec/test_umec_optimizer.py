@@ -110,11 +110,12 @@ def test_every_budget_met_within_one_group():
     assert all(lengths[f] == 0 for f in masks.pruned_features) and all(lengths[f] == 8 for f in masks.kept_features)
 
 
-def _fresh(seed=0):
+def _fresh(seed=0, **cfg):
     data = random_data(n=384, features=5)
     model, _ = small_model("cat", data, seed=seed)
     opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
-    return data, model, UMECOptimizer(opt, model, ["flops=0.3"], UMECConfig(check_every=0), holdout=_valid(5))
+    return data, model, UMECOptimizer(opt, model, ["flops=0.3"], UMECConfig(check_every=0, **cfg),
+                                      holdout=_valid(5))
 
 
 def test_resume_from_mid_run_state_gives_identical_masks():
@@ -149,9 +150,9 @@ def test_state_from_other_budget_or_model_is_refused():
 
 
 def test_s_is_projected_not_pinned_and_never_prunes_a_whole_set():
-    """At its upper bound s moves back when the gradient says so (the authors pinned it);
-    ceil(s) never reaches the set size (the authors' one-step overshoot)."""
-    data, model, umec = _fresh()
+    """The paper's s step: at its upper bound s moves back when the gradient says so (the
+    authors pinned it); ceil(s) never reaches the set size (the authors' one-step overshoot)."""
+    data, model, umec = _fresh(s_step="gradient", score="weight")  # the paper's setting
     st = umec.umec_state_dict()
     st["s"] = umec.max_counts
     st["y"] = torch.full_like(umec.y, 5.0)  # penalty pushes s down; z = 0 gives no resource pressure
@@ -162,14 +163,39 @@ def test_s_is_projected_not_pinned_and_never_prunes_a_whole_set():
     assert bool((umec.s < umec.max_counts).all())
     umec.s = umec.max_counts + 3.0
     assert bool((umec.pruned_counts() <= umec.set_sizes - 1).all())
-    data, model, umec = _fresh()
+    data, model, umec = _fresh(s_step="gradient")
     umec.z.fill_(1e6)  # enormous resource pressure
     train(model, umec, data, epochs=1, batch_size=32)
     assert bool((umec.s <= umec.max_counts).all()) and bool((umec.pruned_counts() <= umec.set_sizes - 1).all())
 
 
-def test_z_ascends_on_resource_before_the_s_step_and_y_never_decreases():
+def test_conditional_s_step_moves_toward_a_budget_feasible_target():
+    """The default s step (generated data): every step ``s`` moves toward the greedy target by
+    at most ``s_lr n_l`` groups per set; the target meets the budget; ``z`` is unused (0) and
+    ``y`` never decreases; the search ends within one target step of the budget."""
     data, model, umec = _fresh()
+    assert umec.config.s_step == "conditional"
+    ys, cap = [], umec.config.s_lr * umec.set_sizes
+    for b in data.batches(32, shuffle=True):
+        s_before = umec.s.clone()
+        loss, _ = model(b)
+        loss.backward()
+        umec.step()
+        umec.zero_grad()
+        target = umec._target
+        assert bool(umec.allocator.within(umec.allocator.neighbours(target, umec.group_order())[0:1])[0])
+        moved = umec.s - s_before
+        assert bool((moved.abs() <= cap + 1e-6).all())
+        assert bool((moved * (target - s_before) >= -1e-9).all())  # never away from the target
+        assert float(umec.z.abs().sum()) == 0.0
+        ys.append(umec.y.clone())
+    assert all(bool((b >= a).all()) for a, b in zip(ys, ys[1:]))
+    assert float(umec.s.sum()) > 0
+
+
+def test_z_ascends_on_resource_before_the_s_step_and_y_never_decreases():
+    """The paper's s step (``s_step="gradient"``), generated data."""
+    data, model, umec = _fresh(s_step="gradient")
     ys = []
     for i, b in enumerate(data.batches(32, shuffle=True)):
         s_before, z_before = umec.s.clone(), umec.z.clone()

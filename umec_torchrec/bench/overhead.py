@@ -19,7 +19,7 @@ from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelKind
 from umec_torchrec.train.build import build_training
 from umec_torchrec.train.config import TrainConfig
 from umec_torchrec.umec.importance import ScoreKind
-from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
+from umec_torchrec.umec.optimizer import TARGET_CHUNK, SStep, UMECConfig, UMECOptimizer
 
 
 def _step(model, opt, batch, sync) -> float:
@@ -96,6 +96,13 @@ def run_overhead_bench(
         umec.refresh_holdout()
         sync()
         refresh_ms = 1000 * (time.perf_counter() - t)
+    target_ms = float("nan")
+    if umec.s_step is SStep.CONDITIONAL:  # the conditional step's periodic target, timed on its own
+        order = umec.group_order()
+        t = time.perf_counter()
+        umec.allocator.remove(torch.zeros_like(umec.s), order, rule="cost", chunk=TARGET_CHUNK)
+        sync()
+        target_ms = 1000 * (time.perf_counter() - t)
     paired = [u / p for u, p in zip(times["umec"], times["plain"])]  # neighbours in time
     return {
         "ratio_median": med["umec"] / med["plain"],
@@ -105,6 +112,8 @@ def run_overhead_bench(
         "holdout_refresh_ms": refresh_ms,
         "holdout_every": ucfg.holdout_every,
         "holdout_rows": sum(int(b.labels.numel()) for b in pool[:2]),
+        "target_ms": target_ms,
+        "target_every": ucfg.target_every,
         "plain_step_ms": 1000 * med["plain"],
         "umec_step_ms": 1000 * med["umec"],
         "steps_each": len(times["plain"]),
@@ -152,6 +161,10 @@ def cmd_overhead(args: argparse.Namespace) -> int:
             say(ctx, f"holdout re-scoring on {r['holdout_rows']} validation rows: {r['holdout_refresh_ms']:.0f} ms "
                      f"every {r['holdout_every']} UMEC steps = {100 * per:.1f}% of the plain steps between two "
                      "(in the ratio of totals, not in the medians)")
+        if r["target_ms"] == r["target_ms"]:  # not NaN: the conditional s step
+            per = r["target_ms"] / (r["target_every"] * r["plain_step_ms"])
+            say(ctx, f"conditional s-step target: {r['target_ms']:.0f} ms every {r['target_every']} UMEC steps = "
+                     f"{100 * per:.1f}% of the plain steps between two (in the ratio of totals, not in the medians)")
         if args.json:
             say(ctx, json.dumps(r))
     return 0

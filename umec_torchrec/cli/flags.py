@@ -43,7 +43,8 @@ DATA_FIELDS = ("test_fraction", "valid_fraction", "split_seed", "time_ordered", 
                "skip_bad_lines", "max_rows")
 #: UMECConfig fields set by :func:`add_umec_args`: {field: flag dest}
 UMEC_FIELDS = {"s_lr": "s_lr", "y_lr": "y_lr", "z_lr": "z_lr", "prox_lr": "prox_lr", "score": "score",
-               "warmup_steps": "umec_warmup_steps", "holdout_every": "holdout_every"}
+               "warmup_steps": "umec_warmup_steps", "holdout_every": "holdout_every", "s_step": "s_step",
+               "target_every": "target_every"}
 
 
 def field_default(cls: type, name: str) -> Any:
@@ -213,7 +214,8 @@ def as_flag(msg: str, fields: Dict[str, str]) -> str:
 # --- UMEC ----------------------------------------------------------------------------------
 def add_umec_args(p: argparse.ArgumentParser) -> None:
     """The primal-dual hyper-parameters of :class:`UMECConfig`: ``--s-lr``, ``--y-lr``,
-    ``--z-lr``, ``--prox-lr``, ``--score``, ``--umec-warmup-steps`` (one group for
+    ``--z-lr``, ``--prox-lr``, ``--score``, ``--holdout-every``, ``--s-step``, ``--target-every``,
+    ``--umec-warmup-steps`` (one group for
     ``umec compress`` and ``umec bench quality``)."""
     from umec_torchrec.umec.optimizer import UMECConfig
 
@@ -231,6 +233,14 @@ def add_umec_args(p: argparse.ArgumentParser) -> None:
                         "each removal on the validation split) (default %(default)s)")
     g.add_argument("--holdout-every", type=int, default=d.holdout_every,
                    help="UMEC steps between refreshes of the holdout scores (default %(default)s)")
+    from umec_torchrec.umec.optimizer import SStep
+
+    g.add_argument("--s-step", choices=[k.value for k in SStep], default=d.s_step,
+                   help="how the prune counts move: conditional (toward the greedy allocation of the budgets "
+                        "at the current scores) or gradient (the paper's straight-through step with budget "
+                        "duals) (default %(default)s)")
+    g.add_argument("--target-every", type=int, default=d.target_every,
+                   help="UMEC steps between recomputations of the conditional step's target (default %(default)s)")
     g.add_argument("--umec-warmup-steps", type=int, default=d.warmup_steps,
                    help="plain training steps before the UMEC step starts (default %(default)s)")
     add_latency_model_arg(g)

@@ -212,13 +212,15 @@ class ImportanceTracker:
             if not (self.enabled and module.training) or not args:
                 return
             x = args[0]
+            # the replacement mean of this step's Fisher is the running mean *before* this batch:
+            # it is the same on every rank (synced at each UMEC step), so 1 and N ranks agree
+            mean = st.mean
             with torch.no_grad():
                 xd = x.detach().float()
                 st.mean = _lerp(st.mean, xd.mean(dim=0), self.momentum)
                 if self.track_sq:
                     st.sq = _lerp(st.sq, xd.pow(2).mean(dim=0), self.momentum)
-            if self.track_fisher and x.requires_grad and torch.is_grad_enabled():
-                mean = st.mean
+            if self.track_fisher and mean is not None and x.requires_grad and torch.is_grad_enabled():
 
                 def on_grad(g: torch.Tensor) -> None:
                     with torch.no_grad():

@@ -15,12 +15,22 @@ its budget. After the wrapped optimizer's step (the SGD part of Algorithm 1), ea
 1. **prox**: the ``ceil(s_l)`` least-norm groups of each set are shrunk by the exact prox
    of their penalty, ``w <- w / (1 + 2 lr sum_g y_g)`` (sum over the selected groups that
    contain ``w``, see :mod:`~umec_torchrec.umec.groups` on overlaps);
-2. **s**: a straight-through step. The gradient of the penalty term is the cost of pruning
-   one more group, ``y_l`` times the next-smallest squared norm (the authors' ``LeastSsum``);
-   the resource term's is the exact change of ``R_b`` when one more group of set ``l`` is
-   pruned (a finite difference, exact at integer points);
+2. **s**, one of two rules (:class:`SStep`):
+
+   * ``conditional`` (default): a conditional-gradient (Frank-Wolfe) step. The linear
+     minimisation oracle over the budget-feasible counts is the greedy allocation
+     :math:`c^\star` that prunes, one group at a time, the group with the least score per
+     unit of budget violation it removes, evaluated at the current widths
+     (:meth:`~.allocation.BudgetAllocator.remove`, rule ``"cost"``, recomputed every
+     ``target_every`` UMEC steps); ``s`` moves toward it by at most ``s_lr n_l`` groups per
+     step, :math:`s \leftarrow \Pi\big(s + \mathrm{clip}(c^\star - s, \pm s_{lr} n)\big)`.
+     The budgets hold at :math:`c^\star` by construction, so ``z`` is not used (it stays 0);
+   * ``gradient`` (the paper's): a straight-through step. The gradient of the penalty term
+     is the cost of pruning one more group, ``y_l`` times the next-smallest squared norm
+     (the authors' ``LeastSsum``); the resource term's is the exact change of ``R_b`` when
+     one more group of set ``l`` is pruned (a finite difference, exact at integer points);
 3. **y**: ``y_l += y_lr * ||W_l||^2_{ceil(s_l), 2}`` on the new weights and counts;
-4. **z**: ``z_b += z_lr * (R_b(s^t) - B_b)``, projected on ``z >= 0``.
+4. **z** (``gradient`` only): ``z_b += z_lr * (R_b(s^t) - B_b)``, projected on ``z >= 0``.
 
 Deliberate choices where the authors' code departs from Algorithm 1 or is broken
 (each tested in ``tests/test_umec_optimizer.py``):
@@ -28,6 +38,11 @@ Deliberate choices where the authors' code departs from Algorithm 1 or is broken
 * **no pinning, no overshoot**: ``s`` is projected on ``[0, n_l - min_keep]`` after every
   step; a coordinate at its bound moves back when its gradient says so (the code pinned it
   for good), and ``ceil(s)`` can never prune a whole set (the code could for one step).
+* **allocation by conditional gradient** (default ``s_step``): with the paper's s step, every
+  set whose resource gradient saturates the clip moves at the same fraction per step, so in
+  runs of a few hundred steps the split of a tight budget between fields and layers follows
+  the clip, not the scores (``docs/design.md``, "Allocation"); the conditional step moves
+  toward the allocation the scores and the resource model imply.
 * **per-coordinate step**: ``s_l`` moves in units of its set's size (``s_l / n_l`` is the
   pruned fraction) with its gradient clipped to ``[-1, 1]`` per coordinate; the code clipped
   the infinity norm of the whole vector, coupling all layers to ~0.05 groups per step.
@@ -53,11 +68,13 @@ Deliberate choices where the authors' code departs from Algorithm 1 or is broken
   (:class:`~umec_torchrec.umec.masked_optimizer.FixedArchitecture`, as in ``MaskedOptimizer``).
 
 Everything stays on the parameters' device: no Python loop over groups, no host sync in
-a step (only every ``check_every`` steps, for the cross-rank consistency check).
+a step (only every ``check_every`` steps, for the cross-rank consistency check, and when a
+conditional target or the holdout scores are refreshed).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -78,7 +95,19 @@ from umec_torchrec.umec.masked_optimizer import FixedArchitecture
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.resources import Resource
 
-__all__ = ["UMECConfig", "UMECOptimizer", "UMECStateMismatch"]
+__all__ = ["SStep", "UMECConfig", "UMECOptimizer", "UMECStateMismatch"]
+
+
+#: the conditional target's granularity: groups move in chunks of 1 % of their set (the s step
+#: moves at most ``s_lr`` = 1 % per step, a finer target would not change a step)
+TARGET_CHUNK = 0.01
+
+
+class SStep(str, enum.Enum):
+    """How the prune counts ``s`` move each UMEC step (module docstring, step 2)."""
+
+    CONDITIONAL = "conditional"  # toward the greedy budget-feasible allocation (Frank-Wolfe)
+    GRADIENT = "gradient"  # the paper's straight-through step with the budget duals z
 
 
 @dataclass
@@ -101,8 +130,8 @@ class UMECConfig:
         warmup_steps: wrapped-optimizer steps before the UMEC step starts.
         check_every: steps between cross-rank consistency checks (0 disables).
         score: how groups are ranked, a :class:`~.importance.ScoreKind` value (default
-            ``"holdout"``, chosen on the validation splits of the quality suite, see the
-            README): ``"weight"``
+            ``"fisher"``, chosen with the conditional ``s_step`` on validation splits, see
+            ``docs/design.md``): ``"weight"``
             (the paper's squared norm), ``"activation"`` (feature columns weighted by
             ``E[x^2]`` of their input), ``"centered"`` (weighted by ``Var[x]``), ``"fisher"``
             (group Fisher of mean replacement on training batches) or ``"holdout"`` (the
@@ -111,6 +140,9 @@ class UMECConfig:
             With ``centered``, ``fisher`` and ``holdout`` a pruned group is replaced by its
             mean, folded into the consumer's bias.
         holdout_every: UMEC steps between refreshes of the ``holdout`` scores.
+        s_step: how ``s`` moves, a :class:`SStep` value: ``"conditional"`` (default, chosen on
+            the validation splits, see ``docs/design.md``) or ``"gradient"`` (the paper's).
+        target_every: UMEC steps between recomputations of the conditional step's target.
     """
 
     s_lr: float = 1e-2
@@ -119,8 +151,10 @@ class UMECConfig:
     prox_lr: Optional[float] = 0.1
     warmup_steps: int = 0
     check_every: int = 100
-    score: str = "holdout"
+    score: str = "fisher"
     holdout_every: int = 25
+    s_step: str = "conditional"
+    target_every: int = 25
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field on a non-finite or out-of-range value:
@@ -137,8 +171,11 @@ class UMECConfig:
         for name in ("warmup_steps", "check_every"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.holdout_every < 1:
-            raise ValueError(f"holdout_every must be >= 1, got {self.holdout_every}")
+        for name in ("holdout_every", "target_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.s_step not in {k.value for k in SStep}:
+            raise ValueError(f"s_step must be one of {[k.value for k in SStep]}, got {self.s_step!r}")
 
 
 class UMECStateMismatch(RuntimeError):
@@ -237,8 +274,8 @@ class UMECOptimizer(OptimizerWrapper):
         except ValueError:
             known = [k.value for k in ScoreKind]
             raise ValueError(f"score must be one of {known}, got {self.config.score!r}") from None
-        if self.config.holdout_every < 1:
-            raise ValueError(f"holdout_every must be >= 1, got {self.config.holdout_every}")
+        self.s_step = SStep(self.config.s_step)
+        self._target: Optional[torch.Tensor] = None  # the conditional step's target counts
         kind = self.score_kind
         self.stats: Optional[ActivationStats] = (
             ActivationStats(self.spec.watch, centered=kind is ScoreKind.CENTERED)
@@ -337,9 +374,9 @@ class UMECOptimizer(OptimizerWrapper):
     def refresh_holdout(self) -> None:
         """Recompute the ``holdout`` scores (summed over ranks' shares, identical on every rank)."""
         if self._holdout is None:
-            raise ValueError("score='holdout' (the default) needs validation batches: pass "
+            raise ValueError("score='holdout' needs validation batches: pass "
                              "UMECOptimizer(..., holdout=lambda: valid_batches) or call attach_holdout(...), "
-                             "or choose a training-batch score (UMECConfig(score='fisher'))")
+                             "or choose a training-batch score (UMECConfig(score='fisher'), the default)")
         batches, forward = self._holdout
         stats = self.importance.synced() if self.importance is not None else []
         gates = [gs.gate for gs in self.spec.sets]
@@ -428,23 +465,30 @@ class UMECOptimizer(OptimizerWrapper):
                 pen = v if pen is None else pen + v
             p.div_(1.0 + 2.0 * lr * pen)
 
-        # 2. s: straight-through step on the post-prox weights
+        # 2. s, on the post-prox scores
         order = SetOrder.of([sc * inv[i] for i, sc in enumerate(self._scores())])
-        evals = self._alloc.neighbours(c, order)  # R(s^t) and its one-more-group neighbours
-        d_res = evals[1:] - evals[0:1]  # [S, nb], <= 0
-        nxt = order.score_at(c, 0)  # the next group's score
-        grad = self.y * nxt + d_res @ self.z
-        frac = self.s / self._n - cfg.s_lr * torch.clamp(grad * self._n, -1.0, 1.0)
-        self.s = torch.minimum((frac * self._n).clamp(min=0.0), self._s_max)
+        if self.s_step is SStep.CONDITIONAL:
+            if self._target is None or self.umec_step_count % cfg.target_every == 0:
+                self._target = self._alloc.remove(torch.zeros_like(self.s), order, rule="cost",
+                                                  chunk=TARGET_CHUNK)
+            cap = cfg.s_lr * self._n
+            self.s = torch.minimum((self.s + torch.clamp(self._target - self.s, -cap, cap)).clamp(min=0.0),
+                                   self._s_max)
+        else:
+            evals = self._alloc.neighbours(c, order)  # R(s^t) and its one-more-group neighbours
+            d_res = evals[1:] - evals[0:1]  # [S, nb], <= 0
+            nxt = order.score_at(c, 0)  # the next group's score
+            grad = self.y * nxt + d_res @ self.z
+            frac = self.s / self._n - cfg.s_lr * torch.clamp(grad * self._n, -1.0, 1.0)
+            self.s = torch.minimum((frac * self._n).clamp(min=0.0), self._s_max)
+            # 4. z ascent on R(s^t) - B
+            self.z = (self.z + cfg.z_lr * (evals[0] - self._B)).clamp(min=0.0)
 
         # 3. y ascent on the least-s norms at the new s
         c_new = self._ceil_s(self.s)
         prefix = torch.cat([order.sorted.new_zeros(len(c_new), 1), torch.cumsum(order.sorted, 1)], dim=1)
         least = prefix.gather(1, c_new.long()[:, None])[:, 0]  # ||W_l||^2_{ceil(s_l), 2} / T_l
         self.y = (self.y + cfg.y_lr * least).clamp(min=0.0)
-
-        # 4. z ascent on R(s^t) - B
-        self.z = (self.z + cfg.z_lr * (evals[0] - self._B)).clamp(min=0.0)
         # one host sync per step: a non-finite score or dual reaches s, y or z within this step
         # (NaN propagates through the s step, the y ascent and the clamps), before s becomes an index
         if not bool(torch.isfinite(torch.cat([self.s, self.y, self.z])).all()):
@@ -583,6 +627,7 @@ class UMECOptimizer(OptimizerWrapper):
             "moments": {} if self.stats is None else self.stats.state_dict(),
             "importance": None if self.importance is None else self.importance.state_dict(),
             "holdout": None if self._holdout_scores is None else [sc.detach().cpu() for sc in self._holdout_scores],
+            "target": None if self._target is None else self._target.detach().cpu().clone(),
             "masks": None if self.masks is None else self.masks.to_dict(),
             "config": asdict(self.config),
         }
@@ -609,6 +654,8 @@ class UMECOptimizer(OptimizerWrapper):
             self.importance.load_state_dict(state["importance"], self.device)
         if state.get("holdout") is not None:
             self._holdout_scores = [torch.as_tensor(sc).to(self.device) for sc in state["holdout"]]
+        target = state.get("target")
+        self._target = None if target is None else torch.as_tensor(target).to(self.s)
         if state.get("masks"):
             self.set_masks(PruningMasks.from_dict(dict(state["masks"])), zero_tables=False)
 
