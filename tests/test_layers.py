@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "umec_torchrec"
-LOW = ("io", "log", "distributed", "classification", "runs", "errors")
+LOW = ("io", "log", "distributed", "classification", "runs", "errors", "history", "history_plot")
 LAYER = {**{m: 0 for m in LOW}, **{m: 1 for m in ("umec", "data", "models", "export", "baselines")},
          "train": 2, "stages": 3, "cli": 4, "bench": 4}
 # runs.Run's accessors turn recorded sections back into their dataclasses, importing them inside the method

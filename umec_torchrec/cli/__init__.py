@@ -9,18 +9,23 @@ path here. Shared flag groups, whose defaults are read from the library's datacl
 in :mod:`umec_torchrec.cli.flags`.
 
 Works the same as ``umec ...``, ``python -m umec_torchrec ...``, ``python -m umec_torchrec.cli ...``
-and under ``torchrun --nproc_per_node N -m umec_torchrec.cli ...``.
+and under ``torchrun --nproc_per_node N -m umec_torchrec.cli ...``. ``umec --version`` prints the
+version; ``--debug`` (before or after the command, or ``UMEC_DEBUG=1``) prints the traceback of an
+error above its one line, and the library's DEBUG messages.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from typing import List, Optional
 
+from umec_torchrec import __version__
 from umec_torchrec.cli.errors import PROG, UserError, report, user_error_types
-from umec_torchrec.log import quiet_libraries
+from umec_torchrec.log import console, quiet_libraries
 
 __all__ = ["COMMAND_MODULES", "PROG", "UserError", "build_parser", "main", "EXIT_NO_SPACE"]
 
@@ -33,7 +38,11 @@ COMMAND_MODULES: List[str] = [
     "umec_torchrec.cli.bench",  # bench (subcommands: see umec_torchrec.bench.BENCH_MODULES)
     "umec_torchrec.cli.export",  # export
     "umec_torchrec.cli.calibrate",  # calibrate
+    "umec_torchrec.cli.plot",  # plot
 ]
+
+#: environment variable that turns on ``--debug`` (e.g. set by the TorchX components' ``--debug``)
+DEBUG_ENV = "UMEC_DEBUG"
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,11 +63,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="UMEC compression for TorchRec DLRM models: train, evaluate, compress, finetune, export, "
                     "demo, bench.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for path in COMMAND_MODULES:
         importlib.import_module(path).add_parser(sub)
+    for p in _subcommands(parser):
+        _add_debug(p, argparse.SUPPRESS)  # absent: the root parser's value stands
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> List[argparse.ArgumentParser]:
+    """Every (nested) subparser of ``parser``."""
+    out: List[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                out += [p, *_subcommands(p)]
+    return out
+
+
+def _add_debug(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help=f"print the traceback of an error and DEBUG messages (also {DEBUG_ENV}=1)")
+
+
+def _debug_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _build_parser_deferring_sigint() -> Optional[argparse.ArgumentParser]:
@@ -84,18 +116,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``umec`` console script; returns the exit status (2 for a user
     error, 130 for Ctrl-C, :data:`EXIT_NO_SPACE` for a full disk, each printed as one line;
     under torchrun by the first failing worker only, see :func:`~umec_torchrec.cli.errors.report`)."""
+    debug = _debug_env()
     try:
         parser = _build_parser_deferring_sigint()
         if parser is None:
             report(f"{PROG}: interrupted")
             return 130
         args = parser.parse_args(argv)
-        quiet_libraries()
+        debug = debug or bool(getattr(args, "debug", False))
+        console(PROG, debug=debug)
+        if not debug:
+            quiet_libraries()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:  # first: the next clause imports the data package
         report(f"{PROG}: interrupted")
         return 130
     except user_error_types() as e:
+        if debug:  # an internal error can look like a user's: show where it came from
+            traceback.print_exc(file=sys.stderr)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         report(f"{PROG}: error: {msg}")
         return 2

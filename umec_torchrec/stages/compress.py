@@ -16,10 +16,12 @@ import time
 from typing import Any, Dict, Literal, Optional, Sequence, get_args
 
 import torch
+import torch.distributed as dist
 
 from umec_torchrec.distributed import DistContext
+from umec_torchrec.history import HISTORY_FILE, append_record, truncate_history
 from umec_torchrec.io import from_blob, to_blob
-from umec_torchrec.log import say
+from umec_torchrec.log import say, warn
 from umec_torchrec.runs import MASKED_STAGES, Run, check_out_dir
 from umec_torchrec.stages.lifecycle import (
     MASKS_FILE,
@@ -45,7 +47,12 @@ from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
 
 __all__ = [
     "attach_validation", "compress_run", "finetune_run", "compression_report", "format_report", "load_masks",
-    "MASKS_FILE"]
+    "history_record", "repair_warning", "MASKS_FILE"]
+
+#: ``finalize()`` repairing more groups than this (and than :data:`REPAIR_WARN_FRACTION` of
+#: all groups) means the search ended away from its budget: the compress stage warns
+REPAIR_WARN_GROUPS = 3
+REPAIR_WARN_FRACTION = 0.01
 
 
 def compression_report(spec: GroupSpec, masks: PruningMasks) -> Dict[str, Any]:
@@ -66,6 +73,32 @@ def format_report(rep: Dict[str, Any]) -> str:
     parts = [f"{k}: {v['value']:.4g} of {v['dense']:.4g} ({100 * v['fraction']:.1f}% of dense)" for k, v in res.items()]
     return (f"{'; '.join(parts)}\nkept {len(rep['kept_features'])} features: {', '.join(rep['kept_features'])}\n"
             f"kept units: {rep['kept_units']}")
+
+
+def history_record(umec: UMECOptimizer, step: int, loss: float) -> Dict[str, Any]:
+    """One line of ``RUN/history.jsonl``: the step, the loss, each budgeted resource against
+    its budget at the current hard decision, ``s`` per group set and ``z`` per budget."""
+    rep = umec.budget_report()
+    return {"step": int(step), "loss": float(loss), "resources": rep,
+            "s": dict(zip((gs.name for gs in umec.spec.sets), umec.s.tolist())),
+            "z": dict(zip((b.resource for b in umec.budgets), umec.z.tolist()))}
+
+
+def repair_warning(umec: UMECOptimizer) -> Optional[str]:
+    """The warning after :meth:`UMECOptimizer.finalize` when its budget repair pruned more
+    than a few groups beyond the search's ``s`` (the search ended away from its budget), with
+    what to change; ``None`` otherwise."""
+    total = sum(gs.size for gs in umec.spec.sets)
+    n = int(umec.repair_groups)
+    if n <= max(REPAIR_WARN_GROUPS, REPAIR_WARN_FRACTION * total):
+        return None
+    if umec.config.s_step == "gradient":
+        how = "a larger --s-lr or --z-lr"
+    else:
+        how = f"a larger --s-lr (now {umec.config.s_lr:g}) or a smaller --target-every (now {umec.config.target_every})"
+    return (f"finalize pruned {n} more groups ({100 * n / max(total, 1):.1f}% of {total}) than the search had, to meet "
+            f"the budgets: the search ended away from its budget and the extra groups were chosen by score alone; "
+            f"search longer (more --steps or --epochs) or let s move faster ({how})")
 
 
 #: where ``finetune`` starts: the dense weights with the masks, or the UMEC search's weights
@@ -179,11 +212,22 @@ def _compress(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bund
     total = num_train_steps(bundle.train, tcfg.batch_size, ctx.world_size, tcfg.epochs, tcfg.steps)
     every = max(1, min(log_every, total // 5)) if log_every else 0
 
+    history = run.file(HISTORY_FILE)
+    if ctx.rank == 0 and run.resumed:  # the steps after the checkpoint are trained (and logged) again
+        truncate_history(history, resumed.step if resumed is not None else 0)
+    window = [0.0, 0]  # this rank's losses since the last log step
+
     def on_step(step: int, loss: float) -> None:
+        window[0] += loss
+        window[1] += 1
         if every and ((step + 1) % every == 0 or step + 1 == total):
-            rep = umec.budget_report()
+            rec = history_record(umec, step + 1, _mean_over_ranks(window[0] / window[1], ctx))
+            window[0], window[1] = 0.0, 0
+            res = rec["resources"]
             say(ctx, f"  step {step + 1}: " + ", ".join(
-                f"{k} {100 * v['fraction']:.1f}% (budget {100 * v['budget']:.1f}%)" for k, v in rep.items()))
+                f"{k} {100 * v['fraction']:.1f}% (budget {100 * v['budget']:.1f}%)" for k, v in res.items()))
+            if ctx.rank == 0:
+                append_record(history, rec)
 
     stats = fit(dmp, umec, bundle.train, tcfg, ctx, progress=progress,
                 batch_transform=lambda b: umec.feature_mask(b), on_step=on_step,
@@ -193,6 +237,9 @@ def _compress(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bund
     rep = compression_report(spec, masks)
     say(ctx, f"hard-pruned (budget repair: {umec.repair_groups} extra groups pruned, "
              f"{umec.restored_groups} given back)\n{format_report(rep)}")
+    advice = repair_warning(umec)
+    if advice:
+        warn(ctx, advice)
     test = evaluate(dmp, bundle.test, tcfg.eval_batch_size, ctx, batch_transform=umec.feature_mask)
     save_checkpoint(run.checkpoint_dir, dmp, optimizer, extra={"umec": {"blob": to_blob(umec.umec_state_dict())}})
     metrics = {
@@ -205,6 +252,15 @@ def _compress(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bund
         "wall_seconds": time.perf_counter() - t0,
     }
     return finish_stage(run, ctx, metrics, masks)
+
+
+def _mean_over_ranks(x: float, ctx: DistContext) -> float:
+    """The mean of ``x`` over the ranks (one all-reduce; ``x`` on one process)."""
+    if ctx.world_size == 1 or not dist.is_initialized():
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return float(t.item()) / ctx.world_size
 
 
 def load_masks(run: Run) -> PruningMasks:
