@@ -2,7 +2,9 @@
 
 ``config.json`` = ``{"model": ModelConfig dict, "data": {"spec", "options", "table_sizes",
 "feature_names", "info"}, "train": TrainConfig dict, "versions": {...}}``. Other stages
-(compress, finetune, export) add their own keys and files.
+(compress, finetune, export) add their own keys and files. ``vocabulary.npz``: the data's
+vocabulary (raw value -> table row, :class:`~umec_torchrec.data.vocab.Vocabulary`), written
+by every stage whose data has one, so the run (and its export) maps raw ids without the data.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint"
 MASKS = "masks.json"
+VOCABULARY = "vocabulary.npz"
 #: the stages whose run holds masks.json (written before metrics.json, the last file of a run)
 MASKED_STAGES = ("compress", "finetune")
 
@@ -362,6 +365,21 @@ class Run:
         self.config["versions"] = versions()
         write_json(self.file(CONFIG), self.config)
 
+    def write_vocabulary(self, vocabulary: Any) -> None:
+        """Write the data's vocabulary (a :class:`~umec_torchrec.data.vocab.Vocabulary`) into
+        ``vocabulary.npz``, atomically."""
+        vocabulary.save(self.file(VOCABULARY))
+
+    def vocabulary(self):
+        """The recorded :class:`~umec_torchrec.data.vocab.Vocabulary`, or ``None`` when the run has
+        none (in-memory data, or a run made before vocabularies were recorded)."""
+        p = self.file(VOCABULARY)
+        if not os.path.isfile(p):
+            return None
+        from umec_torchrec.data import Vocabulary
+
+        return Vocabulary.load(p)
+
     def read_metrics(self) -> Dict[str, Any]:
         p = self.file(METRICS)
         return read_json(p) if os.path.isfile(p) else {}
@@ -499,4 +517,4 @@ def check_fingerprint(record: Dict[str, Any], where: str) -> Optional[str]:
 
 __all__ = ["Run", "check_out_dir", "versions", "data_record", "check_data_matches", "check_fingerprint", "entries",
            "acquire_lock", "release_lock", "lock_holder", "lock_path", "pid_alive", "stale_pid_name",
-           "remove_own_temp_files", "CONFIG", "METRICS", "CHECKPOINT", "MASKS", "MASKED_STAGES"]
+           "remove_own_temp_files", "CONFIG", "METRICS", "CHECKPOINT", "MASKS", "MASKED_STAGES", "VOCABULARY"]

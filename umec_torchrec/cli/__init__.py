@@ -38,6 +38,7 @@ COMMAND_MODULES: List[str] = [
     "umec_torchrec.cli.bench",  # bench (subcommands: see umec_torchrec.bench.BENCH_MODULES)
     "umec_torchrec.cli.export",  # export
     "umec_torchrec.cli.calibrate",  # calibrate
+    "umec_torchrec.cli.prepare",  # prepare
     "umec_torchrec.cli.plot",  # plot
 ]
 

@@ -11,13 +11,13 @@ only a line that fails is split again to name the bad field. Column conversion i
 from __future__ import annotations
 
 import re
-from typing import List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 from torchrec.datasets.criteo import CAT_FEATURE_COUNT, INT_FEATURE_COUNT
 
 from umec_torchrec.data.errors import DataError, shown
-from umec_torchrec.data.raw import MISSING, RawTable
+from umec_torchrec.data.raw import CHUNK_ROWS, MISSING, RawTable, concat_tables
 from umec_torchrec.data.textio import BadLines, iter_lines
 
 DENSE_NAMES: List[str] = [f"I{i + 1}" for i in range(INT_FEATURE_COUNT)]
@@ -74,6 +74,47 @@ def int_column(col) -> np.ndarray:
     return out
 
 
+def _table(path: str, rows: List[tuple]) -> RawTable:
+    """The :class:`RawTable` of matched lines (``m.groups("")`` tuples; none: 0 rows)."""
+    if not rows:
+        return RawTable(np.zeros((0, INT_FEATURE_COUNT)), np.zeros((0, CAT_FEATURE_COUNT), dtype=np.int64),
+                        np.zeros(0, dtype=np.int64), list(DENSE_NAMES), list(CAT_NAMES), {"path": str(path)})
+    cols = list(zip(*rows))
+    labels = np.asarray(cols[0], dtype=str).astype(np.int64)
+    dense = np.stack([int_column(cols[1 + i]) for i in range(INT_FEATURE_COUNT)], axis=1)
+    cats = np.stack([hex_column(cols[1 + INT_FEATURE_COUNT + j]) for j in range(CAT_FEATURE_COUNT)], axis=1)
+    return RawTable(dense, cats, labels, list(DENSE_NAMES), list(CAT_NAMES), {"path": str(path)})
+
+
+def iter_criteo_tsv(path: str, skip_bad_lines: bool = False, max_rows: Optional[int] = None,
+                    chunk_rows: int = CHUNK_ROWS, info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
+    """:func:`read_criteo_tsv` in chunks of at most ``chunk_rows`` rows (bounded memory): the
+    same rows, in file order, and the same errors at the same lines. When the file is read
+    to its end, ``info`` (if given) receives what :func:`read_criteo_tsv` puts in its table's
+    ``info`` (format, path, bad-line count and examples)."""
+    bad = BadLines(skip_bad_lines)
+    rows: List[tuple] = []
+    total = 0
+    match = _LINE.fullmatch
+    for lineno, line in iter_lines(path):
+        m = match(line)
+        if m is None:
+            bad(diagnose_line(path, lineno, line))
+            continue
+        rows.append(m.groups(""))
+        total += 1
+        if max_rows is not None and total >= max_rows:
+            break
+        if len(rows) >= chunk_rows:
+            yield _table(path, rows)
+            rows = []
+    bad.check_rows(path, total)
+    if rows:
+        yield _table(path, rows)
+    if info is not None:
+        info.update({"format": "criteo-tsv", "path": str(path), **bad.info()})
+
+
 def read_criteo_tsv(path: str, skip_bad_lines: bool = False, max_rows: Optional[int] = None) -> RawTable:
     """Read a Criteo TSV (``.gz`` or plain) into a :class:`RawTable`.
 
@@ -82,22 +123,5 @@ def read_criteo_tsv(path: str, skip_bad_lines: bool = False, max_rows: Optional[
             0/1, a non-integer count, a non-hex categorical (unless ``skip_bad_lines``),
             and for a missing, empty or truncated file.
     """
-    bad = BadLines(skip_bad_lines)
-    rows: List[tuple] = []
-    match = _LINE.fullmatch
-    for lineno, line in iter_lines(path):
-        m = match(line)
-        if m is None:
-            bad(diagnose_line(path, lineno, line))
-            continue
-        rows.append(m.groups(""))
-        if max_rows is not None and len(rows) >= max_rows:
-            break
-    bad.check_rows(path, len(rows))
-    cols = list(zip(*rows))
-    del rows
-    labels = np.asarray(cols[0], dtype=str).astype(np.int64)
-    dense = np.stack([int_column(cols[1 + i]) for i in range(INT_FEATURE_COUNT)], axis=1)
-    cats = np.stack([hex_column(cols[1 + INT_FEATURE_COUNT + j]) for j in range(CAT_FEATURE_COUNT)], axis=1)
-    info = {"format": "criteo-tsv", "path": str(path), **bad.info()}
-    return RawTable(dense, cats, labels, list(DENSE_NAMES), list(CAT_NAMES), info)
+    info: Dict[str, Any] = {}
+    return concat_tables(list(iter_criteo_tsv(path, skip_bad_lines, max_rows, info=info)), info)

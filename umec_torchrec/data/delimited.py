@@ -10,12 +10,12 @@ rows are split by Python's C ``csv`` reader, columns are converted with numpy.
 from __future__ import annotations
 
 import csv
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from umec_torchrec.data.errors import DataError, shown
-from umec_torchrec.data.raw import MISSING, RawTable
+from umec_torchrec.data.raw import CHUNK_ROWS, MISSING, RawTable, concat_tables
 from umec_torchrec.data.textio import BadLines, iter_lines
 from umec_torchrec.data.vocab import hash_strings
 
@@ -82,18 +82,54 @@ def _records(path: str, lines: Iterator[Tuple[int, str]], delimiter: str) -> Ite
         yield start, last, row
 
 
-def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), categorical: Sequence[str] = (),
-                   delimiter: str = ",", header: bool = True, skip_bad_lines: bool = False,
-                   max_rows: Optional[int] = None) -> RawTable:
-    """Read a delimited file with the given schema into a :class:`RawTable`.
+def _convert(path: str, rows: List[List[str]], linenos: List[int], errors: dict, bad: BadLines, sel: List[int],
+             n_dense: int, label_name: str, names_d: List[str], names_c: List[str]) -> RawTable:
+    """The :class:`RawTable` of the kept ``rows`` (a label other than 0/1 or a non-numeric
+    dense value adds to ``errors``); then every error of ``errors`` goes to ``bad`` in line
+    order and ``errors`` is emptied."""
+    cols = [np.asarray([r[i].strip() for r in rows], dtype=str) for i in sel]
+    keep = np.ones(len(rows), dtype=bool)
+    lab_ok = (cols[0] == "0") | (cols[0] == "1")  # label: exactly 0/1
+    for r in np.flatnonzero(~lab_ok):
+        keep[r] = False
+        errors.setdefault(linenos[r], DataError(path, linenos[r], label_name,
+                                                f"{shown(str(cols[0][r]))} is not a 0/1 label"))
+    dense_vals = []
+    for name, col in zip(names_d, cols[1:1 + n_dense]):  # dense: floats, NA -> NaN
+        filled = np.where(np.isin(np.char.lower(col), list(_NA)), "nan", col) if col.size else col
+        try:
+            v = filled.astype(np.float64)
+        except ValueError:
+            v = np.full(len(col), np.nan)
+            for r, s in enumerate(filled):
+                try:
+                    v[r] = float(s)
+                except ValueError:
+                    keep[r] = False
+                    errors.setdefault(linenos[r], DataError(path, linenos[r], name, f"{shown(str(s))} is not a number"))
+        dense_vals.append(v)
+    for n in sorted(errors):
+        bad(errors[n])
+    errors.clear()
+    cat_vals = []
+    for col in cols[1 + n_dense:]:
+        ids = hash_strings(col)
+        ids[col == ""] = MISSING
+        cat_vals.append(ids)
+    n = len(rows)
+    dense_arr = np.stack(dense_vals, axis=1) if dense_vals else np.zeros((n, 1))
+    return RawTable(dense_arr[keep], np.stack(cat_vals, axis=1).reshape(n, len(names_c))[keep],
+                    (cols[0][keep] == "1").astype(np.int64), names_d if names_d else ["none"], list(names_c), {})
 
-    Raises:
-        DataError: naming file, line and field: wrong field count, a label other than 0/1,
-            a non-numeric dense value, a schema column absent from the header or named
-            twice in it, no categorical column, a missing or empty file, a quote never
-            closed (at the line where it opened, also with ``skip_bad_lines``). A record
-            whose quoted field spans lines is reported at its first line.
-    """
+
+def iter_delimited(path: str, label: str = "label", dense: Sequence[str] = (), categorical: Sequence[str] = (),
+                   delimiter: str = ",", header: bool = True, skip_bad_lines: bool = False,
+                   max_rows: Optional[int] = None, chunk_rows: int = CHUNK_ROWS,
+                   info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
+    """:func:`read_delimited` in chunks of at most ``chunk_rows`` records (bounded memory): the
+    same rows, in file order, and the same errors at the same lines (a chunk's bad lines are
+    raised or counted in line order before it is yielded). When the file is read to its end,
+    ``info`` (if given) receives the ``info`` of :func:`read_delimited`."""
     if not categorical:
         raise DataError(path, None, "categorical", "the csv schema needs at least one categorical column")
     records = _records(path, iter_lines(path), delimiter)
@@ -116,76 +152,79 @@ def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
     need = max([li] + di + ci) + 1
     names_d = [c if header else f"col{c}" for c in dense] or []
     names_c = [c if header else f"col{c}" for c in categorical]
+    sel = [li] + di + ci
+    label_name = label if header else f"col{label}"
+
+    def convert(rows: List[List[str]], linenos: List[int]) -> RawTable:
+        return _convert(path, rows, linenos, errors, bad, sel, len(di), label_name, names_d, names_c)
 
     bad = BadLines(skip_bad_lines)
-    errors = {}  # line -> first DataError of that line; raised/counted in line order
+    errors: dict = {}  # line -> first DataError of that line; raised/counted in line order
     fatal: Optional[DataError] = None  # an unterminated quote: raised after the bad lines before it
     rows: List[List[str]] = []
     linenos: List[int] = []  # the first line of each record
+    total = kept = 0
+    seen_error = False
     try:
         for n, end, row in records:
             if isinstance(row, DataError):
                 errors[n] = row
+                seen_error = True
                 continue
             span = f" (a quoted field runs from line {n} to line {end})" if end > n else ""
             if width is not None and len(row) != width:
                 errors[n] = DataError(path, n, head[len(row)] if len(row) < width else f"#{width + 1}",
                                       f"expected {width} fields (delimiter {delimiter!r}), got {len(row)}{span}")
+                seen_error = True
                 continue
             if len(row) < need:
                 errors[n] = DataError(path, n, f"#{len(row) + 1}",
                                       f"expected at least {need} fields (delimiter {delimiter!r}), got {len(row)}"
                                       f"{span}")
+                seen_error = True
                 continue
             rows.append(row)
             linenos.append(n)
-            if max_rows is not None and len(rows) >= max_rows:
+            total += 1
+            if max_rows is not None and total >= max_rows:
                 break
+            if len(rows) >= chunk_rows:
+                t = convert(rows, linenos)
+                rows, linenos = [], []
+                kept += len(t)
+                if len(t):
+                    yield t
     except _Unterminated as u:
         start, end, k = u.args
         name = head[k - 1] if head is not None and k <= len(head) else f"#{k}"
         fatal = DataError(path, start, name, f"unterminated quote: the quoted field opened on line {start} is never "
                                              f"closed (the file ends at line {end})")
-    if not rows and not errors and head is None and fatal is None:
+    if not total and not seen_error and head is None and fatal is None:
         raise DataError(path, 1, None, "empty file: no rows")
-
-    sel = [li] + di + ci
-    cols = [np.asarray([r[i].strip() for r in rows], dtype=str) for i in sel]
-    keep = np.ones(len(rows), dtype=bool)
-    lab_ok = (cols[0] == "0") | (cols[0] == "1")  # label: exactly 0/1
-    for r in np.flatnonzero(~lab_ok):
-        keep[r] = False
-        errors.setdefault(linenos[r], DataError(path, linenos[r], label if header else f"col{label}",
-                                                f"{shown(str(cols[0][r]))} is not a 0/1 label"))
-    dense_vals = []
-    for name, col in zip(names_d, cols[1:1 + len(di)]):  # dense: floats, NA -> NaN
-        filled = np.where(np.isin(np.char.lower(col), list(_NA)), "nan", col) if col.size else col
-        try:
-            v = filled.astype(np.float64)
-        except ValueError:
-            v = np.full(len(col), np.nan)
-            for r, s in enumerate(filled):
-                try:
-                    v[r] = float(s)
-                except ValueError:
-                    keep[r] = False
-                    errors.setdefault(linenos[r], DataError(path, linenos[r], name, f"{shown(str(s))} is not a number"))
-        dense_vals.append(v)
-    for n in sorted(errors):
-        bad(errors[n])
+    t = convert(rows, linenos)
     if fatal is not None:  # the rest of the file is inside the quote: not a line to skip
         raise fatal
-    bad.check_rows(path, int(keep.sum()))
-    cat_vals = []
-    for col in cols[1 + len(di):]:
-        ids = hash_strings(col)
-        ids[col == ""] = MISSING
-        cat_vals.append(ids)
-    n = len(rows)
-    dense_arr = np.stack(dense_vals, axis=1) if dense_vals else np.zeros((n, 1))
-    info = {"format": "csv", "path": str(path), "schema": {"label": label, "dense": list(dense),
-            "categorical": list(categorical), "delimiter": delimiter, "header": bool(header)}, **bad.info()}
-    return RawTable(
-        dense_arr[keep], np.stack(cat_vals, axis=1)[keep], (cols[0][keep] == "1").astype(np.int64),
-        names_d if names_d else ["none"], names_c, info,
-    )
+    bad.check_rows(path, kept + len(t))
+    if len(t):
+        yield t
+    if info is not None:
+        info.update({"format": "csv", "path": str(path), "schema": {
+            "label": label, "dense": list(dense), "categorical": list(categorical), "delimiter": delimiter,
+            "header": bool(header)}, **bad.info()})
+
+
+def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), categorical: Sequence[str] = (),
+                   delimiter: str = ",", header: bool = True, skip_bad_lines: bool = False,
+                   max_rows: Optional[int] = None) -> RawTable:
+    """Read a delimited file with the given schema into a :class:`RawTable`.
+
+    Raises:
+        DataError: naming file, line and field: wrong field count, a label other than 0/1,
+            a non-numeric dense value, a schema column absent from the header or named
+            twice in it, no categorical column, a missing or empty file, a quote never
+            closed (at the line where it opened, also with ``skip_bad_lines``). A record
+            whose quoted field spans lines is reported at its first line.
+    """
+    info: Dict[str, Any] = {}
+    return concat_tables(list(iter_delimited(path, label, dense, categorical, delimiter, header, skip_bad_lines,
+                                             max_rows, info=info)), info)

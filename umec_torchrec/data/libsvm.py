@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from umec_torchrec.data.errors import DataError, shown
-from umec_torchrec.data.raw import RawTable
+from umec_torchrec.data.raw import CHUNK_ROWS, RawTable, concat_tables
 from umec_torchrec.data.textio import BadLines, iter_lines
 
 FRAPPE_FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city"]
@@ -48,18 +48,26 @@ def _bad_token(t: str) -> str:
     return f"{shown(t)} is not idx:1 (one-hot value 1 expected)"
 
 
-def read_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines: bool = False,
-                max_rows: Optional[int] = None) -> RawTable:
-    """Read a one-hot libsvm/libFM file into a :class:`RawTable` (see module docstring).
+def _table(labels: List[int], idx_rows: List[List[str]], fields: List[str]) -> RawTable:
+    cats = np.asarray(idx_rows, dtype=str).astype(np.int64).reshape(len(idx_rows), len(fields))
+    n = cats.shape[0]
+    return RawTable(np.zeros((n, 1)), cats, np.asarray(labels, dtype=np.int64), ["none"], list(fields), {})
 
-    The number of fields is taken from the first line. Raises :class:`DataError` naming
-    file, line and field for a wrong field count, a bad label, a bad ``idx:value`` token.
-    """
+
+def iter_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines: bool = False,
+                max_rows: Optional[int] = None, chunk_rows: int = CHUNK_ROWS,
+                info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
+    """:func:`read_libsvm` in chunks of at most ``chunk_rows`` rows (bounded memory): the same
+    rows, in file order, and the same errors at the same lines. When the file is read to its
+    end, ``info`` (if given) receives the ``info`` of :func:`read_libsvm` (fields, index
+    ranges over all rows, bad lines)."""
     bad = BadLines(skip_bad_lines)
     labels: List[int] = []
     idx_rows: List[List[str]] = []
     k: Optional[int] = None
     fields: List[str] = []
+    total = 0
+    lo = hi = None
     for lineno, line in iter_lines(path):
         toks = line.split()
         if k is None:
@@ -84,17 +92,38 @@ def read_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines
             continue
         labels.append(lab)
         idx_rows.append([m.group(1) for m in ms])
-        if max_rows is not None and len(labels) >= max_rows:
+        total += 1
+        last = max_rows is not None and total >= max_rows
+        if last or len(labels) >= chunk_rows:
+            t = _table(labels, idx_rows, fields)
+            lo = t.cats.min(axis=0) if lo is None else np.minimum(lo, t.cats.min(axis=0))
+            hi = t.cats.max(axis=0) if hi is None else np.maximum(hi, t.cats.max(axis=0))
+            yield t
+            labels, idx_rows = [], []
+        if last:
             break
-    bad.check_rows(path, len(labels))
-    cats = np.asarray(idx_rows, dtype=str).astype(np.int64)
-    n = cats.shape[0]
-    lo, hi = cats.min(axis=0), cats.max(axis=0)
-    info = {
-        "format": "libsvm",
-        "path": str(path),
-        "fields": list(fields),
-        "field_index_ranges": {f: [int(a), int(b)] for f, a, b in zip(fields, lo, hi)},
-        **bad.info(),
-    }
-    return RawTable(np.zeros((n, 1)), cats, np.asarray(labels, dtype=np.int64), ["none"], list(fields), info)
+    bad.check_rows(path, total)
+    if labels:
+        t = _table(labels, idx_rows, fields)
+        lo = t.cats.min(axis=0) if lo is None else np.minimum(lo, t.cats.min(axis=0))
+        hi = t.cats.max(axis=0) if hi is None else np.maximum(hi, t.cats.max(axis=0))
+        yield t
+    if info is not None:
+        info.update({
+            "format": "libsvm",
+            "path": str(path),
+            "fields": list(fields),
+            "field_index_ranges": {f: [int(a), int(b)] for f, a, b in zip(fields, lo, hi)},
+            **bad.info(),
+        })
+
+
+def read_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines: bool = False,
+                max_rows: Optional[int] = None) -> RawTable:
+    """Read a one-hot libsvm/libFM file into a :class:`RawTable` (see module docstring).
+
+    The number of fields is taken from the first line. Raises :class:`DataError` naming
+    file, line and field for a wrong field count, a bad label, a bad ``idx:value`` token.
+    """
+    info: Dict[str, Any] = {}
+    return concat_tables(list(iter_libsvm(path, names, skip_bad_lines, max_rows, info=info)), info)

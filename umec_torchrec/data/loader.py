@@ -11,7 +11,7 @@ dense transform ``log(1 + max(x, 0))`` (missing = 0), and wrap everything into a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,12 +20,12 @@ from umec_torchrec.data.bundle import DataBundle
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.data.errors import DataError
 from umec_torchrec.data.options import DataOptions
-from umec_torchrec.data.raw import RawTable, dense_transform
+from umec_torchrec.data.raw import CHUNK_ROWS, RawTable, dense_transform
 from umec_torchrec.data.spec import DataSpec, parse_spec
 from umec_torchrec.data.split import split_rows
 from umec_torchrec.data.vocab import Vocabulary
 
-__all__ = ["DENSE_TRANSFORM", "encode", "load_data", "read_raw"]
+__all__ = ["DENSE_TRANSFORM", "bundle_info", "encode", "iter_raw", "load_data", "read_raw"]
 
 DENSE_TRANSFORM = "log(1 + max(x, 0)), missing = 0"
 
@@ -73,6 +73,76 @@ def read_raw(spec: DataSpec, options: DataOptions) -> RawTable:
     raise DataError(spec.text, None, None, f"unknown data source {spec.kind!r}")  # parse_spec rejects these
 
 
+def bundle_info(source_info: Dict[str, Any], source: str, voc: Vocabulary, feature_names: List[str],
+                dense_names: List[str], counts: Tuple[int, int, int], ctr: Dict[str, Optional[float]],
+                options: DataOptions, dense_transformed: bool) -> Dict[str, Any]:
+    """The ``info`` of a :class:`DataBundle` (keys: :class:`DataBundle`): one place, so that
+    :func:`encode` and a prepared directory (:mod:`~umec_torchrec.data.prepared`) agree.
+
+    Args:
+        source_info: the reader's ``info`` (``kind``, ``path``, ``bad_lines``, extras).
+        source: the spec text.
+        voc: the fitted vocabulary.
+        counts: rows of ``(train, valid, test)``.
+        ctr: mean label per split (``None`` for an empty split).
+    """
+    n_tr, n_va, n_te = (int(c) for c in counts)
+    src_info = dict(source_info)
+    info: Dict[str, Any] = {
+        "source": source,
+        "kind": src_info.pop("kind", None) or (source.split(":", 1)[0] if source else None),
+        "path": src_info.pop("path", None),
+        "vocab": voc.describe(),
+        "table_sizes": dict(zip(feature_names, voc.table_sizes)),
+        "feature_names": list(feature_names),
+        "dense_names": list(dense_names),
+        "rows": {"total": n_tr + n_va + n_te, "train": n_tr, "valid": n_va, "test": n_te},
+        "split": {"kind": "time_ordered" if options.time_ordered else "random",
+                  "seed": int(options.split_seed), "test_fraction": float(options.test_fraction),
+                  "valid_fraction": float(options.valid_fraction), "time_ordered": bool(options.time_ordered),
+                  "rows": {"train": n_tr, "valid": n_va, "test": n_te}},
+        "bad_lines": int(src_info.pop("bad_lines", 0)),
+        "dense_transform": "pre-transformed by the source" if dense_transformed else DENSE_TRANSFORM,
+        "ctr": dict(ctr),
+        "options": dataclasses.asdict(options),
+    }
+    for k, v in src_info.items():  # source extras (ground truth, ...); never shadow the keys above
+        info[k if k not in info else f"source_{k}"] = v
+    return info
+
+
+def iter_raw(spec: DataSpec, options: DataOptions, chunk_rows: int = CHUNK_ROWS,
+             info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
+    """The rows of :func:`read_raw`, in chunks of at most ``chunk_rows`` rows, in file order.
+
+    The text sources (``criteo``, ``libsvm``, ``csv``) are read chunk by chunk (bounded
+    memory); the others are read whole by :func:`read_raw`, then cut. When every chunk has
+    been taken, ``info`` (if given) holds what ``read_raw(...).info`` holds.
+    """
+    kw = dict(skip_bad_lines=options.skip_bad_lines, max_rows=options.max_rows, chunk_rows=chunk_rows, info=info)
+    if spec.kind == "criteo":
+        from umec_torchrec.data.criteo import iter_criteo_tsv
+
+        yield from iter_criteo_tsv(spec.path, **kw)
+    elif spec.kind == "libsvm":
+        from umec_torchrec.data.libsvm import iter_libsvm
+
+        yield from iter_libsvm(spec.path, names=spec.params.get("names"), **kw)
+    elif spec.kind == "csv":
+        from umec_torchrec.data.delimited import iter_delimited
+
+        yield from iter_delimited(spec.path, label=options.label, dense=options.dense,
+                                  categorical=options.categorical, delimiter=options.delimiter,
+                                  header=options.header, **kw)
+    else:
+        raw = read_raw(spec, options)
+        for a in range(0, len(raw), chunk_rows):
+            yield RawTable(raw.dense[a:a + chunk_rows], raw.cats[a:a + chunk_rows], raw.labels[a:a + chunk_rows],
+                           list(raw.dense_names), list(raw.feature_names), {}, raw.dense_transformed)
+        if info is not None:
+            info.update(raw.info)
+
+
 def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
     """Split ``raw`` three ways, fit the vocabulary on train, encode every split (see module docstring)."""
     n = len(raw)
@@ -86,28 +156,10 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
     sizes = voc.table_sizes
     dense = raw.dense.astype(np.float32) if raw.dense_transformed else dense_transform(raw.dense)
     labels = raw.labels.astype(np.float32)
-    src_info = {k: v for k, v in raw.info.items()}
-    info: Dict[str, Any] = {
-        "source": source,
-        "kind": src_info.pop("kind", None) or (source.split(":", 1)[0] if source else None),
-        "path": src_info.pop("path", None),
-        "vocab": voc.describe(),
-        "table_sizes": dict(zip(raw.feature_names, sizes)),
-        "feature_names": list(raw.feature_names),
-        "dense_names": list(raw.dense_names),
-        "rows": {"total": int(n), "train": int(len(tr)), "valid": int(len(va)), "test": int(len(te))},
-        "split": {"kind": "time_ordered" if options.time_ordered else "random",
-                  "seed": int(options.split_seed), "test_fraction": float(options.test_fraction),
-                  "valid_fraction": float(options.valid_fraction), "time_ordered": bool(options.time_ordered),
-                  "rows": {"train": int(len(tr)), "valid": int(len(va)), "test": int(len(te))}},
-        "bad_lines": int(src_info.pop("bad_lines", 0)),
-        "dense_transform": "pre-transformed by the source" if raw.dense_transformed else DENSE_TRANSFORM,
-        "ctr": {name: (float(labels[rows].mean()) if len(rows) else None)
-                for name, rows in (("train", tr), ("valid", va), ("test", te))},
-        "options": dataclasses.asdict(options),
-    }
-    for k, v in src_info.items():  # source extras (ground truth, ...); never shadow the keys above
-        info[k if k not in info else f"source_{k}"] = v
+    ctr = {name: (float(labels[rows].mean()) if len(rows) else None)
+           for name, rows in (("train", tr), ("valid", va), ("test", te))}
+    info = bundle_info(raw.info, source, voc, raw.feature_names, raw.dense_names,
+                       (len(tr), len(va), len(te)), ctr, options, raw.dense_transformed)
 
     def make(rows: np.ndarray, split: str) -> CTRData:
         return CTRData(
@@ -137,6 +189,10 @@ def load_data(spec: str, options: Optional[DataOptions] = None) -> DataBundle:
         DataError: unknown spec prefix, missing file, bad input (file, line, field).
     """
     parsed = parse_spec(spec)
+    if parsed.kind == "prepared":
+        from umec_torchrec.data.prepared import load_prepared
+
+        return load_prepared(parsed.path, parsed.options, source=parsed.text)
     opts = dataclasses.replace(options or DataOptions(), **parsed.options)
     opts.validate(where=parsed.text)
     raw = read_raw(parsed, opts)

@@ -8,11 +8,13 @@ treats as one more value. Dense values are float64 with ``NaN`` = missing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
 MISSING = np.iinfo(np.int64).min
+#: rows per chunk of the chunked readers (``iter_*``): bounded memory when preparing a source
+CHUNK_ROWS = 1 << 15
 
 
 @dataclass
@@ -47,3 +49,11 @@ def dense_transform(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     out = np.log1p(np.maximum(np.nan_to_num(x, nan=0.0), 0.0))
     return out.astype(np.float32)
+
+
+def concat_tables(chunks: Sequence[RawTable], info: Dict[str, Any]) -> RawTable:
+    """One :class:`RawTable` of the chunks of a chunked reader (same columns), with ``info``."""
+    first = chunks[0]
+    return RawTable(np.concatenate([c.dense for c in chunks]), np.concatenate([c.cats for c in chunks]),
+                    np.concatenate([c.labels for c in chunks]), list(first.dense_names), list(first.feature_names),
+                    dict(info), first.dense_transformed)

@@ -18,6 +18,9 @@ Kinds (``KIND``):
 * ``csv:PATH`` - delimited file with a declared schema: ``label=COL``, ``dense=A;B``,
   ``categorical=C;D``, ``delimiter=tab|comma|semicolon|pipe|space|<char>``, ``header=0|1``
   (columns are 0-based indices when ``header=0``);
+* ``prepared:DIR`` - a directory written by ``umec prepare`` (:mod:`umec_torchrec.data.prepared`):
+  the encoded splits, read through memory maps; inline options must equal the ones it was
+  prepared with (its split and vocabulary are fixed);
 * ``synthetic`` - the generator of :mod:`umec_torchrec.data.synthetic`; params ``rows``,
   ``seed``, ``n_dense``, ``n_sparse``, ``signal_sparse``, ``signal_dense`` (all optional).
 
@@ -35,6 +38,7 @@ Examples::
     criteo-npy:/data/criteo_1tb,days=0;1,vocab=hash,hash_size=1000000,max_rows=5000000
     libsvm:../shared/data/frappe/frappe.valid.libsvm.gz
     csv:logs.csv,label=clicked,dense=price;age,categorical=user;item,delimiter=tab
+    prepared:data/criteo_day0
 
 Limits: a path may not contain ``,`` (the path is the text between the first ``:`` and
 the first ``,``); a path may contain ``:`` after the first one. Pass such options through
@@ -50,7 +54,7 @@ from umec_torchrec.data.errors import DataError
 
 __all__ = ["DataSpec", "parse_spec", "absolute_spec", "FILE_KINDS", "KINDS"]
 
-FILE_KINDS = ("criteo", "criteo-npy", "libsvm", "csv")
+FILE_KINDS = ("criteo", "criteo-npy", "libsvm", "csv", "prepared")
 KINDS = FILE_KINDS + ("synthetic", "clicklog")
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -81,6 +85,7 @@ _PARAM_KEYS: Dict[str, Dict[str, Any]] = {
     "criteo-npy": {"days": "intlist"},
     "libsvm": {"names": "list"},
     "csv": {},
+    "prepared": {},
 }
 _CSV_ONLY = ("label", "dense", "categorical", "delimiter", "header")
 

@@ -8,6 +8,8 @@ Output directory contents (see :mod:`~umec_torchrec.export.manifest`):
   (dynamic batch; ``torch.export.load(path).module()(dense, ids)``), needs only ``torch``;
 * ``manifest.json``: kept/pruned features and tables, layer sizes, FLOPs and embedding bytes
   before/after, budgets, source run, library versions, and the checks made at export;
+* ``vocabulary.npz`` when the run recorded its data's vocabulary (``manifest.json``'s
+  ``vocabulary`` section says how raw values become the program's ``ids``);
 * with ``int8``: ``model_int8.pt``, the state dict after TorchRec's inference quantization
   (:mod:`~umec_torchrec.export.quantize`); ``load_compact(int8=True)``.
 
@@ -40,9 +42,11 @@ from umec_torchrec.export.manifest import (
     MANIFEST,
     MODEL_FILE,
     PROGRAM_FILE,
+    VOCABULARY_FILE,
     build_manifest,
     int8_entry,
     run_budgets,
+    vocabulary_entry,
 )
 from umec_torchrec.export.program import DEFAULT_ALIGN, CompactPredictor, export_program
 from umec_torchrec.export.quantize import INT8_METHOD, int8_state_dict, int8_table_bytes, quantize_int8
@@ -79,6 +83,7 @@ def export_model(
     source_run: Optional[str] = None,
     budgets: Optional[Dict[str, Any]] = None,
     sample: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    vocabulary: Any = None,
 ) -> Dict[str, Any]:
     """Export the compact model of ``source`` (a full DLRM or its DLRM-relative state dict;
     pruned tables may be missing) into ``out_dir``; returns the manifest.
@@ -93,6 +98,9 @@ def export_model(
         source_run / budgets: recorded in the manifest.
         sample: ``(dense [n, n_dense], ids [n, F])`` over the *full* feature set, used for the
             export checks; default :func:`~umec_torchrec.export.samples.sample_inputs` (generated rows).
+        vocabulary: the data's :class:`~umec_torchrec.data.vocab.Vocabulary` (``export_run``: the
+            run's ``vocabulary.npz``), written as ``vocabulary.npz`` with the manifest's
+            ``vocabulary`` section (how raw values become the program's ``ids``); ``None``: none.
 
     Example::
 
@@ -132,6 +140,9 @@ def export_model(
             _save(lambda f: torch.save(qsd, f), os.path.join(tmp, INT8_FILE))
             manifest["int8"] = int8_entry(float((qref - ref).abs().max()), int(ids.shape[0]),
                                           int8_table_bytes(qsd), INT8_METHOD)
+        if vocabulary is not None:
+            vocabulary.save(os.path.join(tmp, VOCABULARY_FILE))
+            manifest["vocabulary"] = vocabulary_entry(vocabulary, list(ccfg.feature_names))
         manifest["files"] = sorted(os.listdir(tmp)) + [MANIFEST]
         write_json(os.path.join(tmp, MANIFEST), manifest)
     return manifest
@@ -175,7 +186,7 @@ def export_run(run_dir: str, out_dir: str, int8: bool = False, force: bool = Fal
     verify_files(run.checkpoint_dir)
     state = load_dlrm_state(run.checkpoint_dir, cfg, masks)
     return export_model(state, cfg, masks, out_dir, int8=int8, force=force, align=align, source_run=run.path,
-                        budgets=run_budgets(run.config), sample=sample)
+                        budgets=run_budgets(run.config), sample=sample, vocabulary=run.vocabulary())
 
 
 __all__ = ["export_model", "export_run"]

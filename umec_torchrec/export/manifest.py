@@ -8,6 +8,9 @@ Files of an export directory:
 * ``program.pt2`` (:data:`PROGRAM_FILE`): the ``torch.export`` program of
   :class:`~umec_torchrec.export.program.CompactPredictor`;
 * ``model_int8.pt`` (:data:`INT8_FILE`, optional): the int8 state dict;
+* ``vocabulary.npz`` (:data:`VOCABULARY_FILE`, when the run recorded one): raw value ->
+  table row of every feature (:meth:`umec_torchrec.data.vocab.Vocabulary.load`), described
+  by :func:`vocabulary_entry`;
 * ``manifest.json`` (:data:`MANIFEST`): this module's :func:`build_manifest` (with the
   predicted latency of the dense and exported programs when a latency table is active).
 """
@@ -32,6 +35,7 @@ MODEL_FILE = "model.pt"
 INT8_FILE = "model_int8.pt"
 PROGRAM_FILE = "program.pt2"
 MANIFEST = "manifest.json"
+VOCABULARY_FILE = "vocabulary.npz"
 
 
 def _ratio(a: float, b: float) -> Optional[float]:
@@ -153,6 +157,23 @@ def int8_entry(max_abs_logit_diff: float, check_rows: int, embedding_bytes: int,
     }
 
 
+def vocabulary_entry(vocabulary: Any, kept_features: List[str]) -> Dict[str, Any]:
+    """The manifest's ``vocabulary`` section: how a served request's raw values become the
+    program's ``ids`` (``vocabulary`` is a :class:`~umec_torchrec.data.vocab.Vocabulary`)."""
+    from umec_torchrec.data.vocab import RAW_VALUES
+
+    return {
+        "file": VOCABULARY_FILE,
+        **vocabulary.describe(),
+        "features": list(vocabulary.feature_names),
+        "program_ids": list(kept_features),
+        "raw_values": dict(RAW_VALUES),
+        "apply": ("voc = umec_torchrec.data.Vocabulary.load('vocabulary.npz'); for each kept feature f, in the "
+                  "order of program_ids: ids[:, k] = voc.encode_column(f, raw_int64_values_of_f) (raw values as "
+                  "in raw_values); then program(dense, ids), dense transformed as the run's data was"),
+    }
+
+
 def read_manifest(export_dir: str) -> Dict[str, Any]:
     """The export's ``manifest.json`` (clear error if ``export_dir`` is not an export).
 
@@ -201,6 +222,8 @@ __all__ = [
     "build_manifest",
     "int8_entry",
     "latency_entry",
+    "vocabulary_entry",
+    "VOCABULARY_FILE",
     "read_manifest",
     "summary_lines",
 ]

@@ -234,6 +234,8 @@ def start_stage(out_dir: str, force: bool, ctx: DistContext, policy: CheckpointP
             check_resume(run, {k: cfg[k] for k in RESUME_SECTIONS if k in cfg}, ctx, bundle.train, tcfg)
         elif ctx.rank == 0:
             run.write_config(**cfg)
+            if getattr(bundle, "vocabulary", None) is not None:
+                run.write_vocabulary(bundle.vocabulary)  # raw ids -> rows travel with the run
             run.discard_replaced()  # the run --force replaces goes once the new one has started
         mgr = CheckpointManager(run.file(CHECKPOINTS), policy)
         return run, mgr, restore_or_start(mgr, run, ctx, model, optimizer, extra_template)

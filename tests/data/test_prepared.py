@@ -1,0 +1,273 @@
+"""Prepared data directories (issue 13, section 1): ``prepare_data`` streams a source once
+into memory-mapped arrays that give exactly what ``load_data`` gives; ``prepared:DIR`` is
+read through memory maps; torn or mismatched directories are refused; ``prepare`` is
+atomic; the vocabulary travels with the run and the export.
+
+Each test says whether it uses real data (``../shared/data``, skipped when absent) or
+generated data (small files written to ``tmp_path`` by :mod:`umec_torchrec.data.testing`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from umec_torchrec.data import DataError, Vocabulary, load_data
+from umec_torchrec.data import testing as T
+from umec_torchrec.data.criteo import iter_criteo_tsv, read_criteo_tsv
+from umec_torchrec.data.delimited import iter_delimited, read_delimited
+from umec_torchrec.data.libsvm import iter_libsvm, read_libsvm
+from umec_torchrec.data.prepared import ColumnIds, load_prepared, prepare_data
+from umec_torchrec.data.split import split_rows
+from umec_torchrec.data.vocab import ValueCounts, id_dtype
+
+SCHEMA = "label=y,dense=price;age,categorical=user;item"
+SPLITS = ("train", "valid", "test")
+
+
+def _same_bundle(a, b, exact_ctr: bool = False) -> None:
+    """``b`` (prepared) holds exactly ``a``'s (load_data's) rows, vocabulary and split."""
+    assert a.feature_names == b.feature_names and a.dense_names == b.dense_names
+    assert a.table_sizes == b.table_sizes
+    for s in SPLITS:
+        x, y = getattr(a, s), getattr(b, s)
+        assert len(x) == len(y)
+        assert torch.equal(x.dense, y.dense), s
+        assert torch.equal(x.labels, y.labels), s
+        assert torch.equal(x.sparse, y.sparse[torch.arange(len(y))]), s
+    va, vb = a.vocabulary, b.vocabulary
+    assert (va.mode, va.min_count, va.hash_size, va.feature_names) == (vb.mode, vb.min_count, vb.hash_size,
+                                                                       vb.feature_names)
+    assert len(va.kept) == len(vb.kept) and all(np.array_equal(p, q) for p, q in zip(va.kept, vb.kept))
+    for key in ("vocab", "table_sizes", "rows", "split", "bad_lines", "dense_transform", "options", "kind", "path"):
+        assert a.info[key] == b.info[key], key
+    for s in SPLITS:
+        assert a.info["ctr"][s] == pytest.approx(b.info["ctr"][s], rel=1e-6)
+
+
+# --- generated data -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["criteo", "csv", "libsvm"])
+@pytest.mark.parametrize("extra", ["min_count=2", "vocab=hash,hash_size=300,time_ordered=1"])
+def test_prepared_equals_load_data_generated(tmp_path, kind, extra):
+    """Generated files: chunks of 7 rows give the rows, vocabulary, split and info of load_data."""
+    if kind == "criteo":
+        spec = f"criteo:{T.write_criteo_tsv(tmp_path / 'c.tsv.gz', rows=120, seed=1)}"
+    elif kind == "csv":
+        spec = f"csv:{T.write_csv(tmp_path / 'x.csv', rows=90, seed=2)},{SCHEMA}"
+    else:
+        spec = f"libsvm:{T.write_libsvm(tmp_path / 'f.libsvm', rows=100, seed=3)}"
+    spec = f"{spec},{extra}"
+    man = prepare_data(spec, tmp_path / "p", chunk_rows=7)
+    a, b = load_data(spec), load_data(f"prepared:{tmp_path / 'p'}")
+    _same_bundle(a, b)
+    n = man["rows"]["total"]
+    o = a.info["options"]
+    want = split_rows(n, o["test_fraction"], o["valid_fraction"], o["split_seed"], o["time_ordered"])
+    for s, rows in zip(SPLITS, want):
+        assert np.array_equal(np.load(tmp_path / "p" / f"split_{s}.npy"), rows)
+    assert man["id_dtypes"] == [str(id_dtype(s)) for s in a.table_sizes]
+
+
+def test_chunked_readers_equal_whole_readers(tmp_path):
+    """Generated files with bad lines in later chunks: the chunked readers give the same rows and
+    the same bad-line count (skipping) or the same first error (raising)."""
+    crit = T.write_criteo_tsv(tmp_path / "c.tsv", rows=60, replace={33: "1\tx", 47: "2" + "\t" * 39})
+    csv = T.write_csv(tmp_path / "x.csv", rows=60, replace={25: "1,7,3.0,40,u1,i", 50: "2,2,1.0,3,u1,i"})
+    svm = T.write_libsvm(tmp_path / "f.libsvm", rows=60, replace={40: "1 1:1 7:1"})
+    readers = [
+        (read_criteo_tsv, iter_criteo_tsv, (str(crit),), {}),
+        (read_delimited, iter_delimited, (str(csv),), dict(label="y", dense=["price", "age"],
+                                                           categorical=["user", "item"])),
+        (read_libsvm, iter_libsvm, (str(svm),), {}),
+    ]
+    for whole, chunked, args, kw in readers:
+        ref = whole(*args, skip_bad_lines=True, **kw)
+        info = {}
+        parts = list(chunked(*args, skip_bad_lines=True, chunk_rows=8, info=info, **kw))
+        assert len(parts) > 3
+        assert np.array_equal(np.concatenate([p.cats for p in parts]), ref.cats)
+        assert np.array_equal(np.concatenate([p.labels for p in parts]), ref.labels)
+        assert np.array_equal(np.concatenate([p.dense for p in parts]), ref.dense, equal_nan=True)
+        assert info == ref.info and info["bad_lines"] >= 1
+        with pytest.raises(DataError) as e1:
+            whole(*args, **kw)
+        with pytest.raises(DataError) as e2:
+            list(chunked(*args, chunk_rows=8, **kw))
+        assert str(e1.value) == str(e2.value) and e1.value.line > 8
+
+
+def test_skip_bad_lines_counted_in_manifest_and_errors_as_today(tmp_path):
+    """Generated Criteo file with two bad lines: without --skip-bad-lines prepare raises load_data's
+    error (file, line, field) and leaves nothing; with it the manifest counts them."""
+    f = T.write_criteo_tsv(tmp_path / "c.tsv.gz", rows=50, replace={12: "1\t" + "x\t" * 38 + "a", 30: "0\t1"})
+    with pytest.raises(DataError) as ref:
+        load_data(f"criteo:{f}")
+    with pytest.raises(DataError) as got:
+        prepare_data(f"criteo:{f}", tmp_path / "p", chunk_rows=5)
+    assert str(got.value) == str(ref.value) and "line 12" in str(got.value) and "field I1" in str(got.value)
+    assert sorted(os.listdir(tmp_path)) == ["c.tsv.gz"]  # no directory, no temp left
+    man = prepare_data(f"criteo:{f},skip_bad_lines=1", tmp_path / "p", chunk_rows=5)
+    assert man["bad_lines"] == 2 and man["info"]["bad_lines"] == 2 and man["rows"]["total"] == 48
+
+
+def test_value_counts_equal_unique(tmp_path):
+    """Generated ids: counts added in uneven chunks equal np.unique over all rows."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-5, 200000, size=(70000, 2))
+    c = ValueCounts(2)
+    for a, b in ((0, 10), (10, 30000), (30000, 70000)):
+        c.add(x[a:b])
+    for j, (u, n) in enumerate(c.totals()):
+        ru, rn = np.unique(x[:, j], return_counts=True)
+        assert np.array_equal(u, ru) and np.array_equal(n, rn)
+    assert [id_dtype(s) for s in (1, 256, 257, 65537, 2**32 + 1)] == [np.uint8, np.uint8, np.uint16, np.uint32,
+                                                                       np.int64]
+
+
+def test_arrays_are_memory_maps_and_batches_partition_over_ranks(tmp_path):
+    """Generated Criteo file: the splits' arrays are maps of the files (nothing copied), ids keep
+    their on-disk dtype until a batch is built, and on 1, 2 and 3 ranks the ranks' rows of each
+    step are exactly that step's global batch (nothing lost or seen twice)."""
+    f = T.write_criteo_tsv(tmp_path / "c.tsv", rows=200, seed=4)
+    prepare_data(f"criteo:{f}", tmp_path / "p")
+    b = load_data(f"prepared:{tmp_path / 'p'}")
+    tr = b.train
+    assert isinstance(tr.sparse, ColumnIds)
+    assert all(isinstance(c, np.memmap) and c.dtype == np.uint8 for c in tr.sparse.columns)
+    dmap = np.load(tmp_path / "p" / "train_dense.npy", mmap_mode="r")
+    assert tr.dense.shape == dmap.shape and tr.dense.untyped_storage().nbytes() == dmap.nbytes
+    one = [(x.dense_features, x.sparse_features.values(), x.labels) for x in tr.batches(24, shuffle=True, seed=3)]
+    for world in (2, 3):
+        per = [list(tr.batches(24, shuffle=True, seed=3, rank=r, world_size=world)) for r in range(world)]
+        assert all(len(p) == len(one) for p in per)
+        for i, (dense, _, labels) in enumerate(one):
+            got = torch.cat([per[r][i].dense_features for r in range(world)])
+            assert torch.equal(got, dense) and torch.equal(torch.cat([per[r][i].labels for r in range(world)]), labels)
+            ids = torch.cat([per[r][i].sparse_features.to_dict()["C3"].values() for r in range(world)])
+            assert ids.dtype == torch.int64
+            assert torch.equal(ids, one[i][1].reshape(26, -1)[2])
+
+
+def test_a_rank_reads_only_its_rows(tmp_path):
+    """Generated data: the id columns of rank 1 of 2 are indexed only at rank 1's rows."""
+    f = T.write_criteo_tsv(tmp_path / "c.tsv", rows=100, seed=5)
+    prepare_data(f"criteo:{f}", tmp_path / "p")
+    tr = load_data(f"prepared:{tmp_path / 'p'}").train
+    seen = []
+
+    class Recorder(np.ndarray):
+        def __getitem__(self, index):
+            seen.append(np.asarray(index).copy())
+            return np.asarray(self).__getitem__(index)
+
+    tr.sparse.columns = [np.asarray(c).view(Recorder) for c in tr.sparse.columns]
+    list(tr.batches(10, rank=1, world_size=2))
+    rows = np.unique(np.concatenate(seen))
+    n = len(tr)  # full batches: their second half; the last partial one: its second tensor_split part
+    want = np.concatenate([np.arange(b * 10 + 5, b * 10 + 10) for b in range(n // 10)]
+                          + [np.array_split(np.arange(n // 10 * 10, n), 2)[1]])
+    assert n % 10 and len(want) < n
+    assert np.array_equal(rows, want)
+
+
+def test_torn_or_mismatched_directories_are_refused(tmp_path):
+    """Generated data: no manifest, a torn manifest, a truncated or swapped array, another
+    format, and an inline option that differs from the prepared one are each one clear error."""
+    f = T.write_csv(tmp_path / "x.csv", rows=60)
+    base = tmp_path / "p"
+    prepare_data(f"csv:{f},{SCHEMA}", base)
+    load_data(f"prepared:{base}")
+
+    def refused(mutate, *needles, spec=None):
+        import shutil
+
+        d = tmp_path / "q"
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(base, d)
+        mutate(d)
+        with pytest.raises(DataError) as e:
+            load_data(spec or f"prepared:{d}")
+        msg = str(e.value)
+        assert "\n" not in msg and all(n in msg for n in needles), msg
+
+    refused(lambda d: os.remove(d / "manifest.json"), "no manifest.json", "incomplete")
+    refused(lambda d: (d / "manifest.json").write_text('{"kind": "umec-prepared-data", "files": {'),
+            "manifest.json", "torn")
+    refused(lambda d: open(d / "train_ids_1.npy", "r+b").truncate(100), "train_ids_1.npy", "truncated")
+
+    def other_format(d):
+        m = json.loads((d / "manifest.json").read_text())
+        m["prepared_format"] = 99
+        (d / "manifest.json").write_text(json.dumps(m))
+
+    refused(other_format, "prepared_format", "99")
+
+    def swapped(d):  # same size on disk, another dtype than the manifest says
+        m = json.loads((d / "manifest.json").read_text())
+        m["id_dtypes"][0] = "int8"
+        (d / "manifest.json").write_text(json.dumps(m))
+
+    refused(swapped, "train_ids_0.npy", "manifest.json says int8")
+    refused(lambda d: None, "min_count", "prepared with", spec=f"prepared:{tmp_path / 'q'},min_count=4")
+    with pytest.raises(DataError, match="no such prepared data directory"):
+        load_data(f"prepared:{tmp_path / 'nothing'}")
+
+
+def test_prepare_is_atomic_and_refuses_to_overwrite(tmp_path):
+    """Generated data: an existing output is refused without --force, replaced whole with it; a
+    non-empty directory that is not a prepared one is never deleted; a failure keeps the old one."""
+    f = T.write_libsvm(tmp_path / "f.libsvm", rows=40)
+    prepare_data(f"libsvm:{f}", tmp_path / "p")
+    before = (tmp_path / "p" / "manifest.json").read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        prepare_data(f"libsvm:{f}", tmp_path / "p")
+    bad = T.write_libsvm(tmp_path / "bad.libsvm", rows=40, replace={20: "1 1:1"})
+    with pytest.raises(DataError, match="line 20"):
+        prepare_data(f"libsvm:{bad}", tmp_path / "p", force=True)
+    assert (tmp_path / "p" / "manifest.json").read_bytes() == before
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".p.")]
+    prepare_data(f"libsvm:{f},min_count=2", tmp_path / "p", force=True)
+    assert load_prepared(str(tmp_path / "p")).info["options"]["min_count"] == 2
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a prepared data directory"):
+        prepare_data(f"libsvm:{f}", tmp_path / "other", force=True)
+    assert (tmp_path / "other" / "keep.txt").exists()
+    with pytest.raises(DataError, match="already prepared"):
+        prepare_data(f"prepared:{tmp_path / 'p'}", tmp_path / "p2")
+
+
+def test_vocabulary_save_load_maps_raw_ids(tmp_path):
+    """Generated Criteo file: the saved vocabulary maps hex ids to the rows the data holds."""
+    f = T.write_criteo_tsv(tmp_path / "c.tsv", rows=80, seed=6)
+    b = load_data(f"criteo:{f},min_count=2")
+    b.vocabulary.save(str(tmp_path / "v.npz"))
+    v = Vocabulary.load(str(tmp_path / "v.npz"))
+    raw = read_criteo_tsv(str(f))
+    assert np.array_equal(v.encode(raw.cats), b.vocabulary.encode(raw.cats))
+    hexes = [line.split("\t")[1 + 13 + 4] for line in T.criteo_lines(80, seed=6)]
+    vals = np.array([int(h, 16) if h else np.iinfo(np.int64).min for h in hexes], dtype=np.int64)
+    assert np.array_equal(v.encode_column("C5", vals), b.vocabulary.encode(raw.cats)[:, 4])
+    (tmp_path / "bad.npz").write_bytes(b"not a vocabulary")
+    with pytest.raises(ValueError, match="bad.npz"):
+        Vocabulary.load(str(tmp_path / "bad.npz"))
+
+
+# --- real data ------------------------------------------------------------------------------------
+def test_prepared_equals_load_data_real_criteo(tmp_path, criteo_sample):
+    """Real data: the shared 19,532-row Criteo Kaggle sample, min_count=3, chunks of 4096 rows."""
+    spec = f"criteo:{criteo_sample},min_count=3"
+    prepare_data(spec, tmp_path / "p", chunk_rows=4096)
+    _same_bundle(load_data(spec), load_data(f"prepared:{tmp_path / 'p'}"))
+
+
+def test_prepared_equals_load_data_real_frappe(tmp_path, frappe_sample):
+    """Real data: the shared Frappe validation split (libsvm), time-ordered, chunks of 10,000 rows."""
+    spec = f"libsvm:{frappe_sample},time_ordered=1"
+    prepare_data(spec, tmp_path / "p", chunk_rows=10000)
+    _same_bundle(load_data(spec), load_data(f"prepared:{tmp_path / 'p'}"))
+
