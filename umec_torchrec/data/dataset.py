@@ -1,5 +1,5 @@
-"""In-memory CTR datasets (one id per categorical feature per row) and their batching
-into TorchRec ``Batch`` objects."""
+"""CTR datasets (one id per categorical feature per row; in memory, or memory-mapped from a
+prepared directory) and their batching into TorchRec ``Batch`` objects."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ class CTRData:
             Sources without dense features carry one all-zero column named ``"none"``,
             so that every model has a dense arch.
         sparse: ``int64 [N, n_sparse]``, the embedding row of each categorical feature,
-            in ``[0, table_sizes[j])``.
+            in ``[0, table_sizes[j])``; or any object with ``shape`` ``(N, n_sparse)`` whose
+            ``sparse[index]`` is the ``int64`` tensor of those rows (the memory-mapped
+            :class:`~umec_torchrec.data.prepared.ColumnIds` of a prepared directory). Batches
+            and :meth:`subset` index only the rows they need; nothing here copies whole arrays.
         labels: ``float32 [N]`` in {0, 1}.
         dense_names / feature_names: column names.
         table_sizes: rows of each feature's table.
