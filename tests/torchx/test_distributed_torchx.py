@@ -1,6 +1,6 @@
 """TorchX: a 2-rank ``local_cwd`` launch of ``torchx_components/umec.py:compress`` completes
-on small generated data (``synthetic:rows=2000``), and the component's AppDef is the
-expected torchrun over ``umec_torchrec.cli``. The source run is made with ``umec train``."""
+on small generated data (``synthetic:rows=2000``) and writes its history, and the component's
+AppDef is the expected torchrun over ``umec_torchrec.cli``. The source run is made with ``umec train``."""
 
 from __future__ import annotations
 
@@ -70,3 +70,8 @@ def test_torchx_local_cwd_compress_on_two_ranks(tmp_path):
     assert metrics["resources"]["flops"]["fraction"] <= 0.5 + 1e-9
     assert 0 < len(masks["kept_features"]) < len(masks["feature_names"])
     assert (out / "checkpoint" / ".metadata").is_file()
+    from umec_torchrec.history import read_history
+
+    hist = read_history(str(out / "history.jsonl"))  # rank 0 writes it; the loss is the mean over the 2 ranks
+    assert [r["step"] for r in hist] == [2, 4, 6, 8, 10, 12] and all(r["loss"] > 0 for r in hist), hist
+    assert set(hist[-1]["resources"]) == {"flops"} and hist[-1]["resources"]["flops"]["budget"] == 0.5
