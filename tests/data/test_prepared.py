@@ -271,3 +271,48 @@ def test_prepared_equals_load_data_real_frappe(tmp_path, frappe_sample):
     prepare_data(spec, tmp_path / "p", chunk_rows=10000)
     _same_bundle(load_data(spec), load_data(f"prepared:{tmp_path / 'p'}"))
 
+
+
+# --- prefetch ---------------------------------------------------------------------------------------
+def test_prefetched_batches_equal_and_worker_stops(tmp_path):
+    """Generated Criteo file: a prepared split prefetches its batches in a worker thread; they equal
+    the batches assembled in the caller's thread; closing early stops the worker."""
+    import threading
+
+    from umec_torchrec.data.prefetch import THREAD_NAME
+
+    f = T.write_criteo_tsv(tmp_path / "c.tsv", rows=150, seed=8)
+    prepare_data(f"criteo:{f}", tmp_path / "p")
+    tr = load_data(f"prepared:{tmp_path / 'p'}").train
+    assert tr.prefetch > 0
+    got = list(tr.batches(16, shuffle=True, seed=1, rank=0, world_size=2))
+    tr.prefetch = 0
+    want = list(tr.batches(16, shuffle=True, seed=1, rank=0, world_size=2))
+    assert len(got) == len(want) > 3
+    for a, b in zip(got, want):
+        assert torch.equal(a.dense_features, b.dense_features) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.sparse_features.values(), b.sparse_features.values())
+    tr.prefetch = 2
+    it = tr.batches(8)
+    next(it)
+    assert any(t.name == THREAD_NAME for t in threading.enumerate())
+    it.close()
+    assert not any(t.name == THREAD_NAME and t.is_alive() for t in threading.enumerate())
+
+
+def test_prefetch_raises_the_producers_error():
+    """No data: an error of the producer is raised to the consumer after the items before it."""
+    from umec_torchrec.data.prefetch import prefetch
+
+    def items():
+        yield 1
+        yield 2
+        raise DataError("f.tsv", 3, "C1", "boom")
+
+    out = []
+    with pytest.raises(DataError, match="f.tsv line 3, field C1: boom"):
+        for x in prefetch(items(), depth=1):
+            out.append(x)
+    assert out == [1, 2]
+    with pytest.raises(ValueError, match="depth"):
+        list(prefetch([1], depth=0))

@@ -31,6 +31,9 @@ class CTRData:
         dense_names / feature_names: column names.
         table_sizes: rows of each feature's table.
         info: provenance (source, vocabulary mode, bad-line counts, ...).
+        prefetch: when > 0, :meth:`batches` assembles that many batches ahead in a worker
+            thread (:func:`~umec_torchrec.data.prefetch.prefetch`); a prepared directory's
+            splits use :data:`~umec_torchrec.data.prefetch.PREFETCH_DEPTH`.
     """
 
     dense: torch.Tensor
@@ -40,6 +43,7 @@ class CTRData:
     feature_names: List[str]
     table_sizes: List[int]
     info: Dict[str, Any] = field(default_factory=dict)
+    prefetch: int = 0
 
     def __post_init__(self) -> None:
         n = self.labels.shape[0]
@@ -107,9 +111,19 @@ class CTRData:
         every global batch, so the union over ranks of step ``i`` is exactly the global
         batch ``i`` of a single process (``batch_size`` must divide by ``world_size``).
         The order depends only on ``(seed, epoch)``; ``start`` skips the first batches.
+        With ``prefetch > 0`` the batches are assembled ahead in a worker thread.
         """
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} does not divide by world size {world_size}")
+        it = self._batches(batch_size, shuffle, seed, epoch, rank, world_size, drop_last, start)
+        if self.prefetch > 0:
+            from umec_torchrec.data.prefetch import prefetch
+
+            it = prefetch(it, self.prefetch)
+        yield from it
+
+    def _batches(self, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int,
+                 drop_last: bool, start: int) -> Iterator[Batch]:
         n = len(self)
         if shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))

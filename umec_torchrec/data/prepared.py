@@ -28,7 +28,8 @@ Temporary disk: about ``8 * (F + D) + 8`` bytes a row, removed at the end.
 
 Loading (:func:`load_prepared`) maps every array (``np.load(mmap_mode="c")``: read-only on
 disk, pages loaded on first touch): a batch touches only its rows, ids keep their on-disk
-width until :class:`ColumnIds` builds the batch's ``int64`` ids.
+width until :class:`ColumnIds` builds the batch's ``int64`` ids, and the splits' batches
+are assembled ahead in a worker thread (``CTRData.prefetch``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from umec_torchrec.data.bundle import DataBundle
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.data.errors import DataError
 from umec_torchrec.data.options import DataOptions
+from umec_torchrec.data.prefetch import PREFETCH_DEPTH
 from umec_torchrec.data.raw import CHUNK_ROWS, dense_transform
 from umec_torchrec.data.spec import parse_spec
 from umec_torchrec.data.split import split_rows
@@ -365,7 +367,7 @@ def load_prepared(path: str, inline: Optional[Dict[str, Any]] = None, source: Op
         cols = [_checked(p, f"{split}_ids_{j}.npy", np.dtype(m["id_dtypes"][j]), (want,)) for j in range(len(sizes))]
         splits[split] = CTRData(dense=torch.from_numpy(dense), sparse=ColumnIds(cols),
                                 labels=torch.from_numpy(labels), dense_names=dense_names, feature_names=features,
-                                table_sizes=sizes, info={**info, "split_name": split})
+                                table_sizes=sizes, info={**info, "split_name": split}, prefetch=PREFETCH_DEPTH)
     try:
         voc = Vocabulary.load(os.path.join(p, VOCABULARY_FILE))
     except (OSError, ValueError) as e:
