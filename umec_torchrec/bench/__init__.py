@@ -7,4 +7,5 @@ BENCH_MODULES = [
     "umec_torchrec.bench.overhead",  # umec bench overhead
     "umec_torchrec.bench.scaling",  # umec bench scaling
     "umec_torchrec.bench.quality.command",  # umec bench quality (+ --suite)
+    "umec_torchrec.bench.data",  # umec bench data
 ]
