@@ -72,6 +72,16 @@ def test_prepared_equals_load_data_generated(tmp_path, kind, extra):
     assert man["id_dtypes"] == [str(id_dtype(s)) for s in a.table_sizes]
 
 
+def test_prepared_equals_load_data_criteo_npy(tmp_path):
+    """Generated TorchRec day files (log-transformed and raw counts): prepare reads them in chunks
+    from their memory maps and gives load_data's rows, vocabulary and split."""
+    for log_dense in (True, False):
+        d = T.write_criteo_npy(tmp_path / f"npy{log_dense}", days=(0, 1), rows_per_day=40, log_dense=log_dense)
+        spec = f"criteo-npy:{d},max_rows=70,min_count=2"
+        prepare_data(spec, tmp_path / f"p{log_dense}", chunk_rows=9)
+        _same_bundle(load_data(spec), load_data(f"prepared:{tmp_path / f'p{log_dense}'}"))
+
+
 def test_chunked_readers_equal_whole_readers(tmp_path):
     """Generated files with bad lines in later chunks: the chunked readers give the same rows and
     the same bad-line count (skipping) or the same first error (raising)."""

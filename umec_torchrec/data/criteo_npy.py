@@ -6,7 +6,8 @@ as raw counts and transformed here), ``day_{d}_sparse.npy`` (integer ``[N, 26]``
 hex-derived ids, or contiguous ids after ``sparse_to_contiguous``) and
 ``day_{d}_labels.npy`` (``[N, 1]`` or ``[N]``, 0/1). Files are opened with
 ``np.load(mmap_mode="r")`` and only the first ``max_rows`` rows (over the days, in
-order) are copied into memory. Ids are mapped to tables by the vocabulary (``min_count``)
+order) are copied into memory; :func:`iter_criteo_npy` (what ``umec prepare`` reads) copies
+one chunk at a time. Ids are mapped to tables by the vocabulary (``min_count``)
 or hashed (``vocab="hash"``, the practical choice at full size).
 """
 
@@ -14,14 +15,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 from torchrec.datasets.criteo import CAT_FEATURE_COUNT, INT_FEATURE_COUNT
 
 from umec_torchrec.data.criteo import CAT_NAMES, DENSE_NAMES
 from umec_torchrec.data.errors import DataError
-from umec_torchrec.data.raw import RawTable
+from umec_torchrec.data.raw import CHUNK_ROWS, RawTable, concat_tables
 
 _DAY = re.compile(r"day_(\d+)_dense\.npy")
 
@@ -40,8 +41,12 @@ def _load(path: str) -> np.ndarray:
         raise DataError(path, None, None, f"not a readable .npy file ({e})") from None
 
 
-def read_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_rows: Optional[int] = None) -> RawTable:
-    """Read TorchRec's ``day_*`` .npy files from ``directory`` (see module docstring)."""
+def iter_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_rows: Optional[int] = None,
+                    chunk_rows: int = CHUNK_ROWS, info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
+    """:func:`read_criteo_npy` in chunks of at most ``chunk_rows`` rows, each copied out of the
+    memory-mapped day files only while it is in use (bounded memory): the same rows, in
+    order, and the same errors. When every day has been read, ``info`` (if given) receives
+    the ``info`` of :func:`read_criteo_npy`."""
     if not os.path.isdir(directory):
         raise DataError(directory, None, None, full_path=True,
                         reason="no such directory (expected TorchRec's day_X_{dense,sparse,labels}.npy)")
@@ -49,7 +54,6 @@ def read_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_ro
         days = sorted(int(m.group(1)) for m in map(_DAY.fullmatch, os.listdir(directory)) if m)
         if not days:
             raise DataError(directory, None, None, "no day_X_dense.npy files found")
-    dense_parts, sparse_parts, label_parts = [], [], []
     remaining = max_rows
     transformed = None
     for d in days:
@@ -70,23 +74,31 @@ def read_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_ro
             transformed = is_float
         elif transformed != is_float:
             raise DataError(fd, None, None, "dense dtype differs between days (float = log-transformed, int = raw)")
-        lab = np.asarray(labels[:take]).reshape(-1)
-        ok = (lab == 0) | (lab == 1)
-        if not ok.all():
-            r = int(np.flatnonzero(~ok)[0])
-            raise DataError(fl, r + 1, "label", f"{lab[r].item()!r} is not a 0/1 label (row {r + 1})")
-        dense_parts.append(np.asarray(dense[:take]))
-        sparse_parts.append(np.asarray(sparse[:take]).astype(np.int64))
-        label_parts.append(lab.astype(np.int64))
+        flat = labels.reshape(-1)
+        for a in range(0, take, chunk_rows):
+            b = min(take, a + chunk_rows)
+            lab = np.asarray(flat[a:b])
+            ok = (lab == 0) | (lab == 1)
+            if not ok.all():
+                r = a + int(np.flatnonzero(~ok)[0])
+                raise DataError(fl, r + 1, "label", f"{flat[r].item()!r} is not a 0/1 label (row {r + 1})")
+            part = np.asarray(dense[a:b])
+            yield RawTable(part.astype(np.float32) if transformed else part.astype(np.float64),
+                           np.asarray(sparse[a:b]).astype(np.int64), lab.astype(np.int64), list(DENSE_NAMES),
+                           list(CAT_NAMES), {}, dense_transformed=bool(transformed))
         if remaining is not None:
             remaining -= take
             if remaining <= 0:
                 break
-    dense_arr = np.concatenate(dense_parts)
-    if transformed:
-        dense_arr = dense_arr.astype(np.float32)
-    else:
-        dense_arr = dense_arr.astype(np.float64)
-    info = {"format": "criteo-npy", "path": str(directory), "days": [int(d) for d in days], "bad_lines": 0}
-    return RawTable(dense_arr, np.concatenate(sparse_parts), np.concatenate(label_parts), list(DENSE_NAMES),
-                    list(CAT_NAMES), info, dense_transformed=bool(transformed))
+    if info is not None:
+        info.update({"format": "criteo-npy", "path": str(directory), "days": [int(d) for d in days], "bad_lines": 0})
+
+
+def read_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_rows: Optional[int] = None) -> RawTable:
+    """Read TorchRec's ``day_*`` .npy files from ``directory`` (see module docstring)."""
+    info: Dict[str, Any] = {}
+    chunks = list(iter_criteo_npy(directory, days, max_rows, info=info))
+    if not chunks:  # empty day files: an empty table (the split then names the problem)
+        return RawTable(np.zeros((0, INT_FEATURE_COUNT)), np.zeros((0, CAT_FEATURE_COUNT), dtype=np.int64),
+                        np.zeros(0, dtype=np.int64), list(DENSE_NAMES), list(CAT_NAMES), info)
+    return concat_tables(chunks, info)

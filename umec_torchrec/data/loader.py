@@ -115,8 +115,8 @@ def iter_raw(spec: DataSpec, options: DataOptions, chunk_rows: int = CHUNK_ROWS,
              info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
     """The rows of :func:`read_raw`, in chunks of at most ``chunk_rows`` rows, in file order.
 
-    The text sources (``criteo``, ``libsvm``, ``csv``) are read chunk by chunk (bounded
-    memory); the others are read whole by :func:`read_raw`, then cut. When every chunk has
+    The file sources (``criteo``, ``libsvm``, ``csv``, ``criteo-npy``) are read chunk by chunk
+    (bounded memory); the generated ones are made whole by :func:`read_raw`, then cut. When every chunk has
     been taken, ``info`` (if given) holds what ``read_raw(...).info`` holds.
     """
     kw = dict(skip_bad_lines=options.skip_bad_lines, max_rows=options.max_rows, chunk_rows=chunk_rows, info=info)
@@ -128,6 +128,11 @@ def iter_raw(spec: DataSpec, options: DataOptions, chunk_rows: int = CHUNK_ROWS,
         from umec_torchrec.data.libsvm import iter_libsvm
 
         yield from iter_libsvm(spec.path, names=spec.params.get("names"), **kw)
+    elif spec.kind == "criteo-npy":
+        from umec_torchrec.data.criteo_npy import iter_criteo_npy
+
+        yield from iter_criteo_npy(spec.path, days=spec.params.get("days"), max_rows=options.max_rows,
+                                   chunk_rows=chunk_rows, info=info)
     elif spec.kind == "csv":
         from umec_torchrec.data.delimited import iter_delimited
 
