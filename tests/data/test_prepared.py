@@ -53,7 +53,8 @@ def _same_bundle(a, b, exact_ctr: bool = False) -> None:
 @pytest.mark.parametrize("kind", ["criteo", "csv", "libsvm"])
 @pytest.mark.parametrize("extra", ["min_count=2", "vocab=hash,hash_size=300,time_ordered=1"])
 def test_prepared_equals_load_data_generated(tmp_path, kind, extra):
-    """Generated files: chunks of 7 rows give the rows, vocabulary, split and info of load_data."""
+    """Generated files: chunks of 7 rows and buckets of 16 give the rows, vocabulary, split and info
+    of load_data."""
     if kind == "criteo":
         spec = f"criteo:{T.write_criteo_tsv(tmp_path / 'c.tsv.gz', rows=120, seed=1)}"
     elif kind == "csv":
@@ -61,7 +62,7 @@ def test_prepared_equals_load_data_generated(tmp_path, kind, extra):
     else:
         spec = f"libsvm:{T.write_libsvm(tmp_path / 'f.libsvm', rows=100, seed=3)}"
     spec = f"{spec},{extra}"
-    man = prepare_data(spec, tmp_path / "p", chunk_rows=7)
+    man = prepare_data(spec, tmp_path / "p", chunk_rows=7, bucket_rows=16)
     a, b = load_data(spec), load_data(f"prepared:{tmp_path / 'p'}")
     _same_bundle(a, b)
     n = man["rows"]["total"]
@@ -70,6 +71,8 @@ def test_prepared_equals_load_data_generated(tmp_path, kind, extra):
     for s, rows in zip(SPLITS, want):
         assert np.array_equal(np.load(tmp_path / "p" / f"split_{s}.npy"), rows)
     assert man["id_dtypes"] == [str(id_dtype(s)) for s in a.table_sizes]
+    assert not [x for x in os.listdir(tmp_path / "p") if x.startswith(".")]  # temporary arrays removed
+    assert sorted(man["files"]) == sorted(x for x in os.listdir(tmp_path / "p") if x != "manifest.json")
 
 
 def test_prepared_equals_load_data_criteo_npy(tmp_path):
@@ -78,7 +81,7 @@ def test_prepared_equals_load_data_criteo_npy(tmp_path):
     for log_dense in (True, False):
         d = T.write_criteo_npy(tmp_path / f"npy{log_dense}", days=(0, 1), rows_per_day=40, log_dense=log_dense)
         spec = f"criteo-npy:{d},max_rows=70,min_count=2"
-        prepare_data(spec, tmp_path / f"p{log_dense}", chunk_rows=9)
+        prepare_data(spec, tmp_path / f"p{log_dense}", chunk_rows=9, bucket_rows=1 if log_dense else 1000)
         _same_bundle(load_data(spec), load_data(f"prepared:{tmp_path / f'p{log_dense}'}"))
 
 

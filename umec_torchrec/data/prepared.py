@@ -21,10 +21,12 @@ and renamed into place when complete.
 Preparing reads the source once, in chunks (:func:`~umec_torchrec.data.loader.iter_raw`),
 into temporary raw arrays on disk (dense float32, raw int64 values, labels), so that the
 row count, hence the split, is known; then it counts the values of the training rows chunk
-by chunk (:class:`~umec_torchrec.data.vocab.ValueCounts`) and encodes each split chunk by
-chunk. Memory: one chunk of parsed lines, the distinct values of every feature (the
-vocabulary itself) and the split's row indices (8 bytes a row); never the whole table.
-Temporary disk: about ``8 * (F + D) + 8`` bytes a row, removed at the end.
+by chunk (:class:`~umec_torchrec.data.vocab.ValueCounts`); then it encodes the rows in file
+order into temporary buckets of the split order and writes the outputs bucket by bucket
+(sequential I/O only, whatever the split). Memory: one chunk of parsed lines, the distinct
+values of every feature (the vocabulary itself), 16 bytes a row for the split and its
+inverse, and one bucket (:data:`BUCKET_ROWS` rows); never the whole table. Temporary disk:
+about ``2 * (8 * (F + D) + 8)`` bytes a row at most, removed before the manifest is written.
 
 Loading (:func:`load_prepared`) maps every array (``np.load(mmap_mode="c")``: read-only on
 disk, pages loaded on first touch): a batch touches only its rows, ids keep their on-disk
@@ -61,6 +63,8 @@ __all__ = ["PREPARED_FORMAT", "SPLITS", "VOCABULARY_FILE", "ColumnIds", "is_prep
 PREPARED_FORMAT = 1
 SPLITS = ("train", "valid", "test")
 VOCABULARY_FILE = "vocabulary.npz"
+#: rows of the split order per temporary bucket of pass 3 (its memory: one bucket)
+BUCKET_ROWS = 1 << 18
 #: what ``manifest.json`` says a directory is
 KIND = "umec-prepared-data"
 #: the options fixed by preparing (an inline option of ``prepared:DIR`` must equal the recorded one)
@@ -129,7 +133,7 @@ def _refuse_out(out: str, force: bool) -> str:
 
 
 def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, chunk_rows: int = CHUNK_ROWS,
-                 force: bool = False) -> Dict[str, Any]:
+                 force: bool = False, bucket_rows: int = BUCKET_ROWS) -> Dict[str, Any]:
     """Read the source of ``spec`` once and write its encoded splits to ``out`` (layout in the
     module docstring); returns the manifest. ``load_prepared(out)`` then gives the bundle
     that ``load_data(spec, options)`` gives.
@@ -140,6 +144,7 @@ def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, 
         options: split, vocabulary and bad-line options (default :class:`DataOptions`).
         chunk_rows: rows per chunk while reading and encoding (bounds the memory).
         force: replace an existing prepared directory ``out``.
+        bucket_rows: rows of the output written at a time in pass 3 (bounds its memory).
 
     Raises:
         DataError: the source's errors (file, line, field), as :func:`load_data` raises them.
@@ -157,15 +162,15 @@ def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, 
         raise DataError(parsed.text, None, None, full_path=True, reason="the data is already prepared")
     opts = dataclasses.replace(options or DataOptions(), **parsed.options)
     opts.validate(where=parsed.text)
-    if int(chunk_rows) < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if int(chunk_rows) < 1 or int(bucket_rows) < 1:
+        raise ValueError(f"chunk_rows and bucket_rows must be >= 1, got {chunk_rows} and {bucket_rows}")
     path = _refuse_out(out, force)
     parent, base = os.path.dirname(path), os.path.basename(path)
     os.makedirs(parent, exist_ok=True)
     _remove_stale(path)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-{os.getpid()}-")
     try:
-        manifest = _prepare(parsed, opts, tmp, int(chunk_rows), iter_raw, bundle_info)
+        manifest = _prepare(parsed, opts, tmp, int(chunk_rows), int(bucket_rows), iter_raw, bundle_info)
         old = None
         if os.path.exists(path):
             old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-{os.getpid()}-")
@@ -190,8 +195,8 @@ def _remove_stale(path: str) -> None:
             shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
 
 
-def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, iter_raw: Any, bundle_info: Any
-             ) -> Dict[str, Any]:
+def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_rows: int, iter_raw: Any,
+             bundle_info: Any) -> Dict[str, Any]:
     raw_dir = os.path.join(tmp, ".raw")
     os.makedirs(raw_dir)
     files = {k: open(os.path.join(raw_dir, k), "wb") for k in ("dense", "cats", "labels")}
@@ -236,10 +241,10 @@ def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, iter_raw
         del counts
     sizes = voc.table_sizes
     dtypes = [id_dtype(s) for s in sizes]
-    ctr: Dict[str, Optional[float]] = {}
-    for split, rows in zip(SPLITS, (tr, va, te)):  # pass 3: encode each split in its own row order
+    for split, rows in zip(SPLITS, (tr, va, te)):
         np.save(os.path.join(tmp, f"split_{split}.npy"), rows.astype(np.int64))
-        ctr[split] = _write_split(tmp, split, rows, dense_raw, cats_raw, labels_raw, voc, dtypes, chunk_rows)
+    ctr = _encode_splits(tmp, raw_dir, (tr, va, te), dense_raw, cats_raw, labels_raw, voc, dtypes, chunk_rows,
+                         bucket_rows)
     del dense_raw, cats_raw, labels_raw
     shutil.rmtree(raw_dir)
     voc.save(os.path.join(tmp, VOCABULARY_FILE))
@@ -269,41 +274,84 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def _write_split(tmp: str, split: str, rows: np.ndarray, dense_raw: np.ndarray, cats_raw: np.ndarray,
-                 labels_raw: np.ndarray, voc: Vocabulary, dtypes: List[np.dtype], chunk_rows: int) -> Optional[float]:
-    """Write the arrays of one split (rows ``rows`` of the raw arrays, in that order); returns its CTR."""
-    m = int(rows.shape[0])
-    d, f_ = dense_raw.shape[1], cats_raw.shape[1]
+def _encode_splits(tmp: str, raw_dir: str, splits: Sequence[np.ndarray], dense_raw: np.ndarray,
+                   cats_raw: np.ndarray, labels_raw: np.ndarray, voc: Vocabulary, dtypes: List[np.dtype],
+                   chunk_rows: int, bucket_rows: int) -> Dict[str, Optional[float]]:
+    """Pass 3: write every split's arrays in its own row order, with sequential I/O only.
 
-    def out(name: str, dtype: Any, shape: tuple) -> np.ndarray:
-        p = os.path.join(tmp, f"{split}_{name}.npy")
-        if m == 0:
-            np.save(p, np.zeros(shape, dtype=dtype))
-            return np.zeros(shape, dtype=dtype)
-        return np.lib.format.open_memmap(p, mode="w+", dtype=dtype, shape=shape)
+    The splits in order are one permutation of the rows (``[train | valid | test]``); row
+    ``i`` of the file goes to position ``inv[i]`` of it. 3a reads the raw arrays in file
+    order, encodes each chunk and appends each row to the bucket file of its block of
+    ``bucket_rows`` positions; 3b loads one bucket at a time, orders it by position and
+    writes that block of the outputs. Returns each split's CTR."""
+    n, d = dense_raw.shape
+    f_ = cats_raw.shape[1]
+    rec = np.dtype([("pos", np.int64), ("dense", np.float32, (d,)), ("label", np.float32), ("ids", np.int64, (f_,))])
+    order = np.concatenate(splits)
+    inv = np.empty(n, dtype=np.int64)
+    inv[order] = np.arange(n, dtype=np.int64)
+    del order
+    n_buckets = -(-n // bucket_rows)
+    bdir = os.path.join(raw_dir, "buckets")
+    os.makedirs(bdir)
+    paths = [os.path.join(bdir, str(k)) for k in range(n_buckets)]
+    files = [open(q, "wb") for q in paths]
+    try:
+        for a in range(0, n, chunk_rows):  # 3a: file order -> buckets of the split order
+            b = min(n, a + chunk_rows)
+            r = np.empty(b - a, dtype=rec)
+            r["pos"] = inv[a:b]
+            r["dense"] = dense_raw[a:b]
+            r["label"] = labels_raw[a:b]
+            r["ids"] = voc.encode(np.asarray(cats_raw[a:b]))
+            blk = r["pos"] // bucket_rows
+            srt = np.argsort(blk, kind="stable")
+            r, blk = r[srt], blk[srt]
+            cuts = np.flatnonzero(np.diff(blk)) + 1
+            for part in np.split(r, cuts):  # one write per bucket this chunk reaches
+                files[int(part["pos"][0] // bucket_rows)].write(part.tobytes())
+    finally:
+        for fh in files:
+            fh.close()
+    del inv
+    sizes = [int(x.shape[0]) for x in splits]
+    starts = np.cumsum([0] + sizes)
+    outs = {}
+    for split, m in zip(SPLITS, sizes):
+        def out(name: str, dtype: Any, shape: tuple) -> np.ndarray:
+            q = os.path.join(tmp, f"{split}_{name}.npy")
+            if m == 0:
+                np.save(q, np.zeros(shape, dtype=dtype))
+                return np.zeros(shape, dtype=dtype)
+            return np.lib.format.open_memmap(q, mode="w+", dtype=dtype, shape=shape)
 
-    dense_o = out("dense", np.float32, (m, d))
-    labels_o = out("labels", np.float32, (m,))
-    ids_o = [out(f"ids_{j}", dtypes[j], (m,)) for j in range(f_)]
-    positives = 0.0
-    for a in range(0, m, chunk_rows):
-        src = rows[a:a + chunk_rows]
-        order = np.argsort(src, kind="stable")  # read the raw rows in file order, put them back in split order
-        srt = src[order]
-        back = np.empty_like(order)
-        back[order] = np.arange(order.shape[0])
-        dense_o[a:a + len(src)] = np.asarray(dense_raw[srt])[back]
-        lab = np.asarray(labels_raw[srt])[back]
-        labels_o[a:a + len(src)] = lab
-        positives += float(lab.astype(np.float64).sum())
-        ids = voc.encode(np.asarray(cats_raw[srt])[back])
-        for j in range(f_):
-            ids_o[j][a:a + len(src)] = ids[:, j].astype(dtypes[j])
-    for arr in [dense_o, labels_o] + ids_o:
-        if isinstance(arr, np.memmap):
-            arr.flush()
-    del dense_o, labels_o, ids_o
-    return float(np.float32(positives / m)) if m else None
+        outs[split] = (out("dense", np.float32, (m, d)), out("labels", np.float32, (m,)),
+                       [out(f"ids_{j}", dtypes[j], (m,)) for j in range(f_)])
+    positives = {s: 0.0 for s in SPLITS}
+    for k, q in enumerate(paths):  # 3b: one block of the split order at a time
+        r = np.fromfile(q, dtype=rec)
+        os.remove(q)
+        r = r[np.argsort(r["pos"], kind="stable")]
+        lo = k * bucket_rows
+        if not np.array_equal(r["pos"], np.arange(lo, lo + r.shape[0])):
+            raise RuntimeError(f"{q}: bucket {k} does not hold positions {lo}..{lo + r.shape[0] - 1}")  # a bug
+        for si, split in enumerate(SPLITS):
+            a, b = max(lo, int(starts[si])), min(lo + r.shape[0], int(starts[si + 1]))
+            if a >= b:
+                continue
+            part = r[a - lo:b - lo]
+            dense_o, labels_o, ids_o = outs[split]
+            dense_o[a - starts[si]:b - starts[si]] = part["dense"]
+            labels_o[a - starts[si]:b - starts[si]] = part["label"]
+            positives[split] += float(part["label"].astype(np.float64).sum())
+            for j in range(f_):
+                ids_o[j][a - starts[si]:b - starts[si]] = part["ids"][:, j].astype(dtypes[j])
+    for dense_o, labels_o, ids_o in outs.values():
+        for arr in [dense_o, labels_o] + ids_o:
+            if isinstance(arr, np.memmap):
+                arr.flush()
+    del outs
+    return {s: (float(np.float32(positives[s] / m)) if m else None) for s, m in zip(SPLITS, sizes)}
 
 
 # --- loading ------------------------------------------------------------------------------------
