@@ -103,3 +103,23 @@ def test_two_gloo_ranks_on_prepared_data_equal_the_source_spec(src, tmp_path):
         assert p.returncode == 0, p.stderr[-3000:]
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
     assert json.load(open(tmp_path / "b" / "config.json"))["world_size"] == 2
+
+
+def test_prepare_flag_defaults_are_the_library_defaults():
+    """No data: every data flag of ``umec prepare`` defaults to DataOptions' field, --chunk-rows to
+    prepare_data's chunk_rows."""
+    import argparse
+    import dataclasses
+    import inspect
+
+    from umec_torchrec.data import DataOptions
+    from umec_torchrec.data.prepared import prepare_data
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    p = sub.choices["prepare"]
+    fields = {f.name: f.default for f in dataclasses.fields(DataOptions) if f.default is not dataclasses.MISSING}
+    flags = {a.dest: a.default for a in p._actions if a.option_strings and a.dest != "help"}
+    checked = [k for k in flags if k in fields]
+    assert len(checked) >= 8 and all(flags[k] == fields[k] for k in checked), {k: (flags[k], fields[k])
+                                                                                for k in checked}
+    assert flags["chunk_rows"] == inspect.signature(prepare_data).parameters["chunk_rows"].default
