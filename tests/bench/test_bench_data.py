@@ -35,5 +35,8 @@ def test_bench_data_measures_prepare_and_training(tmp_path):
     one = rec["train"]["1"][0]
     assert q["train_vs_ceiling_1"] == pytest.approx(one["samples_per_s"] / one["ceiling_samples_per_s"])
     assert q == ratios(r["rows"])
+    two = rec["train"]["2"]
+    assert q["data_pss_2_vs_1"] == (pytest.approx(max(x["data_pss"] for x in two) / one["data_pss"])
+                                    if one["data_pss"] else None)
     with pytest.raises(ValueError, match="divid"):
         run_data_bench([300], ranks=[3], batch_size=32)

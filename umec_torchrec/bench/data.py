@@ -6,13 +6,15 @@ train on the prepared directory on each number of ranks (a child per run, ``torc
 more than one rank) and report per rank: samples/s of ``--steps`` training steps drawing
 batches from the memory-mapped data, samples/s of as many steps on batches generated in
 memory (the ``umec bench train`` method: the compute ceiling) with the same model and batch
-size, the peak RSS, and the data memory (the growth of the rank's resident memory from
-before the data was first read to the end of the steps: anonymous and file-backed pages
-apart; file-backed pages are the page cache of the maps, reclaimable).
+size, the peak RSS, and the data memory: the growth of the rank's resident memory from
+before the data was first read to the end of the steps, anonymous and file-backed pages
+apart (file-backed pages are the page cache of the maps: reclaimable, and shared by the
+ranks), and the growth of its proportional set size (PSS: a page the ranks share counts
+1/k in each of k ranks), the rank's share of the machine's memory.
 
 Ratios printed: prepare's and training's peak RSS from the smallest to the largest row
 count (target: at most 1.2x, flat in rows), each rank's data memory on 2 ranks against 1
-rank (target: at most 0.6x), training samples/s on the prepared data against the ceiling
+rank (target: at most 0.6x; resident and PSS), training samples/s on the prepared data against the ceiling
 (target: at least 0.8x).
 """
 
@@ -92,14 +94,20 @@ def _peak_rss_child(cmd: List[str], env: Optional[Dict[str, str]] = None) -> Dic
 
 
 def _mem() -> Dict[str, int]:
-    """This process's memory now (bytes): ``rss_anon``, ``rss_file`` and the peak ``hwm``."""
-    out = {"rss_anon": 0, "rss_file": 0, "hwm": 0}
-    keys = {"RssAnon:": "rss_anon", "RssFile:": "rss_file", "VmHWM:": "hwm"}
-    with open("/proc/self/status") as f:
-        for line in f:
-            k = line.split(None, 1)[0]
-            if k in keys:
-                out[keys[k]] = int(line.split()[1]) * 1024
+    """This process's memory now (bytes): resident ``rss_anon`` / ``rss_file``, the peak ``hwm``
+    and the proportional set sizes ``pss_anon`` / ``pss_file`` (a page mapped by k processes
+    counts 1/k in each: the ranks' shared page cache of one prepared directory is split)."""
+    out = {"rss_anon": 0, "rss_file": 0, "hwm": 0, "pss_anon": 0, "pss_file": 0}
+    for path, keys in (("/proc/self/status", {"RssAnon:": "rss_anon", "RssFile:": "rss_file", "VmHWM:": "hwm"}),
+                       ("/proc/self/smaps_rollup", {"Pss_Anon:": "pss_anon", "Pss_File:": "pss_file"})):
+        try:
+            with open(path) as f:
+                for line in f:
+                    k = line.split(None, 1)[0]
+                    if k in keys:
+                        out[keys[k]] = int(line.split()[1]) * 1024
+        except OSError:
+            pass
     return out
 
 
@@ -144,6 +152,7 @@ def rank_worker(data_dir: str, steps: int, batch_size: int, warmup: int, out_jso
     it = data_batches()
     got = train_steps(dmp, opt, (next(it) for _ in range(steps)), progress=False, log_every=0)
     it.close()
+    ctx.barrier()  # every rank has read its rows: the shared pages are mapped by all
     after = _mem()
     ctx.barrier()
     ceil = train_steps(dmp, opt, (pool[i % 4] for i in range(steps)), progress=False, log_every=0)
@@ -153,7 +162,9 @@ def rank_worker(data_dir: str, steps: int, batch_size: int, warmup: int, out_jso
         "table_rows": int(sum(bundle.train.table_sizes)),
         "samples_per_s": got["samples_per_s"], "ceiling_samples_per_s": ceil["samples_per_s"],
         "peak_rss": after["hwm"], "data_anon": max(0, after["rss_anon"] - before["rss_anon"]),
-        "data_file": max(0, after["rss_file"] - before["rss_file"]), "threads": torch.get_num_threads(),
+        "data_file": max(0, after["rss_file"] - before["rss_file"]),
+        "data_pss": max(0, after["pss_anon"] + after["pss_file"] - before["pss_anon"] - before["pss_file"]),
+        "threads": torch.get_num_threads(),
     }
     with open(f"{out_json}.{ctx.rank}", "w") as f:
         json.dump(res, f)
@@ -225,7 +236,8 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
                 say(f"  {k} rank(s): " + "; ".join(
                     f"rank {x['rank']}: {x['samples_per_s']:,.0f} samples/s "
                     f"(ceiling {x['ceiling_samples_per_s']:,.0f}), peak RSS {x['peak_rss'] / 2**20:.0f} MiB, "
-                    f"data {x['data_anon'] / 2**20:.1f} MiB anon + {x['data_file'] / 2**20:.1f} MiB file"
+                    f"data {x['data_anon'] / 2**20:.1f} MiB anon + {x['data_file'] / 2**20:.1f} MiB file, "
+                    f"PSS {x['data_pss'] / 2**20:.1f} MiB"
                     for x in per))
             out.append(rec)
     finally:
@@ -245,10 +257,8 @@ def ratios(recs: List[Dict[str, Any]]) -> Dict[str, Any]:
         r[f"train_vs_ceiling_{k}"] = min(x["samples_per_s"] / x["ceiling_samples_per_s"] for x in hi["train"][k])
     if "1" in hi["train"] and "2" in hi["train"]:
         one = hi["train"]["1"][0]
-        for kind in ("data_anon", "data_file"):
+        for kind in ("data_anon", "data_file", "data_pss"):
             r[f"{kind}_2_vs_1"] = (max(x[kind] for x in hi["train"]["2"]) / one[kind]) if one[kind] else None
-        r["data_2_vs_1"] = (max(x["data_anon"] + x["data_file"] for x in hi["train"]["2"])
-                            / max(1, one["data_anon"] + one["data_file"]))
     return r
 
 
