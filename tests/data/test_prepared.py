@@ -329,3 +329,19 @@ def test_prefetch_raises_the_producers_error():
     assert out == [1, 2]
     with pytest.raises(ValueError, match="depth"):
         list(prefetch([1], depth=0))
+
+
+def test_column_ids_index_like_a_tensor(tmp_path):
+    """Generated columns of three dtypes: rows by LongTensor, bool mask, slice and list equal the
+    int64 [N, F] tensor indexed alike; a single row is refused."""
+    cols = [np.arange(10, dtype=np.uint8), np.arange(10, 20, dtype=np.uint16), np.arange(20, 30, dtype=np.int64)]
+    ids = ColumnIds(cols)
+    full = torch.from_numpy(np.stack([c.astype(np.int64) for c in cols], axis=1))
+    assert ids.shape == (10, 3) and ids.dtype == torch.int64 and len(ids) == 10
+    mask = torch.tensor([True, False] * 5)
+    for index in (torch.tensor([3, 1, 3]), mask, slice(2, 9, 3), [0, 9]):
+        assert torch.equal(ids[index], full[index]), index
+    with pytest.raises(TypeError, match="single row"):
+        ids[3]
+    with pytest.raises(ValueError, match="different lengths"):
+        ColumnIds([cols[0], cols[1][:5]])

@@ -111,13 +111,15 @@ class ColumnIds:
         return self._n
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        if isinstance(index, torch.Tensor):
-            index = index.numpy()
-        if isinstance(index, np.ndarray) and index.dtype == np.bool_:
-            index = np.flatnonzero(index)
-        rows = self.columns[0][index].shape[0] if not isinstance(index, (int, np.integer)) else None
-        if rows is None:
+        if isinstance(index, (int, np.integer)):
             raise TypeError("ColumnIds takes an array of rows or a slice, not a single row")
+        if isinstance(index, slice):
+            rows = len(range(*index.indices(self._n)))
+        else:
+            index = index.numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
+            if index.dtype == np.bool_:
+                index = np.flatnonzero(index)
+            rows = int(index.shape[0])
         out = np.empty((rows, len(self.columns)), dtype=np.int64)
         for j, c in enumerate(self.columns):  # one vectorised gather per feature
             out[:, j] = c[index]
