@@ -345,3 +345,49 @@ def test_column_ids_index_like_a_tensor(tmp_path):
         ids[3]
     with pytest.raises(ValueError, match="different lengths"):
         ColumnIds([cols[0], cols[1][:5]])
+
+
+# --- TorchRec's criteo-npy options -------------------------------------------------------------------
+def test_criteo_npy_torchrec_options_equal_torchrec_pipe(tmp_path):
+    """Generated TorchRec day files: num_embeddings_per_feature + split=last_day + vocab=identity give
+    the rows of TorchRec's InMemoryBinaryCriteoIterDataPipe (train: days 0-1; val / test: the
+    halves of day 2; ids mod the caps), in load_data and in a prepared directory."""
+    from torchrec.datasets.criteo import DEFAULT_CAT_NAMES, InMemoryBinaryCriteoIterDataPipe
+
+    d = T.write_criteo_npy(tmp_path / "npy", days=(0, 1, 2), rows_per_day=41, seed=9)
+    caps = [7, 3] + [11] * 24
+    spec = f"criteo-npy:{d},num_embeddings_per_feature={';'.join(map(str, caps))},split=last_day,vocab=identity"
+    b = load_data(spec)
+    assert b.table_sizes == caps and b.info["split"]["kind"] == "last_day"
+    assert (len(b.train), len(b.valid), len(b.test)) == (82, 21, 20)
+    for stage, part, days in (("train", b.train, (0, 1)), ("val", b.valid, (2,)), ("test", b.test, (2,))):
+        files = [[str(d / f"day_{k}_{x}.npy") for k in days] for x in ("dense", "sparse", "labels")]
+        pipe = InMemoryBinaryCriteoIterDataPipe(stage, *files, batch_size=1000, rank=0, world_size=1,
+                                                hashes=caps)
+        (ref,) = list(pipe)
+        assert torch.equal(part.dense, ref.dense_features)
+        assert torch.equal(part.labels, ref.labels.float())
+        got = part.sparse[torch.arange(len(part))]
+        for j, key in enumerate(DEFAULT_CAT_NAMES):
+            assert torch.equal(got[:, j], ref.sparse_features[key].values().long()), (stage, key)
+    prepare_data(spec, tmp_path / "p", chunk_rows=10, bucket_rows=8)
+    p = load_data(f"prepared:{tmp_path / 'p'}")
+    _same_bundle(b, p)
+    assert p.vocabulary.mode == "identity" and p.vocabulary.table_sizes == caps
+
+
+def test_criteo_npy_torchrec_options_bad_values(tmp_path):
+    """Generated day files: a wrong number of caps, an unknown split, a last-day split of one day and
+    identity without caps are each one clear error naming the field."""
+    d = T.write_criteo_npy(tmp_path / "npy", days=(0,), rows_per_day=20)
+    for spec, needle in ((f"criteo-npy:{d},num_embeddings_per_feature=3;4", "num_embeddings_per_feature"),
+                         (f"criteo-npy:{d},split=halves", "split"),
+                         (f"criteo-npy:{d},split=last_day", "at least two days"),
+                         (f"criteo-npy:{d},vocab=identity", "one table size per feature")):
+        with pytest.raises(DataError, match=needle):
+            load_data(spec)
+        with pytest.raises(DataError, match=needle):
+            prepare_data(spec, tmp_path / "p")
+        assert not (tmp_path / "p").exists()
+    b = load_data(f"criteo-npy:{d},num_embeddings_per_feature=5")  # one cap for every table, default vocabulary
+    assert max(b.table_sizes) <= 6 and b.info["num_embeddings_per_feature"] == [5] * 26

@@ -8,7 +8,8 @@ hex-derived ids, or contiguous ids after ``sparse_to_contiguous``) and
 ``np.load(mmap_mode="r")`` and only the first ``max_rows`` rows (over the days, in
 order) are copied into memory; :func:`iter_criteo_npy` (what ``umec prepare`` reads) copies
 one chunk at a time. Ids are mapped to tables by the vocabulary (``min_count``)
-or hashed (``vocab="hash"``, the practical choice at full size).
+or hashed (``vocab="hash"``, the practical choice at full size), or, with TorchRec's
+``num_embeddings_per_feature`` caps, taken as rows (``id mod cap``, ``vocab="identity"``).
 """
 
 from __future__ import annotations
@@ -41,12 +42,30 @@ def _load(path: str) -> np.ndarray:
         raise DataError(path, None, None, f"not a readable .npy file ({e})") from None
 
 
+def _caps(directory: str, caps: Optional[Sequence[int]]) -> Optional[List[int]]:
+    if caps is None:
+        return None
+    caps = [int(c) for c in caps]
+    if len(caps) == 1:
+        caps = caps * CAT_FEATURE_COUNT
+    if len(caps) != CAT_FEATURE_COUNT or min(caps) < 1:
+        raise DataError(directory, None, "num_embeddings_per_feature", full_path=True,
+                        reason=f"expected one positive table size or {CAT_FEATURE_COUNT} of them, got {caps}")
+    return caps
+
+
 def iter_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_rows: Optional[int] = None,
-                    chunk_rows: int = CHUNK_ROWS, info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
+                    chunk_rows: int = CHUNK_ROWS, info: Optional[Dict[str, Any]] = None,
+                    num_embeddings_per_feature: Optional[Sequence[int]] = None,
+                    split: Optional[str] = None) -> Iterator[RawTable]:
     """:func:`read_criteo_npy` in chunks of at most ``chunk_rows`` rows, each copied out of the
     memory-mapped day files only while it is in use (bounded memory): the same rows, in
     order, and the same errors. When every day has been read, ``info`` (if given) receives
     the ``info`` of :func:`read_criteo_npy`."""
+    caps = _caps(directory, num_embeddings_per_feature)
+    if split not in (None, "last_day"):
+        raise DataError(directory, None, "split", full_path=True, reason=f"unknown split {split!r}; expected last_day")
+    day_rows: List[int] = []
     if not os.path.isdir(directory):
         raise DataError(directory, None, None, full_path=True,
                         reason="no such directory (expected TorchRec's day_X_{dense,sparse,labels}.npy)")
@@ -83,21 +102,41 @@ def iter_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_ro
                 r = a + int(np.flatnonzero(~ok)[0])
                 raise DataError(fl, r + 1, "label", f"{flat[r].item()!r} is not a 0/1 label (row {r + 1})")
             part = np.asarray(dense[a:b])
-            yield RawTable(part.astype(np.float32) if transformed else part.astype(np.float64),
-                           np.asarray(sparse[a:b]).astype(np.int64), lab.astype(np.int64), list(DENSE_NAMES),
-                           list(CAT_NAMES), {}, dense_transformed=bool(transformed))
+            ids = np.asarray(sparse[a:b]).astype(np.int64)
+            if caps is not None:  # TorchRec's per-table caps: id mod num_embeddings (hashes in torchrec_dlrm)
+                ids = np.mod(ids, np.asarray(caps, dtype=np.int64)[None, :])
+            yield RawTable(part.astype(np.float32) if transformed else part.astype(np.float64), ids,
+                           lab.astype(np.int64), list(DENSE_NAMES), list(CAT_NAMES), {},
+                           dense_transformed=bool(transformed))
+        if take:
+            day_rows.append(int(take))
         if remaining is not None:
             remaining -= take
             if remaining <= 0:
                 break
     if info is not None:
         info.update({"format": "criteo-npy", "path": str(directory), "days": [int(d) for d in days], "bad_lines": 0})
+        if caps is not None:
+            info["num_embeddings_per_feature"] = caps
+        if split is not None:
+            info.update(split_rule=split, day_rows=day_rows)
 
 
-def read_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_rows: Optional[int] = None) -> RawTable:
-    """Read TorchRec's ``day_*`` .npy files from ``directory`` (see module docstring)."""
+def read_criteo_npy(directory: str, days: Optional[Sequence[int]] = None, max_rows: Optional[int] = None,
+                    num_embeddings_per_feature: Optional[Sequence[int]] = None,
+                    split: Optional[str] = None) -> RawTable:
+    """Read TorchRec's ``day_*`` .npy files from ``directory`` (see module docstring).
+
+    Args:
+        num_embeddings_per_feature: TorchRec's per-table caps (one for every table, or 26):
+            each id becomes ``id mod cap`` (as ``torchrec_dlrm``'s ``hashes``); with
+            ``vocab="identity"`` the tables are exactly these sizes.
+        split: ``"last_day"``: TorchRec's split (every day but the last trains, the last
+            day's first half validates, its second half tests), recorded in ``info``.
+    """
     info: Dict[str, Any] = {}
-    chunks = list(iter_criteo_npy(directory, days, max_rows, info=info))
+    chunks = list(iter_criteo_npy(directory, days, max_rows, info=info,
+                                  num_embeddings_per_feature=num_embeddings_per_feature, split=split))
     if not chunks:  # empty day files: an empty table (the split then names the problem)
         return RawTable(np.zeros((0, INT_FEATURE_COUNT)), np.zeros((0, CAT_FEATURE_COUNT), dtype=np.int64),
                         np.zeros(0, dtype=np.int64), list(DENSE_NAMES), list(CAT_NAMES), info)

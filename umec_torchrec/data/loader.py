@@ -22,7 +22,7 @@ from umec_torchrec.data.errors import DataError
 from umec_torchrec.data.options import DataOptions
 from umec_torchrec.data.raw import CHUNK_ROWS, RawTable, dense_transform
 from umec_torchrec.data.spec import DataSpec, parse_spec
-from umec_torchrec.data.split import split_rows
+from umec_torchrec.data.split import source_split
 from umec_torchrec.data.vocab import Vocabulary
 
 __all__ = ["DENSE_TRANSFORM", "bundle_info", "encode", "iter_raw", "load_data", "read_raw"]
@@ -58,7 +58,9 @@ def read_raw(spec: DataSpec, options: DataOptions) -> RawTable:
     if spec.kind == "criteo-npy":
         from umec_torchrec.data.criteo_npy import read_criteo_npy
 
-        return read_criteo_npy(spec.path, days=spec.params.get("days"), max_rows=options.max_rows)
+        return read_criteo_npy(spec.path, days=spec.params.get("days"), max_rows=options.max_rows,
+                               num_embeddings_per_feature=spec.params.get("num_embeddings_per_feature"),
+                               split=spec.params.get("split"))
     if spec.kind == "libsvm":
         from umec_torchrec.data.libsvm import read_libsvm
 
@@ -97,7 +99,7 @@ def bundle_info(source_info: Dict[str, Any], source: str, voc: Vocabulary, featu
         "feature_names": list(feature_names),
         "dense_names": list(dense_names),
         "rows": {"total": n_tr + n_va + n_te, "train": n_tr, "valid": n_va, "test": n_te},
-        "split": {"kind": "time_ordered" if options.time_ordered else "random",
+        "split": {"kind": src_info.get("split_rule") or ("time_ordered" if options.time_ordered else "random"),
                   "seed": int(options.split_seed), "test_fraction": float(options.test_fraction),
                   "valid_fraction": float(options.valid_fraction), "time_ordered": bool(options.time_ordered),
                   "rows": {"train": n_tr, "valid": n_va, "test": n_te}},
@@ -132,7 +134,9 @@ def iter_raw(spec: DataSpec, options: DataOptions, chunk_rows: int = CHUNK_ROWS,
         from umec_torchrec.data.criteo_npy import iter_criteo_npy
 
         yield from iter_criteo_npy(spec.path, days=spec.params.get("days"), max_rows=options.max_rows,
-                                   chunk_rows=chunk_rows, info=info)
+                                   chunk_rows=chunk_rows, info=info,
+                                   num_embeddings_per_feature=spec.params.get("num_embeddings_per_feature"),
+                                   split=spec.params.get("split"))
     elif spec.kind == "csv":
         from umec_torchrec.data.delimited import iter_delimited
 
@@ -152,12 +156,11 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
     """Split ``raw`` three ways, fit the vocabulary on train, encode every split (see module docstring)."""
     n = len(raw)
     try:
-        tr, va, te = split_rows(n, float(options.test_fraction), float(options.valid_fraction),
-                                int(options.split_seed), bool(options.time_ordered))
+        tr, va, te = source_split(n, options, raw.info)
+        voc = Vocabulary.fit(raw.cats[tr], raw.feature_names, mode=options.vocab, min_count=options.min_count,
+                             hash_size=options.hash_size, sizes=raw.info.get("num_embeddings_per_feature"))
     except ValueError as e:
         raise DataError(raw.info.get("path", source), None, None, str(e)) from None
-    voc = Vocabulary.fit(raw.cats[tr], raw.feature_names, mode=options.vocab, min_count=options.min_count,
-                         hash_size=options.hash_size)
     sizes = voc.table_sizes
     dense = raw.dense.astype(np.float32) if raw.dense_transformed else dense_transform(raw.dense)
     labels = raw.labels.astype(np.float32)
@@ -167,9 +170,13 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
                        (len(tr), len(va), len(te)), ctr, options, raw.dense_transformed)
 
     def make(rows: np.ndarray, split: str) -> CTRData:
+        try:
+            ids = voc.encode(raw.cats[rows])
+        except ValueError as e:  # vocab="identity": an id outside its table
+            raise DataError(raw.info.get("path", source), None, None, str(e)) from None
         return CTRData(
             dense=torch.from_numpy(np.ascontiguousarray(dense[rows])),
-            sparse=torch.from_numpy(voc.encode(raw.cats[rows])),
+            sparse=torch.from_numpy(ids),
             labels=torch.from_numpy(np.ascontiguousarray(labels[rows])),
             dense_names=list(raw.dense_names),
             feature_names=list(raw.feature_names),

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 __all__ = ["DataOptions", "VOCAB_MODES"]
 
-VOCAB_MODES = ("min_count", "hash")
+VOCAB_MODES = ("min_count", "hash", "identity")
 
 
 @dataclass
@@ -28,7 +28,8 @@ class DataOptions:
         vocab: ``"min_count"`` (a vocabulary built on the training split; values seen fewer
             than ``min_count`` times in train, and valid/test values unseen in train, go to the
             out-of-vocabulary row 0) or ``"hash"`` (a stable 64-bit hash of each value, mod
-            ``hash_size``; no OOV row).
+            ``hash_size``; no OOV row) or ``"identity"`` (the ids are the rows; the table sizes
+            are the source's ``num_embeddings_per_feature``, ``criteo-npy`` only).
         min_count: minimum training count of a value to get its own row.
         hash_size: table size of every feature for ``vocab="hash"`` (required there).
         skip_bad_lines: skip malformed lines (counted in ``info["bad_lines"]``) instead of

@@ -53,7 +53,7 @@ from umec_torchrec.data.options import DataOptions
 from umec_torchrec.data.prefetch import PREFETCH_DEPTH
 from umec_torchrec.data.raw import CHUNK_ROWS, dense_transform
 from umec_torchrec.data.spec import parse_spec
-from umec_torchrec.data.split import split_rows
+from umec_torchrec.data.split import source_split
 from umec_torchrec.data.vocab import ValueCounts, Vocabulary, id_dtype
 from umec_torchrec.io import MANIFEST, raise_if_disk_full, read_manifest, verify_manifest, write_manifest
 
@@ -225,14 +225,13 @@ def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_r
     cats_raw = np.memmap(os.path.join(raw_dir, "cats"), dtype=np.int64, mode="r", shape=(n, f_))
     labels_raw = np.memmap(os.path.join(raw_dir, "labels"), dtype=np.float32, mode="r", shape=(n,))
     try:
-        tr, va, te = split_rows(n, float(opts.test_fraction), float(opts.valid_fraction), int(opts.split_seed),
-                                bool(opts.time_ordered))
+        tr, va, te = source_split(n, opts, src_info)
+        if opts.vocab != "min_count":
+            voc = Vocabulary.fit(np.zeros((0, f_), dtype=np.int64), names["features"], mode=opts.vocab,
+                                 hash_size=opts.hash_size, sizes=src_info.get("num_embeddings_per_feature"))
     except ValueError as e:
         raise DataError(src_info.get("path", parsed.text), None, None, str(e)) from None
-    if opts.vocab == "hash":
-        voc = Vocabulary.fit(np.zeros((0, f_), dtype=np.int64), names["features"], mode="hash",
-                             hash_size=opts.hash_size)
-    else:  # pass 2: count the training rows' values, chunk by chunk
+    if opts.vocab == "min_count":  # pass 2: count the training rows' values, chunk by chunk
         in_train = np.zeros(n, dtype=bool)
         in_train[tr] = True
         counts = ValueCounts(f_)
@@ -305,7 +304,10 @@ def _encode_splits(tmp: str, raw_dir: str, splits: Sequence[np.ndarray], dense_r
             r["pos"] = inv[a:b]
             r["dense"] = dense_raw[a:b]
             r["label"] = labels_raw[a:b]
-            r["ids"] = voc.encode(np.asarray(cats_raw[a:b]))
+            try:
+                r["ids"] = voc.encode(np.asarray(cats_raw[a:b]))
+            except ValueError as e:  # vocab="identity": an id outside its table
+                raise DataError(None, None, None, str(e)) from None
             blk = r["pos"] // bucket_rows
             srt = np.argsort(blk, kind="stable")
             r, blk = r[srt], blk[srt]

@@ -11,7 +11,10 @@ Kinds (``KIND``):
 
 * ``criteo:PATH`` - Criteo Kaggle/Terabyte TSV, plain or gzip (detected by magic bytes);
 * ``criteo-npy:DIR`` - TorchRec's preprocessed ``day_{d}_{dense,sparse,labels}.npy`` files;
-  params ``days=0;1;2`` (default: every day found, in order);
+  params ``days=0;1;2`` (default: every day found, in order), TorchRec's
+  ``num_embeddings_per_feature=N`` or ``=N1;...;N26`` (ids mod these caps; with
+  ``vocab=identity`` the tables are exactly these sizes) and ``split=last_day`` (TorchRec's
+  split: the last day's first half validates, its second half tests);
 * ``libsvm:PATH`` - libsvm/libFM one-hot CTR rows (``label idx:1 idx:1 ...``, one index per
   field, in field order); param ``names=user;item;...`` (default ``f1..fK``, or Frappe's
   field names for a 10-field file whose name contains ``frappe``);
@@ -25,7 +28,8 @@ Kinds (``KIND``):
   ``seed``, ``n_dense``, ``n_sparse``, ``signal_sparse``, ``signal_dense`` (all optional).
 
 Any source also takes the :class:`~umec_torchrec.data.options.DataOptions` keys inline:
-``test_fraction``, ``valid_fraction``, ``split_seed``, ``time_ordered``, ``vocab`` (``min_count``|``hash``),
+``test_fraction``, ``valid_fraction``, ``split_seed``, ``time_ordered``,
+``vocab`` (``min_count``|``hash``|``identity``),
 ``min_count``, ``hash_size``, ``skip_bad_lines``, ``max_rows`` (booleans: ``1/0/true/false``).
 Inline values override the ``DataOptions`` passed to ``load_data``.
 
@@ -82,7 +86,7 @@ _PARAM_KEYS: Dict[str, Dict[str, Any]] = {
     "synthetic": {"rows": int, "seed": int, "n_dense": int, "n_sparse": int, "signal_sparse": int, "signal_dense": int},
     "clicklog": {"rows": int, "seed": int, "n_dense": int, "signal_dense": int, "high_cardinality": int, "ctr": float},
     "criteo": {},
-    "criteo-npy": {"days": "intlist"},
+    "criteo-npy": {"days": "intlist", "num_embeddings_per_feature": "intlist", "split": str},
     "libsvm": {"names": "list"},
     "csv": {},
     "prepared": {},

@@ -14,12 +14,12 @@ the former two-way split exactly.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["split_counts", "split_indices", "split_rows"]
+__all__ = ["last_day_rows", "source_split", "split_counts", "split_indices", "split_rows"]
 
 
 def split_counts(n: int, test_fraction: float, valid_fraction: float = 0.0) -> Tuple[int, int, int]:
@@ -92,3 +92,35 @@ def split_indices(n: int, test_fraction: float, seed: int = 0, time_ordered: boo
     """
     tr, _, te = split_rows(n, test_fraction, 0.0, seed, time_ordered)
     return tr, te
+
+
+def last_day_rows(day_rows: Sequence[int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TorchRec's day split (``InMemoryBinaryCriteoIterDataPipe``): every day but the last
+    trains; the last day's first ``ceil(L / 2)`` rows validate, the rest test (file order).
+
+    Raises:
+        ValueError: fewer than two days, or a last day of fewer than 2 rows.
+
+    Example::
+
+        >>> [r.tolist() for r in last_day_rows([3, 3])]
+        [[0, 1, 2], [3, 4], [5]]
+    """
+    rows = [int(r) for r in day_rows]
+    if len(rows) < 2 or rows[-1] < 2:
+        raise ValueError(f"the last-day split needs at least two days and 2 rows on the last one, got days of "
+                         f"{rows} rows")
+    n, last = sum(rows), rows[-1]
+    cut = n - last + -(-last // 2)
+    return (np.arange(n - last, dtype=np.int64), np.arange(n - last, cut, dtype=np.int64),
+            np.arange(cut, n, dtype=np.int64))
+
+
+def source_split(n: int, options: Any, source_info: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The split of ``n`` rows: :func:`last_day_rows` when the source asks for it
+    (``source_info["split_rule"] == "last_day"``, with ``source_info["day_rows"]``), else
+    :func:`split_rows` with the options' fractions, seed and order."""
+    if source_info.get("split_rule") == "last_day":
+        return last_day_rows(source_info["day_rows"])
+    return split_rows(n, float(options.test_fraction), float(options.valid_fraction), int(options.split_seed),
+                      bool(options.time_ordered))

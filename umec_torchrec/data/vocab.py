@@ -6,6 +6,8 @@
   ``np.unique(return_inverse=True)`` per column, applied with ``np.searchsorted``.
 * ``hash``: row = ``splitmix64(value ^ salt(feature)) mod hash_size``; table size
   ``hash_size``; no OOV row (collisions instead).
+* ``identity``: row = value, table sizes given (TorchRec's ``num_embeddings_per_feature``,
+  with ids already ``mod`` them); a value outside ``[0, size)`` is an error.
 
 Raw values are int64: a Criteo hex id is ``int(hex, 16)`` (two's complement above
 ``2**63 - 1``), a libsvm index is the index itself, a csv value is :func:`hash_strings`
@@ -67,12 +69,20 @@ class Vocabulary:
     min_count: int = 1
     hash_size: Optional[int] = None
     kept: List[np.ndarray] = field(default_factory=list)  # min_count: sorted kept values per feature
+    sizes: Optional[List[int]] = None  # identity: the table sizes
 
     @classmethod
     def fit(cls, cats: np.ndarray, feature_names: List[str], mode: str = "min_count",
-            min_count: int = 1, hash_size: Optional[int] = None) -> "Vocabulary":
-        """Build the vocabulary on ``cats`` (``int64 [N, F]``, the training split)."""
+            min_count: int = 1, hash_size: Optional[int] = None, sizes: Optional[List[int]] = None) -> "Vocabulary":
+        """Build the vocabulary on ``cats`` (``int64 [N, F]``, the training split); ``sizes``:
+        the table sizes of ``mode="identity"``."""
         voc = cls(mode=mode, feature_names=list(feature_names), min_count=int(min_count), hash_size=hash_size)
+        if mode == "identity":
+            if sizes is None or len(sizes) != len(voc.feature_names):
+                raise ValueError("vocab='identity' needs one table size per feature (criteo-npy's "
+                                 "num_embeddings_per_feature)")
+            voc.sizes = [int(x) for x in sizes]
+            return voc
         if mode == "hash":
             if not hash_size or hash_size < 1:
                 raise ValueError(f"vocab='hash' needs a positive hash_size, got {hash_size}")
@@ -86,6 +96,8 @@ class Vocabulary:
 
     @property
     def table_sizes(self) -> List[int]:
+        if self.mode == "identity":
+            return list(self.sizes or [])
         if self.mode == "hash":
             return [int(self.hash_size)] * len(self.feature_names)
         return [int(k.shape[0]) + 1 for k in self.kept]
@@ -110,6 +122,12 @@ class Vocabulary:
         if isinstance(j, str):
             j = self.feature_names.index(j)
         col = np.asarray(col, dtype=np.int64)
+        if self.mode == "identity":
+            bad = (col < 0) | (col >= self.sizes[j])
+            if bad.any():
+                raise ValueError(f"feature {self.feature_names[j]}: id {int(col[bad][0])} is outside its table of "
+                                 f"{self.sizes[j]} rows (vocab='identity')")
+            return col.copy()
         if self.mode == "hash":
             with np.errstate(over="ignore"):
                 salt = np.uint64(j) * _GOLDEN
@@ -151,10 +169,11 @@ class Vocabulary:
             raise FileNotFoundError(f"{path}: no such vocabulary file") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a vocabulary file written by umec ({type(e).__name__}: {e})") from None
-        if meta.get("format") != VOCAB_FORMAT or meta.get("mode") not in ("min_count", "hash"):
+        if meta.get("format") != VOCAB_FORMAT or meta.get("mode") not in ("min_count", "hash", "identity"):
             raise ValueError(f"{path}: unknown vocabulary format {meta.get('format')!r} / mode {meta.get('mode')!r}")
         voc = cls(mode=meta["mode"], feature_names=list(meta["feature_names"]),
-                  min_count=int(meta.get("min_count", 1)), hash_size=meta.get("hash_size"), kept=kept)
+                  min_count=int(meta.get("min_count", 1)), hash_size=meta.get("hash_size"), kept=kept,
+                  sizes=meta.get("sizes"))
         if voc.table_sizes != [int(x) for x in meta.get("table_sizes", voc.table_sizes)]:
             raise ValueError(f"{path}: the vocabulary's table sizes do not match its kept values (corrupt)")
         return voc
@@ -162,7 +181,9 @@ class Vocabulary:
     def describe(self) -> Dict[str, Any]:
         """JSON-safe summary for ``info``."""
         d: Dict[str, Any] = {"mode": self.mode}
-        if self.mode == "hash":
+        if self.mode == "identity":
+            d["sizes"] = list(self.table_sizes)
+        elif self.mode == "hash":
             d["hash_size"] = int(self.hash_size)
         else:
             d["min_count"] = self.min_count
@@ -180,6 +201,7 @@ RAW_VALUES = {
     "missing": "-2**63 (an empty field); like any value, it has a row when it was seen min_count times in train",
     "min_count": "row = 1 + position of the value in the sorted kept values of its feature, 0 if not kept",
     "hash": "row = splitmix64(value ^ (j * 0x9E3779B97F4A7C15)) mod hash_size, j = the feature's position",
+    "identity": "row = value mod the feature's num_embeddings (criteo-npy with TorchRec's caps)",
 }
 
 
