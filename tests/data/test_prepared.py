@@ -85,6 +85,18 @@ def test_prepared_equals_load_data_criteo_npy(tmp_path):
         _same_bundle(load_data(spec), load_data(f"prepared:{tmp_path / f'p{log_dense}'}"))
 
 
+def test_prepare_reports_progress(tmp_path, monkeypatch):
+    """Generated Criteo file: a line every PROGRESS_ROWS rows read and one per pass."""
+    import umec_torchrec.data.prepared as P
+
+    monkeypatch.setattr(P, "PROGRESS_ROWS", 50)
+    lines = []
+    f = T.write_criteo_tsv(tmp_path / "c.tsv", rows=120)
+    prepare_data(f"criteo:{f},min_count=2", tmp_path / "p", chunk_rows=20, progress=lines.append)
+    assert lines[:2] == ["read 60 rows", "read 100 rows"]
+    assert lines[2] == "read 120 rows; counting values" and lines[3].startswith("vocabulary: ")
+
+
 def test_chunked_readers_equal_whole_readers(tmp_path):
     """Generated files with bad lines in later chunks: the chunked readers give the same rows and
     the same bad-line count (skipping) or the same first error (raising)."""

@@ -39,8 +39,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise ValueError("prepare needs --data SPEC (e.g. criteo:day_0.tsv.gz)")
     if args.chunk_rows < 1:
         raise ValueError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    import sys
+
     man = prepare_data(args.data, args.out, flags.data_options_from_args(args), chunk_rows=args.chunk_rows,
-                       force=args.force)
+                       force=args.force, progress=lambda msg: print(f"prepare: {msg}", file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps({k: v for k, v in man.items() if k != "files"}, indent=2))
         return 0

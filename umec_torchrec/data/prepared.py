@@ -41,7 +41,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -65,6 +65,8 @@ SPLITS = ("train", "valid", "test")
 VOCABULARY_FILE = "vocabulary.npz"
 #: rows of the split order per temporary bucket of pass 3 (its memory: one bucket)
 BUCKET_ROWS = 1 << 18
+#: rows between two progress lines of :func:`prepare_data`
+PROGRESS_ROWS = 1_000_000
 #: what ``manifest.json`` says a directory is
 KIND = "umec-prepared-data"
 #: the options fixed by preparing (an inline option of ``prepared:DIR`` must equal the recorded one)
@@ -135,7 +137,8 @@ def _refuse_out(out: str, force: bool) -> str:
 
 
 def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, chunk_rows: int = CHUNK_ROWS,
-                 force: bool = False, bucket_rows: int = BUCKET_ROWS) -> Dict[str, Any]:
+                 force: bool = False, bucket_rows: int = BUCKET_ROWS,
+                 progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Read the source of ``spec`` once and write its encoded splits to ``out`` (layout in the
     module docstring); returns the manifest. ``load_prepared(out)`` then gives the bundle
     that ``load_data(spec, options)`` gives.
@@ -147,6 +150,7 @@ def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, 
         chunk_rows: rows per chunk while reading and encoding (bounds the memory).
         force: replace an existing prepared directory ``out``.
         bucket_rows: rows of the output written at a time in pass 3 (bounds its memory).
+        progress: called with a line every :data:`PROGRESS_ROWS` rows read and at each pass.
 
     Raises:
         DataError: the source's errors (file, line, field), as :func:`load_data` raises them.
@@ -172,7 +176,8 @@ def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, 
     _remove_stale(path)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-{os.getpid()}-")
     try:
-        manifest = _prepare(parsed, opts, tmp, int(chunk_rows), int(bucket_rows), iter_raw, bundle_info)
+        manifest = _prepare(parsed, opts, tmp, int(chunk_rows), int(bucket_rows), iter_raw, bundle_info,
+                            progress or (lambda msg: None))
         old = None
         if os.path.exists(path):
             old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-{os.getpid()}-")
@@ -198,7 +203,7 @@ def _remove_stale(path: str) -> None:
 
 
 def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_rows: int, iter_raw: Any,
-             bundle_info: Any) -> Dict[str, Any]:
+             bundle_info: Any, progress: Callable[[str], None]) -> Dict[str, Any]:
     raw_dir = os.path.join(tmp, ".raw")
     os.makedirs(raw_dir)
     files = {k: open(os.path.join(raw_dir, k), "wb") for k in ("dense", "cats", "labels")}
@@ -215,6 +220,8 @@ def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_r
             files["cats"].write(np.ascontiguousarray(chunk.cats, dtype=np.int64).tobytes())
             files["labels"].write(np.ascontiguousarray(chunk.labels, dtype=np.float32).tobytes())
             n += len(chunk)
+            if n // PROGRESS_ROWS != (n - len(chunk)) // PROGRESS_ROWS:
+                progress(f"read {n:,} rows")
     finally:
         for f in files.values():
             f.close()
@@ -231,6 +238,7 @@ def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_r
                                  hash_size=opts.hash_size, sizes=src_info.get("num_embeddings_per_feature"))
     except ValueError as e:
         raise DataError(src_info.get("path", parsed.text), None, None, str(e)) from None
+    progress(f"read {n:,} rows; {'counting values' if opts.vocab == 'min_count' else 'encoding'}")
     if opts.vocab == "min_count":  # pass 2: count the training rows' values, chunk by chunk
         in_train = np.zeros(n, dtype=bool)
         in_train[tr] = True
@@ -244,6 +252,7 @@ def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_r
     dtypes = [id_dtype(s) for s in sizes]
     for split, rows in zip(SPLITS, (tr, va, te)):
         np.save(os.path.join(tmp, f"split_{split}.npy"), rows.astype(np.int64))
+    progress(f"vocabulary: {sum(sizes):,} table rows; encoding the splits")
     ctr = _encode_splits(tmp, raw_dir, (tr, va, te), dense_raw, cats_raw, labels_raw, voc, dtypes, chunk_rows,
                          bucket_rows)
     del dense_raw, cats_raw, labels_raw
