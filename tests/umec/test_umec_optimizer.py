@@ -265,3 +265,29 @@ def test_fixed_phase_is_the_same_for_umec_set_masks_and_masked_optimizer():
         assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
     for (n, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_conditional_target_sees_tiny_tables_next_to_huge_ones():
+    """Generated config, tables on the meta device (never allocated): next to two 100M-row
+    tables, pruning a 3-row one changes the embedding bytes by 1.5e-8 of dense, below
+    float32's resolution. The small tables' columns are scaled down so they are first in
+    line. The conditional target is computed in float64, so it still sees their gain and
+    meets an ``embedding_bytes`` budget (in float32 the greedy found no set that reduces the
+    violation and the step raised ``cannot be met``)."""
+    from umec_torchrec.models import find_dlrm
+
+    names = ["big1", "big2", "a", "b", "c"]
+    cfg = ModelConfig("cat", names, [100_000_000, 100_000_000, 3, 3, 3], 4, 8, [16, 8], [16, 8, 1])
+    torch.manual_seed(0)
+    model = build_model(cfg, tables_device=torch.device("meta"))
+    with torch.no_grad():  # over-arch input: [dense 8 | big1 8 | big2 8 | a 8 | b 8 | c 8]
+        find_dlrm(model).over_arch.model[0]._mlp[0]._linear.weight[:, 24:] *= 0.01
+    dense = [p for n, p in model.named_parameters() if "embedding_bag_collection" not in n]
+    umec = UMECOptimizer(torch.optim.SGD(dense, lr=0.1), model, ["embedding_bytes=0.6"],
+                         UMECConfig(score="weight", check_every=0), groups=discover_groups(model))
+    umec.umec_step()
+    target = umec._target
+    fi = [s.kind for s in umec.spec.sets].index("features")
+    assert float(target[fi]) == 4  # a, b, c, then one big table (the only way to 0.6)
+    assert bool(umec.target_allocator.within(umec.target_allocator.neighbours(
+        target.double(), umec.group_order())[0:1])[0])

@@ -100,7 +100,8 @@ def run_overhead_bench(
     if umec.s_step is SStep.CONDITIONAL:  # the conditional step's periodic target, timed on its own
         order = umec.group_order()
         t = time.perf_counter()
-        umec.allocator.remove(torch.zeros_like(umec.s), order, rule="cost", chunk=TARGET_CHUNK)
+        umec.target_allocator.remove(torch.zeros(len(umec.s), dtype=torch.float64), order, rule="cost",
+                                     chunk=TARGET_CHUNK)
         sync()
         target_ms = 1000 * (time.perf_counter() - t)
     paired = [u / p for u, p in zip(times["umec"], times["plain"])]  # neighbours in time
