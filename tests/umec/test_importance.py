@@ -254,3 +254,24 @@ def test_loss_scores_meet_the_budget(score):
     assert opt.penalty_scale is not None
     if ScoreKind(score).loss_scale:  # one scale for every set
         assert torch.allclose(opt.penalty_scale, opt.penalty_scale[0].expand_as(opt.penalty_scale))
+
+
+@pytest.mark.parametrize("kind, blocks", [("cat", True), ("dcn", True), ("dot", False)])
+def test_block_contributions_equal_the_incidence_product(kind, blocks):
+    """Generated weights and inputs: the feature gates of ``cat`` and ``dcn`` are consecutive
+    equal-width column blocks, so the per-group sums are a reshape-sum (O(B C), no [C, G]
+    product); ``dot``'s pair columns are not, and keep the product. Both give the same ``t``."""
+    from helpers.data import random_data
+    from helpers.models import small_model
+    from umec_torchrec.umec.groups import discover_groups
+
+    data = random_data(n=64, features=5, rows=30, dense=6, seed=1)
+    model, _ = small_model(kind, data)
+    gate = discover_groups(model).feature_set.gate
+    assert (gate.blocks() is not None) == blocks
+    C = gate.incidence.shape[0]
+    g = torch.Generator().manual_seed(0)
+    x, grad, mean = torch.randn(32, C, generator=g), torch.randn(32, C, generator=g), torch.randn(C, generator=g)
+    ref = group_contributions(x, grad, gate.incidence, mean if gate.replace is Replace.MEAN else None)
+    torch.testing.assert_close(gate.contributions(x, grad, mean), ref, rtol=1e-5, atol=1e-5)
+    assert Gate(nn.Linear(3, 2), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])).blocks() is None  # not consecutive

@@ -130,11 +130,36 @@ class Gate:
 
     def contributions(self, x: torch.Tensor, grad: torch.Tensor, mean: Optional[torch.Tensor]) -> torch.Tensor:
         """Per-sample first-order loss change of removing each group, ``[B, G]``."""
-        return group_contributions(x, grad, self.incidence, mean if self.replace is Replace.MEAN else None)
+        return group_contributions(x, grad, self.incidence, mean if self.replace is Replace.MEAN else None,
+                                   blocks=self.blocks())
+
+    def blocks(self) -> Optional[tuple]:
+        """``(lo, width)`` when the groups are consecutive, equal-width column blocks starting at
+        column ``lo`` (the feature gates of ``cat`` and ``dcn``); ``None`` otherwise (``dot``'s
+        pair columns, the identity). Computed once."""
+        cached = self.__dict__.get("_blocks", False)
+        if cached is not False:
+            return cached
+        out = None
+        inc = self.incidence
+        if inc is not None and inc.dim() == 2 and inc.shape[1] > 0:
+            hit = inc != 0
+            per_col = hit.sum(dim=1)
+            cols = torch.nonzero(per_col, as_tuple=True)[0]
+            G = inc.shape[1]
+            if bool((per_col <= 1).all()) and cols.numel() % G == 0 and cols.numel() > 0:
+                lo, width = int(cols[0]), cols.numel() // G
+                expect = torch.arange(lo, lo + width * G, device=inc.device)
+                owner = hit[lo: lo + width * G].float().argmax(dim=1)
+                if torch.equal(cols, expect) and torch.equal(owner, expect.sub(lo).div(width, rounding_mode="floor")):
+                    out = (lo, width)
+        self.__dict__["_blocks"] = out
+        return out
 
 
 def group_contributions(
-    x: torch.Tensor, grad: torch.Tensor, incidence: Optional[torch.Tensor], mean: Optional[torch.Tensor]
+    x: torch.Tensor, grad: torch.Tensor, incidence: Optional[torch.Tensor], mean: Optional[torch.Tensor],
+    blocks: Optional[tuple] = None,
 ) -> torch.Tensor:
     r"""``t[n, g] = sum_{c in g} grad[n, c] * delta[n, c]`` with ``delta = mean - x`` (or ``-x``).
 
@@ -143,13 +168,22 @@ def group_contributions(
         grad: ``[B, C]`` per-sample loss gradients ``d l_n / d x_n`` (not divided by ``B``).
         incidence: ``[C, G]`` or ``None`` (identity).
         mean: ``[C]`` replacement values, or ``None`` to zero the group.
+        blocks: ``(lo, width)`` when group ``g`` is columns ``[lo + g w, lo + (g+1) w)``
+            (:meth:`Gate.blocks`): a reshape-sum, ``O(B C)``, instead of the ``[B, C] x [C, G]``
+            product with the incidence.
 
     Returns:
         ``[B, G]``.
     """
     delta = -x if mean is None else mean[None, :] - x
     prod = (grad * delta).float()
-    return prod if incidence is None else prod @ incidence.to(prod.dtype)
+    if incidence is None:
+        return prod
+    if blocks is not None:
+        lo, width = blocks
+        G = incidence.shape[1]
+        return prod[:, lo: lo + G * width].reshape(prod.shape[0], G, width).sum(dim=2)
+    return prod @ incidence.to(prod.dtype)
 
 
 class GateStats:
