@@ -122,4 +122,5 @@ def test_prepare_flag_defaults_are_the_library_defaults():
     checked = [k for k in flags if k in fields]
     assert len(checked) >= 8 and all(flags[k] == fields[k] for k in checked), {k: (flags[k], fields[k])
                                                                                 for k in checked}
-    assert flags["chunk_rows"] == inspect.signature(prepare_data).parameters["chunk_rows"].default
+    params = inspect.signature(prepare_data).parameters
+    assert flags["chunk_rows"] == params["chunk_rows"].default and flags["workers"] == params["workers"].default

@@ -403,3 +403,34 @@ def test_criteo_npy_torchrec_options_bad_values(tmp_path):
         assert not (tmp_path / "p").exists()
     b = load_data(f"criteo-npy:{d},num_embeddings_per_feature=5")  # one cap for every table, default vocabulary
     assert max(b.table_sizes) <= 6 and b.info["num_embeddings_per_feature"] == [5] * 26
+
+
+def test_parallel_criteo_parsing_equals_sequential(tmp_path):
+    """Generated Criteo files: parsed by 2 worker processes in blocks of 7 lines, the rows, the
+    bad-line count (skipping), the first error (raising), max_rows and a truncated gzip give
+    what the sequential reader gives."""
+    f = T.write_criteo_tsv(tmp_path / "c.tsv.gz", rows=80, seed=2, replace={20: "1\tx", 61: "0\t1\t2"})
+    trunc = T.truncate_file(f, tmp_path / "t.tsv.gz", 0.6)
+
+    def run(path, workers, **kw):
+        info = {}
+        try:
+            parts = list(iter_criteo_tsv(str(path), chunk_rows=7, info=info, workers=workers, **kw))
+        except DataError as e:
+            return str(e)
+        return (np.concatenate([p.cats for p in parts]), np.concatenate([p.dense for p in parts]),
+                np.concatenate([p.labels for p in parts]), info)
+
+    for path, kw in ((f, dict(skip_bad_lines=True)), (f, {}), (f, dict(skip_bad_lines=True, max_rows=40)),
+                     (f, dict(max_rows=15)), (trunc, dict(skip_bad_lines=True)), (trunc, {})):
+        a, b = run(path, 1, **kw), run(path, 2, **kw)
+        if isinstance(a, str):
+            assert a == b, kw
+            continue
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1], equal_nan=True)
+        assert np.array_equal(a[2], b[2]) and a[3] == b[3], kw
+    assert run(f, 2, skip_bad_lines=True, max_rows=40)[3]["bad_lines"] == 1
+    assert len(run(f, 2, max_rows=15)[2]) == 15
+    spec = f"criteo:{f},skip_bad_lines=1,min_count=2"
+    prepare_data(spec, tmp_path / "p", chunk_rows=9, workers=2)
+    _same_bundle(load_data(spec), load_data(f"prepared:{tmp_path / 'p'}"))

@@ -15,7 +15,7 @@ __all__ = ["add_parser", "cmd_prepare"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from umec_torchrec.data.prepared import prepare_data
 
-    chunk = inspect.signature(prepare_data).parameters["chunk_rows"].default
+    params = inspect.signature(prepare_data).parameters
     p = sub.add_parser(
         "prepare", help="encode a data source once into a directory that every stage memory-maps",
         description="Read SPEC once, in chunks (bounded memory), build its vocabulary and split as every stage "
@@ -25,8 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "bench.")
     flags.add_data_args(p, default=None)
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="the directory to write")
-    p.add_argument("--chunk-rows", type=int, default=chunk,
+    p.add_argument("--chunk-rows", type=int, default=params["chunk_rows"].default,
                    help="rows read and encoded at a time: bounds the memory (default %(default)s)")
+    p.add_argument("--workers", type=int, default=params["workers"].default,
+                   help="processes parsing a Criteo TSV's lines (default %(default)s: this one)")
     p.add_argument("--force", action="store_true", help="replace an existing prepared directory DATA_DIR")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_prepare)
@@ -37,12 +39,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise ValueError("prepare needs --data SPEC (e.g. criteo:day_0.tsv.gz)")
-    if args.chunk_rows < 1:
-        raise ValueError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    if args.chunk_rows < 1 or args.workers < 1:
+        raise ValueError(f"--chunk-rows and --workers must be >= 1, got {args.chunk_rows} and {args.workers}")
     import sys
 
     man = prepare_data(args.data, args.out, flags.data_options_from_args(args), chunk_rows=args.chunk_rows,
-                       force=args.force, progress=lambda msg: print(f"prepare: {msg}", file=sys.stderr, flush=True))
+                       force=args.force, workers=args.workers,
+                       progress=lambda msg: print(f"prepare: {msg}", file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps({k: v for k, v in man.items() if k != "files"}, indent=2))
         return 0

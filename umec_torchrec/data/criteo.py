@@ -10,8 +10,9 @@ only a line that fails is split again to name the bad field. Column conversion i
 
 from __future__ import annotations
 
+import collections
 import re
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from torchrec.datasets.criteo import CAT_FEATURE_COUNT, INT_FEATURE_COUNT
@@ -86,31 +87,120 @@ def _table(path: str, rows: List[tuple]) -> RawTable:
     return RawTable(dense, cats, labels, list(DENSE_NAMES), list(CAT_NAMES), {"path": str(path)})
 
 
+def _parse_lines(args: Tuple[str, List[int], List[str]]) -> Tuple[RawTable, List[DataError], List[int]]:
+    """A worker's part of :func:`iter_criteo_tsv`: ``(table of the valid lines, the bad lines'
+    errors, the valid lines' numbers)`` of one block of ``(path, line numbers, lines)``."""
+    path, numbers, lines = args
+    match = _LINE.fullmatch
+    rows: List[tuple] = []
+    valid: List[int] = []
+    errors: List[DataError] = []
+    for lineno, line in zip(numbers, lines):
+        m = match(line)
+        if m is None:
+            errors.append(diagnose_line(path, lineno, line))
+        else:
+            rows.append(m.groups(""))
+            valid.append(lineno)
+    return _table(path, rows), errors, valid
+
+
+def _cut(t: RawTable, k: int) -> RawTable:
+    return RawTable(t.dense[:k], t.cats[:k], t.labels[:k], t.dense_names, t.feature_names, t.info)
+
+
+def _iter_parallel(path: str, bad: BadLines, max_rows: Optional[int], chunk_rows: int, workers: int,
+                   counted: List[int]) -> Iterator[RawTable]:
+    """The blocks of ``chunk_rows`` lines parsed by ``workers`` processes, taken back in file
+    order (at most ``2 * workers`` blocks in flight): the same tables, and the same bad lines
+    in the same order, as the sequential loop; ``counted[0]`` holds the rows yielded."""
+    import multiprocessing
+
+    pending: Deque[Any] = collections.deque()
+
+    def take(result: Any) -> Tuple[Optional[RawTable], bool]:
+        table, errors, valid = result.get()
+        stop = False
+        if max_rows is not None and counted[0] + len(table) >= max_rows:
+            need = max_rows - counted[0]
+            errors = [e for e in errors if e.line < valid[need - 1]]  # the sequential reader stops there
+            table, stop = _cut(table, need), True
+        for e in errors:
+            bad(e)
+        counted[0] += len(table)
+        return (table if len(table) else None), stop
+
+    ctx = multiprocessing.get_context("forkserver")  # workers forked from a clean server: no torch threads
+    ctx.set_forkserver_preload([__name__])  # imported once by the server, not per worker
+    with ctx.Pool(workers) as pool:
+        numbers: List[int] = []
+        lines: List[str] = []
+        failure: Optional[DataError] = None
+        source = iter_lines(path)
+        while True:
+            try:
+                lineno, line = next(source)
+            except StopIteration:
+                break
+            except DataError as e:  # a file-level error: raised after the lines read before it
+                failure = e
+                break
+            numbers.append(lineno)
+            lines.append(line)
+            if len(lines) >= chunk_rows:
+                pending.append(pool.apply_async(_parse_lines, ((path, numbers, lines),)))
+                numbers, lines = [], []
+                while len(pending) >= 2 * workers:
+                    t, stop = take(pending.popleft())
+                    if t is not None:
+                        yield t
+                    if stop:
+                        return
+        if lines:
+            pending.append(pool.apply_async(_parse_lines, ((path, numbers, lines),)))
+        while pending:
+            t, stop = take(pending.popleft())
+            if t is not None:
+                yield t
+            if stop:
+                return
+        if failure is not None:
+            raise failure
+
+
 def iter_criteo_tsv(path: str, skip_bad_lines: bool = False, max_rows: Optional[int] = None,
-                    chunk_rows: int = CHUNK_ROWS, info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
+                    chunk_rows: int = CHUNK_ROWS, info: Optional[Dict[str, Any]] = None,
+                    workers: int = 1) -> Iterator[RawTable]:
     """:func:`read_criteo_tsv` in chunks of at most ``chunk_rows`` rows (bounded memory): the
     same rows, in file order, and the same errors at the same lines. When the file is read
     to its end, ``info`` (if given) receives what :func:`read_criteo_tsv` puts in its table's
-    ``info`` (format, path, bad-line count and examples)."""
+    ``info`` (format, path, bad-line count and examples). ``workers > 1``: the lines are
+    parsed by that many processes, blocks of ``chunk_rows`` lines each, taken back in order
+    (the file is still read and decompressed by this process)."""
     bad = BadLines(skip_bad_lines)
-    rows: List[tuple] = []
-    total = 0
-    match = _LINE.fullmatch
-    for lineno, line in iter_lines(path):
-        m = match(line)
-        if m is None:
-            bad(diagnose_line(path, lineno, line))
-            continue
-        rows.append(m.groups(""))
-        total += 1
-        if max_rows is not None and total >= max_rows:
-            break
-        if len(rows) >= chunk_rows:
+    if workers > 1:
+        counted = [0]
+        yield from _iter_parallel(path, bad, max_rows, chunk_rows, int(workers), counted)
+        total = counted[0]
+    else:
+        rows: List[tuple] = []
+        total = 0
+        match = _LINE.fullmatch
+        for lineno, line in iter_lines(path):
+            m = match(line)
+            if m is None:
+                bad(diagnose_line(path, lineno, line))
+                continue
+            rows.append(m.groups(""))
+            total += 1
+            if max_rows is not None and total >= max_rows:
+                break
+            if len(rows) >= chunk_rows:
+                yield _table(path, rows)
+                rows = []
+        if rows:
             yield _table(path, rows)
-            rows = []
     bad.check_rows(path, total)
-    if rows:
-        yield _table(path, rows)
     if info is not None:
         info.update({"format": "criteo-tsv", "path": str(path), **bad.info()})
 

@@ -114,18 +114,19 @@ def bundle_info(source_info: Dict[str, Any], source: str, voc: Vocabulary, featu
 
 
 def iter_raw(spec: DataSpec, options: DataOptions, chunk_rows: int = CHUNK_ROWS,
-             info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
+             info: Optional[Dict[str, Any]] = None, workers: int = 1) -> Iterator[RawTable]:
     """The rows of :func:`read_raw`, in chunks of at most ``chunk_rows`` rows, in file order.
 
     The file sources (``criteo``, ``libsvm``, ``csv``, ``criteo-npy``) are read chunk by chunk
     (bounded memory); the generated ones are made whole by :func:`read_raw`, then cut. When every chunk has
-    been taken, ``info`` (if given) holds what ``read_raw(...).info`` holds.
+    been taken, ``info`` (if given) holds what ``read_raw(...).info`` holds. ``workers > 1``:
+    a Criteo TSV's lines are parsed by that many processes (the other sources ignore it).
     """
     kw = dict(skip_bad_lines=options.skip_bad_lines, max_rows=options.max_rows, chunk_rows=chunk_rows, info=info)
     if spec.kind == "criteo":
         from umec_torchrec.data.criteo import iter_criteo_tsv
 
-        yield from iter_criteo_tsv(spec.path, **kw)
+        yield from iter_criteo_tsv(spec.path, **kw, workers=workers)
     elif spec.kind == "libsvm":
         from umec_torchrec.data.libsvm import iter_libsvm
 

@@ -138,7 +138,7 @@ def _refuse_out(out: str, force: bool) -> str:
 
 def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, chunk_rows: int = CHUNK_ROWS,
                  force: bool = False, bucket_rows: int = BUCKET_ROWS,
-                 progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+                 progress: Optional[Callable[[str], None]] = None, workers: int = 1) -> Dict[str, Any]:
     """Read the source of ``spec`` once and write its encoded splits to ``out`` (layout in the
     module docstring); returns the manifest. ``load_prepared(out)`` then gives the bundle
     that ``load_data(spec, options)`` gives.
@@ -151,6 +151,8 @@ def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, 
         force: replace an existing prepared directory ``out``.
         bucket_rows: rows of the output written at a time in pass 3 (bounds its memory).
         progress: called with a line every :data:`PROGRESS_ROWS` rows read and at each pass.
+        workers: processes parsing a Criteo TSV's lines (1: this one; the other sources read
+            in this process).
 
     Raises:
         DataError: the source's errors (file, line, field), as :func:`load_data` raises them.
@@ -168,15 +170,17 @@ def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, 
         raise DataError(parsed.text, None, None, full_path=True, reason="the data is already prepared")
     opts = dataclasses.replace(options or DataOptions(), **parsed.options)
     opts.validate(where=parsed.text)
-    if int(chunk_rows) < 1 or int(bucket_rows) < 1:
-        raise ValueError(f"chunk_rows and bucket_rows must be >= 1, got {chunk_rows} and {bucket_rows}")
+    if int(chunk_rows) < 1 or int(bucket_rows) < 1 or int(workers) < 1:
+        raise ValueError(f"chunk_rows, bucket_rows and workers must be >= 1, got {chunk_rows}, {bucket_rows} and "
+                         f"{workers}")
     path = _refuse_out(out, force)
     parent, base = os.path.dirname(path), os.path.basename(path)
     os.makedirs(parent, exist_ok=True)
     _remove_stale(path)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-{os.getpid()}-")
     try:
-        manifest = _prepare(parsed, opts, tmp, int(chunk_rows), int(bucket_rows), iter_raw, bundle_info,
+        manifest = _prepare(parsed, opts, tmp, int(chunk_rows), int(bucket_rows),
+                            lambda *a, **k: iter_raw(*a, **k, workers=int(workers)), bundle_info,
                             progress or (lambda msg: None))
         old = None
         if os.path.exists(path):
