@@ -176,7 +176,7 @@ DEFAULT_ROWS = (1_000_000, 4_000_000)
 
 def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1, 2), steps: int = 30,
                    batch_size: int = 2048, warmup: int = 3, workdir: Optional[str] = None, keep: bool = False,
-                   chunk_rows: Optional[int] = None, say: Any = print) -> Dict[str, Any]:
+                   chunk_rows: Optional[int] = None, workers: int = 1, say: Any = print) -> Dict[str, Any]:
     """Run the benchmark (module docstring); returns ``{"rows": [per row count], "ratios": {...}}``.
 
     Args:
@@ -185,6 +185,7 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
         steps / batch_size / warmup: timed steps per measurement, global batch, untimed steps.
         workdir: where files go (default: a temporary directory, removed unless ``keep``).
         chunk_rows: ``umec prepare --chunk-rows`` (default: its own).
+        workers: ``umec prepare --workers``.
         say: where progress lines go.
     """
     if not rows or min(rows) < 10 or steps < 1 or any(r < 1 or batch_size % r for r in ranks):
@@ -213,6 +214,7 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
             cmd = [py, "-m", "umec_torchrec.cli", "prepare", "--data", f"criteo:{f}", "--out", d, "--force"]
             if chunk_rows:
                 cmd += ["--chunk-rows", str(chunk_rows)]
+            cmd += ["--workers", str(workers)]
             p = _peak_rss_child(cmd, env)
             rec.update(prepare_s=p["seconds"], prepare_rows_per_s=n / p["seconds"], prepare_peak_rss=p["peak_rss"],
                        floor_rows_per_s=n / rec["floor_s"])
@@ -243,7 +245,8 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
     finally:
         if not keep and workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-    return {"rows": out, "ratios": ratios(out), "steps": steps, "batch_size": batch_size, "workdir": root}
+    return {"rows": out, "ratios": ratios(out), "steps": steps, "batch_size": batch_size, "workers": workers,
+            "workdir": root}
 
 
 def ratios(recs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -278,13 +281,14 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=d["warmup"], help="untimed warm-up steps (default %(default)s)")
     p.add_argument("--dir", default=None, help="keep the files in this directory (default: a temporary one)")
     p.add_argument("--chunk-rows", type=int, default=None, help="umec prepare --chunk-rows")
+    p.add_argument("--workers", type=int, default=d["workers"], help="umec prepare --workers (default %(default)s)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=cmd_bench_data)
 
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
     r = run_data_bench(args.rows, args.ranks, args.steps, args.batch_size, args.warmup, workdir=args.dir,
-                       chunk_rows=args.chunk_rows)
+                       chunk_rows=args.chunk_rows, workers=args.workers)
     q = r["ratios"]
     print(f"ratios ({q['rows'][0]:,} -> {q['rows'][1]:,} rows):")
     for k, v in q.items():
