@@ -1,8 +1,8 @@
 """Compress your own TorchRec training loop in place with UMEC.
 
 The loop below is an ordinary TorchRec DLRM training loop; the lines marked ``# UMEC``
-are all that compression adds: wrap the optimizer (with the validation batches that
-score the groups), pass batches through the feature mask, and read the masks at the end. Run it with::
+are all that compression adds: wrap the optimizer, pass batches through the feature mask,
+and read the masks at the end. Run it with::
 
     .venv/bin/python examples/compress_in_place.py
 
@@ -41,8 +41,7 @@ def run_epoch(opt, epoch, transform=lambda b: b):
 run_epoch(optimizer, 0)  # ordinary (dense) training
 
 # --- compression: three lines ------------------------------------------------------------
-umec = UMECOptimizer(optimizer, model, ["flops=0.3", "embedding_bytes=0.5"],  # UMEC
-                     holdout=lambda: valid.batches(1024))  # UMEC: validation batches score the groups
+umec = UMECOptimizer(optimizer, model, ["flops=0.3", "embedding_bytes=0.5"])  # UMEC
 for epoch in (1, 2):
     run_epoch(umec, epoch, transform=umec.feature_mask)  # UMEC: same loop, wrapped optimizer
 masks = umec.finalize()  # UMEC: hard pruning; pruned weights stay exactly zero from now on

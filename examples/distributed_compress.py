@@ -33,9 +33,7 @@ def main() -> None:
         dmp, optimizer = build_training(model_cfg, train_cfg, ctx)  # DMP + CombinedOptimizer([fused, dense])
 
         umec = UMECOptimizer(optimizer, dmp, ["flops=0.3", "embedding_bytes=0.5"],  # UMEC
-                             UMECConfig(check_every=50),  # whole validation batches on every rank:
-                             holdout=lambda: data.valid.batches(1024, rank=ctx.rank, world_size=ctx.world_size,
-                                                                drop_last=ctx.world_size > 1))
+                             UMECConfig(check_every=50))
 
         for epoch in range(2):
             for batch in data.train.batches(train_cfg.batch_size, shuffle=True, epoch=epoch,

@@ -56,7 +56,7 @@ def run_overhead_bench(
     dmp, opt = build_training(mcfg, tcfg, ctx, tables_on_meta=True)
     pool = [b.to(ctx.device) for b in random_batches(sizes, mcfg.dense_in_features, batch_size // ctx.world_size, 4,
                                                      99 + ctx.rank)]
-    # the default (holdout) score re-scores on validation batches every holdout_every UMEC steps:
+    # the holdout score re-scores on validation batches every holdout_every UMEC steps:
     # two batches here, their cost is in ratio_total (the medians skip those steps)
     ucfg = UMECConfig(check_every=0, **({} if score is None else {"score": score}))
     umec = UMECOptimizer(opt, dmp, budgets or ["flops=0.3", "embedding_bytes=0.5"], ucfg, holdout=lambda: pool[:2])

@@ -213,7 +213,7 @@ class UMECOptimizer(OptimizerWrapper):
         config: hyper-parameters.
         groups: the groups; by default discovered from ``model``
             (:func:`~umec_torchrec.umec.groups.discover_groups`).
-        holdout: returns a fresh iterable of this rank's validation batches, for the default
+        holdout: returns a fresh iterable of this rank's validation batches, for the
             ``holdout`` score (see :meth:`attach_holdout`).
 
     Example::
