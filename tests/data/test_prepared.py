@@ -266,6 +266,18 @@ def test_prepare_is_atomic_and_refuses_to_overwrite(tmp_path):
         prepare_data(f"prepared:{tmp_path / 'p'}", tmp_path / "p2")
 
 
+def test_leftovers_of_a_killed_prepare_are_removed(tmp_path):
+    """Generated data: the temporary directory of a killed prepare (its pid no longer runs) is
+    removed by the next prepare of the same output; a live process's is kept."""
+    f = T.write_libsvm(tmp_path / "f.libsvm", rows=30)
+    dead = tmp_path / ".p.tmp-999999999-abc"
+    live = tmp_path / f".p.tmp-{os.getpid()}-abc"
+    for d in (dead, live):
+        (d / ".raw").mkdir(parents=True)
+    prepare_data(f"libsvm:{f}", tmp_path / "p")
+    assert not dead.exists() and live.exists()
+
+
 def test_vocabulary_save_load_maps_raw_ids(tmp_path):
     """Generated Criteo file: the saved vocabulary maps hex ids to the rows the data holds."""
     f = T.write_criteo_tsv(tmp_path / "c.tsv", rows=80, seed=6)
