@@ -291,3 +291,27 @@ def test_conditional_target_sees_tiny_tables_next_to_huge_ones():
     assert float(target[fi]) == 4  # a, b, c, then one big table (the only way to 0.6)
     assert bool(umec.target_allocator.within(umec.target_allocator.neighbours(
         target.double(), umec.group_order())[0:1])[0])
+
+
+def test_budget_unreachable_in_score_order_is_reported_not_raised_mid_run():
+    """Generated config, tables on the meta device: the one feature that must stay
+    (``min_keep``) is the 100M-row table, because the small tables score lowest, so
+    ``embedding_bytes=0.5`` cannot be met in the feature set's score order. The conditional
+    step does not raise in the middle of training (it approaches the least violation the order
+    allows) and ``finalize()`` reports ``budgets_met = False``."""
+    from umec_torchrec.models import find_dlrm
+
+    cfg = ModelConfig("cat", ["big", "a", "b", "c"], [100_000_000, 3, 3, 3], 4, 8, [16, 8], [16, 8, 1])
+    torch.manual_seed(0)
+    model = build_model(cfg, tables_device=torch.device("meta"))
+    with torch.no_grad():  # over-arch input: [dense 8 | big 8 | a 8 | b 8 | c 8]
+        find_dlrm(model).over_arch.model[0]._mlp[0]._linear.weight[:, 16:] *= 0.01
+    dense = [p for n, p in model.named_parameters() if "embedding_bag_collection" not in n]
+    umec = UMECOptimizer(torch.optim.SGD(dense, lr=0.1), model, ["embedding_bytes=0.5"],
+                         UMECConfig(score="weight", check_every=0), groups=discover_groups(model))
+    umec.umec_step()
+    fi = [s.kind for s in umec.spec.sets].index("features")
+    assert float(umec._target[fi]) == 3  # a, b, c: as far as the order allows
+    umec.finalize(zero_tables=False)
+    assert umec.budgets_met is False
+    assert umec.masks.kept_features == ["big"]

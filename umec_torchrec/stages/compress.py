@@ -240,6 +240,11 @@ def _compress(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bund
     advice = repair_warning(umec)
     if advice:
         warn(ctx, advice)
+    if not umec.budgets_met:
+        warn(ctx, "the budgets are not met: " + ", ".join(
+            f"{k} {100 * v['fraction']:.2f}% > {100 * v['budget']:.2f}%" for k, v in umec.budget_report().items()
+            if v["fraction"] > v["budget"] + 1e-9) + " of dense, even with every set pruned as far as its score order "
+             "allows (e.g. the one feature that must stay is the largest table); raise the budget")
     test = evaluate(dmp, bundle.test, tcfg.eval_batch_size, ctx, batch_transform=umec.feature_mask)
     save_checkpoint(run.checkpoint_dir, dmp, optimizer, extra={"umec": {"blob": to_blob(umec.umec_state_dict())}})
     metrics = {
@@ -247,7 +252,8 @@ def _compress(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bund
         "test": test,
         "budgets": {k: v["budget"] for k, v in umec.budget_report().items()},
         **rep,
-        "budget_repair": {"pruned": umec.repair_groups, "restored": umec.restored_groups},
+        "budget_repair": {"pruned": umec.repair_groups, "restored": umec.restored_groups,
+                          "budgets_met": umec.budgets_met},
         "umec_state": {"s": umec.s.tolist(), "y": umec.y.tolist(), "z": umec.z.tolist()},
         "wall_seconds": time.perf_counter() - t0,
     }

@@ -265,7 +265,7 @@ class BudgetAllocator:
         return counts + torch.ceil(hi * room - 1e-9)
 
     def remove(self, counts: torch.Tensor, order: SetOrder, rule: str = "score",
-               mean: Optional[torch.Tensor] = None, chunk: float = 0.0) -> torch.Tensor:
+               mean: Optional[torch.Tensor] = None, chunk: float = 0.0, strict: bool = True) -> torch.Tensor:
         """Prune one group at a time from ``counts`` until the total violation is zero.
 
         Args:
@@ -277,9 +277,13 @@ class BudgetAllocator:
             chunk: groups per move as a fraction of the set, ``max(1, floor(chunk n_l))`` (the
                 next group's score and gain decide, the whole chunk moves); ``0``: one group.
                 A coarse allocation in about ``S / chunk`` iterations instead of one per group.
+            strict: raise when stuck (below); ``False``: return the counts where no set's next
+                group reduces the violation any more (the least violation on the greedy path).
 
         Raises:
-            ValueError: when no set can reduce the violation any more.
+            ValueError: (``strict``) when no set can reduce the violation any more: the budgets
+                cannot be met in the sets' score order (e.g. the feature that must be kept is
+                the largest table, under an ``embedding_bytes`` budget).
         """
         counts = counts.clone()
         mean = torch.ones_like(counts) if mean is None else mean
@@ -292,6 +296,8 @@ class BudgetAllocator:
             gain = viol[0] - viol[1:]
             can = (counts < self.max_counts) & (gain > 0)
             if not bool(can.any()):
+                if not strict:
+                    return counts
                 raise ValueError(f"budgets {[str(x) for x in self.budgets]} cannot be met by these groups "
                                  f"(smallest reachable cost: {fr[0].tolist()} of dense)")
             nxt = order.score_at(counts, 0)

@@ -280,6 +280,7 @@ class UMECOptimizer(OptimizerWrapper):
             raise ValueError(f"score must be one of {known}, got {self.config.score!r}") from None
         self.s_step = SStep(self.config.s_step)
         self._target: Optional[torch.Tensor] = None  # the conditional step's target counts
+        self.budgets_met = True  # set by finalize()
         kind = self.score_kind
         self.stats: Optional[ActivationStats] = (
             ActivationStats(self.spec.watch, centered=kind is ScoreKind.CENTERED)
@@ -479,7 +480,10 @@ class UMECOptimizer(OptimizerWrapper):
         if self.s_step is SStep.CONDITIONAL:
             if self._target is None or self.umec_step_count % cfg.target_every == 0:
                 zero = torch.zeros(len(self.s), dtype=torch.float64, device=self.device)
-                self._target = self._target_alloc.remove(zero, order, rule="cost", chunk=TARGET_CHUNK).to(self.s)
+                # strict=False: if the budgets cannot be met in the sets' score order, approach the
+                # least violation the order allows; finalize() then reports the unmet budget
+                self._target = self._target_alloc.remove(zero, order, rule="cost", chunk=TARGET_CHUNK,
+                                                         strict=False).to(self.s)
             cap = cfg.s_lr * self._n
             self.s = torch.minimum((self.s + torch.clamp(self._target - self.s, -cap, cap)).clamp(min=0.0),
                                    self._s_max)
@@ -540,7 +544,8 @@ class UMECOptimizer(OptimizerWrapper):
 
         Pruned weights become exact zeros and stay zero after every later step;
         pruned features are dropped from the input (:attr:`feature_mask`). Sets
-        :attr:`repair_groups` and :attr:`restored_groups`. Returns the masks.
+        :attr:`repair_groups`, :attr:`restored_groups` and :attr:`budgets_met` (``False`` when
+        even the bound of every set misses a budget in the sets' score order). Returns the masks.
         Runs on every rank with identical results (the dense weights are replicated).
         """
         if self._fixed is not None:
@@ -555,6 +560,7 @@ class UMECOptimizer(OptimizerWrapper):
         repaired = self._alloc.repair(c, order)
         self.repair_groups = int((repaired - c).sum())
         c, self.restored_groups = self._alloc.give_back(repaired, order, mean=mean_score)
+        self.budgets_met = bool(self._target_alloc.within(self._target_alloc.neighbours(c.double(), order)[0:1])[0])
         pruned = order.pruned(c)
         self.s = c.clone()
         masks = masks_from_pruned(self.spec, pruned)
