@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 __all__ = ["atomic_write", "write_json", "read_json", "to_blob", "from_blob", "sha256_file", "write_manifest",
            "read_manifest", "verify_manifest", "trusting", "trusted", "fingerprint", "DiskFull", "disk_full",
-           "raise_if_disk_full", "own_temp_name", "MANIFEST"]
+           "raise_if_disk_full", "own_temp_name", "MANIFEST", "plain_mode", "process_umask"]
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -68,15 +68,40 @@ def own_temp_name(name: str) -> bool:
     return name.startswith(".tmp-")
 
 
+def process_umask() -> int:
+    """This process's umask (read without changing it where ``/proc`` tells it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def plain_mode(path: str, directory: bool = False) -> int:
+    """The permission bits ``open()`` / ``mkdir()`` would give ``path``: those of the existing
+    file when there is one, else ``0o666`` (``0o777`` for a directory) less the umask.
+    ``mkstemp`` / ``mkdtemp`` create 0600 / 0700, which other users cannot read."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o7777
+    return (0o777 if directory else 0o666) & ~process_umask()
+
+
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write ``path`` atomically: ``write(f)`` fills a temp file that is renamed over ``path``.
 
-    A crash leaves either the old file or the new one, never a torn one.
+    A crash leaves either the old file or the new one, never a torn one. The file gets the
+    permissions a plain ``open(path, "w")`` would (:func:`plain_mode`).
     """
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + ".")
     try:
+        os.fchmod(fd, plain_mode(path))
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

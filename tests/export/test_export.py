@@ -505,3 +505,29 @@ def test_bench_inference_runs_on_small_tables(capsys):
             assert split["total"] == pytest.approx(split["gemm"] + split["lookup"] + split["other"])
         assert r["gemm_speedup"] > 0 and 0 < r["lookup_share"]["compact"] < 1
     assert len(format_table(res).splitlines()) == 3
+
+
+def test_export_directory_and_files_are_readable_by_others(tmp_path):
+    """No data: with umask 022 an export directory is 0755 and a file written atomically 0644,
+    as a plain ``mkdir`` / ``open`` gives (``mkdtemp`` / ``mkstemp`` made them 0700 / 0600, so
+    no other user could read an export); a file that exists keeps its mode when rewritten."""
+    import os
+    import stat
+
+    from umec_torchrec.export.atomic_dir import atomic_directory
+    from umec_torchrec.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "exp"
+        with atomic_directory(str(out)) as d:
+            write_json(os.path.join(d, "manifest.json"), {"a": 1})
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o755
+        assert stat.S_IMODE(os.stat(out / "manifest.json").st_mode) == 0o644
+        f = tmp_path / "kept.json"
+        f.write_text("{}")
+        os.chmod(f, 0o640)
+        write_json(str(f), {"b": 2})
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o640
+    finally:
+        os.umask(old)

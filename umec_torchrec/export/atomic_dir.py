@@ -14,7 +14,7 @@ import tempfile
 from typing import Iterator
 
 from umec_torchrec.export.manifest import MANIFEST
-from umec_torchrec.io import raise_if_disk_full
+from umec_torchrec.io import plain_mode, raise_if_disk_full
 from umec_torchrec.runs import check_out_dir, stale_pid_name
 
 
@@ -49,6 +49,7 @@ def atomic_directory(out_dir: str, force: bool = False) -> Iterator[str]:
     base, pid = os.path.basename(out), os.getpid()
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-{pid}-")
     try:
+        os.chmod(tmp, plain_mode(out, directory=True))  # mkdtemp's 0700: others could not read the export
         yield tmp
         old = None
         if os.path.exists(out):
