@@ -181,8 +181,8 @@ def no_latency_table():
 
 def test_latency_budget_end_to_end_on_the_command_line(tmp_path, capsys, no_latency_table):
     """Generated synthetic data: train, calibrate (quick, --model-like the run), compress under
-    latency=0.6 with --latency-model, export with it: metrics.json reports the predicted latency
-    within the budget, the manifest the predicted dense and exported program times; without
+    latency=0.6 with --latency-model, finetune and export with it: both metrics.json report the
+    predicted latency within the budget, the manifest the predicted dense and exported program times; without
     --latency-model a latency budget is a one-line error."""
     dense, lat, c, e = (str(tmp_path / n) for n in ("dense", "LAT.json", "c", "e"))
     # wide enough layers and a large enough batch that the GEMMs, not the per-call overhead, dominate
@@ -199,6 +199,10 @@ def test_latency_budget_end_to_end_on_the_command_line(tmp_path, capsys, no_late
     m = json.load(open(os.path.join(c, "metrics.json")))
     assert m["budgets"]["latency"] == 0.6 and m["resources"]["latency"]["fraction"] <= 0.6 + 1e-6
     assert 0 < m["resources"]["latency"]["value"] < m["resources"]["latency"]["dense"]
+    f = str(tmp_path / "f")
+    assert main(["finetune", "--from", c, "--out", f, "--steps", "2", "--no-progress", "--latency-model", lat]) == 0
+    mf = json.load(open(os.path.join(f, "metrics.json")))  # the fine-tuned run reports it too
+    assert mf["resources"]["latency"]["value"] == pytest.approx(m["resources"]["latency"]["value"])
     assert main(["export", "--from", c, "--out", e, "--latency-model", lat]) == 0
     assert "predicted latency per batch of 2048" in capsys.readouterr().out
     man = json.load(open(os.path.join(e, "manifest.json")))

@@ -54,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    default=inspect.signature(finetune_run).parameters["start"].default,
                    help="rewind: the dense run's weights (the compress stage's source) with the masks; continue: "
                         "the weights the UMEC search left (default %(default)s, chosen on validation)")
+    flags.add_latency_model_arg(p)
     p.set_defaults(func=cmd_finetune)
 
 
@@ -81,6 +82,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from umec_torchrec.stages.compress import finetune_run
 
     policy = flags.checkpoint_policy_from_args(args)
+    flags.use_latency_model_from_args(args)  # metrics.json reports the predicted latency too
     with session(args.backend) as ctx, trusting(args.trust_checkpoint):
         return run_guarded(ctx, lambda: finetune_run(args.from_run, args.out, ctx, epochs=args.epochs,
                                                      steps=args.steps, force=args.force,
