@@ -175,8 +175,8 @@ def group_contributions(
     Returns:
         ``[B, G]``.
     """
-    delta = -x if mean is None else mean[None, :] - x
-    prod = (grad * delta).float()
+    delta = -x if mean is None else mean[None, :] - x  # a new tensor: multiplied in place
+    prod = delta.mul_(grad).float()
     if incidence is None:
         return prod
     if blocks is not None:
@@ -258,7 +258,8 @@ class ImportanceTracker:
 
                 def on_grad(g: torch.Tensor) -> None:
                     with torch.no_grad():
-                        t = gate.contributions(xd, g.detach().float() * g.shape[0], mean)
+                        # per-sample gradients are g * B: scale t ([B, G]) rather than g ([B, C])
+                        t = gate.contributions(xd, g.detach().float(), mean).mul_(g.shape[0])
                         st.fisher = _lerp(st.fisher, 0.5 * t.pow(2).mean(dim=0), self.momentum)
 
                 x.register_hook(on_grad)
