@@ -161,7 +161,7 @@ class ChainFlops:
     def __call__(self, kept: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
         assert alive is not None
         # a column survives iff none of its owners is pruned
-        dead = (1.0 - alive) @ self.inc.to(alive.device).t()  # [..., in]
+        dead = (1.0 - alive) @ self.inc.to(device=alive.device, dtype=alive.dtype).t()  # [..., in]
         first_in = (dead == 0).to(kept.dtype).sum(-1)
         idx = self.layer_idx + [None]
         prev = _width(kept, idx[0], self.widths[1])
