@@ -17,6 +17,8 @@ def test_generated_criteo_file_is_valid(tmp_path):
     b = load_data(f"criteo:{f},min_count=2")
     assert b.info["rows"]["total"] == 500 and b.info["bad_lines"] == 0
     assert 1 < min(b.table_sizes) and max(b.table_sizes) < 350
+    f2 = write_criteo_tsv_fast(str(tmp_path / "g2.tsv.gz"), 301, workers=2)  # two gzip members, concatenated
+    assert load_data(f"criteo:{f2}").info["rows"]["total"] == 301
 
 
 def test_bench_data_measures_prepare_and_training(tmp_path):

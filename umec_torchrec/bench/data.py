@@ -41,10 +41,25 @@ _CARD = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351
          10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
 
 
-def write_criteo_tsv_fast(path: str, rows: int, seed: int = 0, chunk_rows: int = 100_000) -> str:
+def write_criteo_tsv_fast(path: str, rows: int, seed: int = 0, chunk_rows: int = 100_000, workers: int = 1) -> str:
     """A gzip (level 1) Criteo TSV of ``rows`` generated lines, written chunk by chunk with numpy
     string operations: labels 0/1 (CTR 0.25), 13 counts (15 % missing), 26 hex ids drawn
-    Zipf-like from per-column vocabularies of the Kaggle cardinalities (capped by ``rows``)."""
+    Zipf-like from per-column vocabularies of the Kaggle cardinalities (capped by ``rows``).
+    ``workers > 1``: that many processes write parts (gzip members) that are concatenated."""
+    if workers > 1 and rows >= 2 * workers:
+        import multiprocessing
+
+        cuts = np.linspace(0, rows, workers + 1).astype(int)
+        parts = [f"{path}.part{k}" for k in range(workers)]
+        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+            pool.starmap(write_criteo_tsv_fast, [(q, int(cuts[k + 1] - cuts[k]), seed * 1000 + k + 1, chunk_rows)
+                                                 for k, q in enumerate(parts)])
+        with open(path, "wb") as out:
+            for q in parts:
+                with open(q, "rb") as f:
+                    shutil.copyfileobj(f, out)
+                os.remove(q)
+        return path
     rng = np.random.default_rng(seed)
     with gzip.open(path, "wt", compresslevel=1, encoding="ascii") as f:
         for a in range(0, rows, chunk_rows):
@@ -185,7 +200,7 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
         steps / batch_size / warmup: timed steps per measurement, global batch, untimed steps.
         workdir: where files go (default: a temporary directory, removed unless ``keep``).
         chunk_rows: ``umec prepare --chunk-rows`` (default: its own).
-        workers: ``umec prepare --workers``.
+        workers: ``umec prepare --workers``, and the processes writing the generated files.
         say: where progress lines go.
     """
     if not rows or min(rows) < 10 or steps < 1 or any(r < 1 or batch_size % r for r in ranks):
@@ -202,7 +217,7 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
             rec: Dict[str, Any] = {"rows": int(n)}
             f = os.path.join(root, f"criteo_{n}.tsv.gz")
             t0 = time.perf_counter()
-            write_criteo_tsv_fast(f, int(n))
+            write_criteo_tsv_fast(f, int(n), workers=max(1, int(workers)))
             rec["generate_s"] = time.perf_counter() - t0
             rec["file_bytes"] = os.path.getsize(f)
             t0 = time.perf_counter()
@@ -281,7 +296,8 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=d["warmup"], help="untimed warm-up steps (default %(default)s)")
     p.add_argument("--dir", default=None, help="keep the files in this directory (default: a temporary one)")
     p.add_argument("--chunk-rows", type=int, default=None, help="umec prepare --chunk-rows")
-    p.add_argument("--workers", type=int, default=d["workers"], help="umec prepare --workers (default %(default)s)")
+    p.add_argument("--workers", type=int, default=d["workers"],
+                   help="umec prepare --workers, and processes generating the files (default %(default)s)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=cmd_bench_data)
 
