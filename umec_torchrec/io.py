@@ -12,12 +12,14 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 __all__ = ["atomic_write", "write_json", "read_json", "to_blob", "from_blob", "sha256_file", "write_manifest",
            "read_manifest", "verify_manifest", "trusting", "trusted", "fingerprint", "DiskFull", "disk_full",
-           "raise_if_disk_full", "own_temp_name", "MANIFEST", "plain_mode", "process_umask"]
+           "raise_if_disk_full", "own_temp_name", "MANIFEST", "plain_mode", "process_umask",
+           "replaced_directory"]
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -112,6 +114,32 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> No
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        raise_if_disk_full(e, path)
+        raise
+
+
+@contextlib.contextmanager
+def replaced_directory(path: str) -> Iterator[str]:
+    """Yield a new temporary directory beside ``path`` (``.<name>.tmp-<pid>-*``, with the mode a
+    plain ``mkdir`` gives); when the block ends without an error it replaces ``path`` (an
+    existing ``path`` is moved aside first and removed after), so ``path`` is always either the
+    old directory or the complete new one. On an error the temporary directory is removed and
+    ``path`` is untouched (a full disk raises :class:`DiskFull` naming ``path``)."""
+    parent, base, pid = os.path.dirname(path), os.path.basename(path), os.getpid()
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-{pid}-")
+    try:
+        os.chmod(tmp, plain_mode(path, directory=True))  # mkdtemp's 0700: other users could not read it
+        yield tmp
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-{pid}-")
+            os.rename(path, os.path.join(old, "x"))
+        os.rename(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise_if_disk_full(e, path)
         raise
 

@@ -50,6 +50,19 @@ def stale_pid_name(name: str, prefix: str) -> bool:
     return not (head.isdigit() and pid_alive(int(head)))
 
 
+def remove_stale_replacements(path: str) -> None:
+    """Remove ``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>-*`` beside ``path`` whose process no
+    longer runs (left by :func:`umec_torchrec.io.replaced_directory` in a killed process: an
+    export, a prepared dataset); another live process's are kept."""
+    out = os.path.abspath(path)
+    parent, base = os.path.dirname(out), os.path.basename(out)
+    if not os.path.isdir(parent):
+        return
+    for n in os.listdir(parent):
+        if stale_pid_name(n, f".{base}.tmp-") or stale_pid_name(n, f".{base}.old-"):
+            shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
+
+
 def entries(path: str) -> List[str]:
     """The entries of directory ``path`` that are not temp files of our atomic writes (a
     directory holding only those is a run that never started)."""

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -55,7 +54,8 @@ from umec_torchrec.data.raw import CHUNK_ROWS, dense_transform
 from umec_torchrec.data.spec import parse_spec
 from umec_torchrec.data.split import source_split
 from umec_torchrec.data.vocab import ValueCounts, Vocabulary, id_dtype
-from umec_torchrec.io import MANIFEST, raise_if_disk_full, read_manifest, verify_manifest, write_manifest
+from umec_torchrec.io import MANIFEST, read_manifest, replaced_directory, verify_manifest, write_manifest
+from umec_torchrec.runs import remove_stale_replacements
 
 __all__ = ["PREPARED_FORMAT", "SPLITS", "VOCABULARY_FILE", "ColumnIds", "is_prepared", "load_prepared",
            "prepare_data"]
@@ -174,36 +174,12 @@ def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, 
         raise ValueError(f"chunk_rows, bucket_rows and workers must be >= 1, got {chunk_rows}, {bucket_rows} and "
                          f"{workers}")
     path = _refuse_out(out, force)
-    parent, base = os.path.dirname(path), os.path.basename(path)
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale(path)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-{os.getpid()}-")
-    try:
-        manifest = _prepare(parsed, opts, tmp, int(chunk_rows), int(bucket_rows),
-                            lambda *a, **k: iter_raw(*a, **k, workers=int(workers)), bundle_info,
-                            progress or (lambda msg: None))
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-{os.getpid()}-")
-            os.rename(path, os.path.join(old, "x"))
-        os.rename(tmp, path)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-        return manifest
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise_if_disk_full(e, path)
-        raise
-
-
-def _remove_stale(path: str) -> None:
-    """Remove ``.<out>.tmp-<pid>-*`` / ``.old-`` directories of killed ``prepare`` processes."""
-    from umec_torchrec.runs import stale_pid_name
-
-    parent, base = os.path.dirname(path), os.path.basename(path)
-    for n in os.listdir(parent):
-        if stale_pid_name(n, f".{base}.tmp-") or stale_pid_name(n, f".{base}.old-"):
-            shutil.rmtree(os.path.join(parent, n), ignore_errors=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    remove_stale_replacements(path)
+    with replaced_directory(path) as tmp:
+        return _prepare(parsed, opts, tmp, int(chunk_rows), int(bucket_rows),
+                        lambda *a, **k: iter_raw(*a, **k, workers=int(workers)), bundle_info,
+                        progress or (lambda msg: None))
 
 
 def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_rows: int, iter_raw: Any,
