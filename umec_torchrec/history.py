@@ -14,26 +14,14 @@ line that is not a JSON object with an integer ``step`` is an error naming the f
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Dict, List
 
-from umec_torchrec.io import atomic_write
+from umec_torchrec.io import atomic_write, finite_json
 
 __all__ = ["HISTORY_FILE", "append_record", "read_history", "truncate_history"]
 
 HISTORY_FILE = "history.jsonl"
-
-
-def _finite(x: Any) -> Any:
-    """``x`` with non-finite floats as ``None`` (JSON has no NaN)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def append_record(path: str, record: Dict[str, Any]) -> None:
@@ -45,7 +33,7 @@ def append_record(path: str, record: Dict[str, Any]) -> None:
     """
     if not isinstance(record.get("step"), int):
         raise ValueError(f"{path}: a history record needs an integer 'step', got {record.get('step')!r}")
-    line = json.dumps(_finite(record), sort_keys=False, allow_nan=False) + "\n"
+    line = json.dumps(finite_json(record), sort_keys=False, allow_nan=False) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()

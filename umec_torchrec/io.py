@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 __all__ = ["atomic_write", "write_json", "read_json", "to_blob", "from_blob", "sha256_file", "write_manifest",
            "read_manifest", "verify_manifest", "trusting", "trusted", "fingerprint", "DiskFull", "disk_full",
            "raise_if_disk_full", "own_temp_name", "MANIFEST", "plain_mode", "process_umask",
-           "replaced_directory"]
+           "replaced_directory", "finite_json"]
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -144,20 +144,20 @@ def replaced_directory(path: str) -> Iterator[str]:
         raise
 
 
-def _finite_json(x: Any) -> Any:
+def finite_json(x: Any) -> Any:
     """``x`` with NaN/inf floats as ``None`` (JSON has no NaN)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite_json(v) for k, v in x.items()}
+        return {k: finite_json(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite_json(v) for v in x]
+        return [finite_json(v) for v in x]
     return x
 
 
 def write_json(path: str, obj: Any) -> None:
     """Atomically write ``obj`` as indented, valid JSON (a NaN/inf float is written ``null``)."""
-    obj = _finite_json(obj)
+    obj = finite_json(obj)
     atomic_write(path, lambda f: (json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False), f.write("\n")))
 
 

@@ -19,7 +19,7 @@ from umec_torchrec.models import DEFAULT_MODEL_KIND, MODEL_KINDS, ModelKind
 from umec_torchrec.train.build import build_training
 from umec_torchrec.train.config import TrainConfig
 from umec_torchrec.umec.importance import ScoreKind
-from umec_torchrec.umec.optimizer import TARGET_CHUNK, SStep, UMECConfig, UMECOptimizer
+from umec_torchrec.umec.optimizer import SStep, UMECConfig, UMECOptimizer
 
 
 def _step(model, opt, batch, sync) -> float:
@@ -98,10 +98,8 @@ def run_overhead_bench(
         refresh_ms = 1000 * (time.perf_counter() - t)
     target_ms = float("nan")
     if umec.s_step is SStep.CONDITIONAL:  # the conditional step's periodic target, timed on its own
-        order = umec.group_order()
         t = time.perf_counter()
-        umec.target_allocator.remove(torch.zeros(len(umec.s), dtype=torch.float64), order, rule="cost",
-                                     chunk=TARGET_CHUNK)
+        umec.conditional_target()
         sync()
         target_ms = 1000 * (time.perf_counter() - t)
     paired = [u / p for u, p in zip(times["umec"], times["plain"])]  # neighbours in time

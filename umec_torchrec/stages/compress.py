@@ -43,7 +43,7 @@ from umec_torchrec.umec.importance import ScoreKind
 from umec_torchrec.umec.latency import reported_resources
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
-from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
+from umec_torchrec.umec.optimizer import SStep, UMECConfig, UMECOptimizer
 
 __all__ = [
     "attach_validation", "compress_run", "finetune_run", "compression_report", "format_report", "load_masks",
@@ -92,7 +92,7 @@ def repair_warning(umec: UMECOptimizer) -> Optional[str]:
     n = int(umec.repair_groups)
     if n <= max(REPAIR_WARN_GROUPS, REPAIR_WARN_FRACTION * total):
         return None
-    if umec.config.s_step == "gradient":
+    if umec.s_step is SStep.GRADIENT:
         how = "a larger --s-lr or --z-lr"
     else:
         how = f"a larger --s-lr (now {umec.config.s_lr:g}) or a smaller --target-every (now {umec.config.target_every})"

@@ -227,6 +227,10 @@ class BudgetAllocator:
         """``[rows]`` bool: every budget holds (``F_b <= B_b + 1e-9``)."""
         return (fractions <= self.limits[None, :] + _TOL).all(dim=1)
 
+    def meets(self, counts: torch.Tensor, order: SetOrder) -> bool:
+        """Whether every budget holds at prune ``counts`` (host sync)."""
+        return bool(self.within(self.neighbours(counts, order)[0:1])[0])
+
     def counts_of(self, s: torch.Tensor) -> torch.Tensor:
         """Integer prune counts ``min(ceil(s), c_max)`` of a continuous ``s`` (float noise of
         1e-6 does not prune an extra group)."""
@@ -249,16 +253,13 @@ class BudgetAllocator:
     def repair(self, counts: torch.Tensor, order: SetOrder, iters: int = 30) -> torch.Tensor:
         """Smallest common push ``c + ceil(t (c_max - c))`` (bisection on ``t`` in ``[0, 1]``)
         that meets every budget; ``counts`` itself if it already does."""
-        def feasible(c: torch.Tensor) -> bool:
-            return bool(self.within(self.neighbours(c, order)[0:1])[0])
-
-        if feasible(counts):
+        if self.meets(counts, order):
             return counts
         room = self.max_counts - counts
         lo, hi = 0.0, 1.0
         for _ in range(iters):
             mid = (lo + hi) / 2
-            if feasible(counts + torch.ceil(mid * room - 1e-9)):
+            if self.meets(counts + torch.ceil(mid * room - 1e-9), order):
                 hi = mid
             else:
                 lo = mid

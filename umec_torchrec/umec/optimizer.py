@@ -351,6 +351,18 @@ class UMECOptimizer(OptimizerWrapper):
         return SetOrder.of(self._scores())
 
     # ------------------------------------------------------------------ helpers
+    def conditional_target(self, order: Optional[SetOrder] = None) -> torch.Tensor:
+        """``[S]`` the conditional step's target: the greedy budget-feasible counts at ``order``
+        (default: the current scores, each set in its penalty unit), in float64. If the budgets
+        cannot be met in the sets' score order, the counts of the least violation the order
+        allows (:attr:`budgets_met` then turns ``False`` at :meth:`finalize`)."""
+        if order is None:
+            scores = self._scores()
+            unit = self._scale if self._scale is not None else self._penalty_unit(scores)
+            order = SetOrder.of([sc / unit[i] for i, sc in enumerate(scores)])
+        zero = torch.zeros(len(self.s), dtype=torch.float64, device=self.device)
+        return self._target_alloc.remove(zero, order, rule="cost", chunk=TARGET_CHUNK, strict=False).to(self.s)
+
 
     def _prox_lr(self) -> float:
         if self.config.prox_lr is not None:
@@ -479,11 +491,7 @@ class UMECOptimizer(OptimizerWrapper):
         order = SetOrder.of([sc * inv[i] for i, sc in enumerate(self._scores())])
         if self.s_step is SStep.CONDITIONAL:
             if self._target is None or self.umec_step_count % cfg.target_every == 0:
-                zero = torch.zeros(len(self.s), dtype=torch.float64, device=self.device)
-                # strict=False: if the budgets cannot be met in the sets' score order, approach the
-                # least violation the order allows; finalize() then reports the unmet budget
-                self._target = self._target_alloc.remove(zero, order, rule="cost", chunk=TARGET_CHUNK,
-                                                         strict=False).to(self.s)
+                self._target = self.conditional_target(order)
             cap = cfg.s_lr * self._n
             self.s = torch.minimum((self.s + torch.clamp(self._target - self.s, -cap, cap)).clamp(min=0.0),
                                    self._s_max)
@@ -560,7 +568,7 @@ class UMECOptimizer(OptimizerWrapper):
         repaired = self._alloc.repair(c, order)
         self.repair_groups = int((repaired - c).sum())
         c, self.restored_groups = self._alloc.give_back(repaired, order, mean=mean_score)
-        self.budgets_met = bool(self._target_alloc.within(self._target_alloc.neighbours(c.double(), order)[0:1])[0])
+        self.budgets_met = self._target_alloc.meets(c.double(), order)
         pruned = order.pruned(c)
         self.s = c.clone()
         masks = masks_from_pruned(self.spec, pruned)
