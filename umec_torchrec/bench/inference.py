@@ -199,7 +199,8 @@ def _masked_model(dense: nn.Module, cfg: ModelConfig, masks: PruningMasks) -> nn
     return m.eval()
 
 
-def _inputs(cfg: ModelConfig, batch: int, n_batches: int, seed: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def random_inputs(cfg: ModelConfig, batch: int, n_batches: int, seed: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """``n_batches`` seeded ``(dense [batch, n_dense], ids [batch, F])`` inputs of ``cfg``'s program."""
     g = torch.Generator().manual_seed(seed)
     sizes = torch.tensor(cfg.table_sizes, dtype=torch.float64)
     out = []
@@ -256,6 +257,30 @@ def _time(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter)
     t = clock()
     fn()
     return clock() - t
+
+
+def time_alternating(
+    variants: Dict[str, Callable[[int], Any]], n_inputs: int, rounds: int, warmup: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """Time several models side by side: in each of ``warmup + rounds`` rounds every model
+    runs a block of ``n_inputs`` consecutive calls ``fn(0) .. fn(n_inputs - 1)`` (its steady
+    state, as when a server runs one model), the blocks alternating between models, so drift
+    in the machine's speed hits all of them alike.
+
+    Returns:
+        ``(times, calls)``: per model, the mean seconds per call of each timed round, and the
+        seconds of every timed call (for p50 / p99).
+    """
+    times: Dict[str, List[float]] = {k: [] for k in variants}
+    calls: Dict[str, List[float]] = {k: [] for k in variants}
+    for r in range(warmup + rounds):
+        for name, fn in variants.items():
+            per_call = [_time(lambda: fn(i), clock) for i in range(n_inputs)]
+            if r >= warmup:
+                times[name].append(sum(per_call) / len(per_call))
+                calls[name].extend(per_call)
+    return times, calls
 
 
 @torch.inference_mode()
@@ -336,7 +361,7 @@ def run_inference_bench(
 
     results = []
     for bs in batch_sizes:
-        inputs = _inputs(cfg, bs, 4, seed + bs)
+        inputs = random_inputs(cfg, bs, 4, seed + bs)
         kjts = [one_id_kjt(ids, cfg.feature_names) for _, ids in inputs]
         n_rounds = rounds or max(10, min(50, 50_000 // bs))
         dense_split = time_split(lambda i: dense_prog(inputs[i][0], inputs[i][1]), len(inputs))
@@ -349,14 +374,7 @@ def run_inference_bench(
                 "dense_eager": lambda i: dense(inputs[i][0], kjts[i]),
                 "masked_eager": lambda i: masked(inputs[i][0], fmask(kjts[i])),
             }
-            times: Dict[str, List[float]] = {k: [] for k in variants}
-            calls: Dict[str, List[float]] = {k: [] for k in variants}  # every timed call, for p50 / p99
-            for r in range(warmup + n_rounds):
-                for name, fn in variants.items():  # a block of calls per model, blocks alternating
-                    per_call = [_time(lambda: fn(i), tick) for i in range(len(inputs))]
-                    if r >= warmup:
-                        times[name].append(sum(per_call) / len(per_call))
-                        calls[name].extend(per_call)
+            times, calls = time_alternating(variants, len(inputs), n_rounds, warmup, tick)
             compact_split = time_split(lambda i: cprog(inputs[i][0], kept_ids[i]), len(inputs))
             # best of the rounds: the usual estimate of uncontended time on a shared machine
             best = {k: min(v) for k, v in times.items()}
@@ -522,4 +540,5 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
 
 
 __all__ = ["budget_masks", "latency_masks", "served_latency", "parse_bench_budgets", "run_inference_bench",
+           "time_alternating", "random_inputs",
            "format_table", "latency_target_lines", "add_parser", "add_bench_parser"]
