@@ -18,9 +18,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["ActivationStats"]
+__all__ = ["ActivationStats", "input_width"]
 
 MEAN_SUFFIX = ":mean"
+
+
+def input_width(module: nn.Module) -> int:
+    """Columns of the ``[B, C]`` input ``module`` reads: ``in_features`` of a Linear, the input
+    width of a ``LowRankCrossNet`` (its ``V_kernels`` are ``[rank, C]``).
+
+    Raises:
+        ValueError: for another kind of module (its input width is not known before a batch).
+    """
+    if isinstance(getattr(module, "in_features", None), int):
+        return int(module.in_features)  # type: ignore[arg-type]
+    v = getattr(module, "V_kernels", None)
+    if v is not None and len(v) > 0:
+        return int(v[0].shape[1])
+    raise ValueError(f"cannot tell the input width of a watched {type(module).__name__} "
+                     "(expected an nn.Linear or a LowRankCrossNet)")
 
 
 class ActivationStats:
@@ -45,6 +61,7 @@ class ActivationStats:
         self.enabled = True
         self.values: Dict[str, torch.Tensor] = {}
         self._handles: List = []
+        self._widths: Dict[str, int] = {name: input_width(module) for name, module in watch.items()}
         for name, module in watch.items():
             self._handles.append(module.register_forward_pre_hook(self._hook(name)))
 
@@ -92,11 +109,32 @@ class ActivationStats:
             i += k
         return out
 
+    def keys(self) -> List[str]:
+        """The names of the averages kept: every watched name, and ``name + ":mean"`` when ``centered``."""
+        return [k for n in self._widths for k in ((n, n + MEAN_SUFFIX) if self.centered else (n,))]
+
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.values.items()}
+        """``{key: [C] float32}`` for every key of :meth:`keys`, a CPU copy; an average not yet
+        measured (no training forward since construction) is all NaN. Same keys and shapes
+        before and after the first batch, so a DCP checkpoint loads into a fresh instance."""
+        out = {}
+        for k in self.keys():
+            v = self.values.get(k)
+            if v is None:
+                w = self._widths[k[: -len(MEAN_SUFFIX)] if k.endswith(MEAN_SUFFIX) else k]
+                out[k] = torch.full((w,), float("nan"))
+            else:
+                out[k] = v.detach().float().cpu().clone()
+        return out
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor], device: torch.device) -> None:
-        self.values = {k: torch.as_tensor(v).to(device) for k, v in state.items()}
+        """Restore :meth:`state_dict`'s averages (all-NaN entries: not measured yet)."""
+        unknown = sorted(set(state) - set(self.keys()))
+        if unknown:
+            raise ValueError(f"activation statistics state has keys {unknown} this model does not watch "
+                             f"(it watches {self.keys()})")
+        self.values = {k: torch.as_tensor(v).to(device) for k, v in state.items()
+                       if not (torch.as_tensor(v).numel() and bool(torch.isnan(torch.as_tensor(v)).all()))}
 
     def remove(self) -> None:
         for h in self._handles:

@@ -75,7 +75,7 @@ conditional target or the holdout scores are refreshed).
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -599,6 +599,11 @@ class UMECOptimizer(OptimizerWrapper):
 
     def _fix(self, fixed: FixedArchitecture, zero_tables: bool, strict: bool) -> None:
         self._fixed = fixed
+        # the scores' statistics are frozen with the architecture: nothing reads them any more, and
+        # unsynced per-rank updates would make the checkpoint's one replicated copy wrong on other ranks
+        for tracker in (self.stats, self.importance):
+            if tracker is not None:
+                tracker.enabled = False
         fixed.apply_()
         self.feature_mask.set_pruned(fixed.masks.pruned_features)  # in place: earlier references stay correct
         fixed.feature_mask = self.feature_mask
@@ -637,50 +642,87 @@ class UMECOptimizer(OptimizerWrapper):
 
     # ------------------------------------------------------------------ checkpointing
     def umec_state_dict(self) -> Dict[str, Any]:
-        """s, y, z, step counts, masks and budgets (plain tensors and JSON-able values)."""
-        return {
-            "s": self.s.detach().cpu().clone(),
-            "y": self.y.detach().cpu().clone(),
-            "z": self.z.detach().cpu().clone(),
-            "umec_step": self.umec_step_count,
-            "inner_step": self.inner_step_count,
-            "budgets": [str(b) for b in self.budgets],
-            "sets": [s.name for s in self.spec.sets],
-            "scale": None if self._scale is None else self._scale.detach().cpu().clone(),
-            "moments": {} if self.stats is None else self.stats.state_dict(),
-            "importance": None if self.importance is None else self.importance.state_dict(),
-            "holdout": None if self._holdout_scores is None else [sc.detach().cpu() for sc in self._holdout_scores],
-            "target": None if self._target is None else self._target.detach().cpu().clone(),
-            "masks": None if self.masks is None else self.masks.to_dict(),
-            "config": asdict(self.config),
+        """The UMEC state as plain CPU tensors, in a structure fixed by the model, the budgets and
+        the config: the same keys, shapes and dtypes in every phase (a fresh optimizer, mid-search,
+        after :meth:`finalize`), so ``torch.distributed.checkpoint`` loads a saved state into a
+        fresh optimizer's :meth:`state_dict` (no pickled objects).
+
+        Keys (``S`` sets of ``n_l`` groups, ``B`` budgets): ``s``, ``y``, ``scale``, ``target``
+        ``[S]`` and ``z`` ``[B]`` (float); ``umec_step``, ``inner_step``, ``repair_groups``,
+        ``restored_groups`` (0-d int64); ``finalized``, ``budgets_met`` (0-d bool); ``pruned``
+        ``{set: [n_l] bool}`` (the fixed architecture, all ``False`` before it);
+        ``holdout`` ``{set: [n_l]}``; ``importance`` ``{set: {"mean", "sq", "fisher"}}`` (the
+        tracked statistics of each gated set, when the score uses them); ``moments`` (the
+        activation statistics, when the score uses them); ``sets`` and ``budgets`` (the set names
+        and budgets, UTF-8 bytes as ``uint8``, checked on load). A value not computed yet
+        (``scale`` before the first UMEC step, statistics before the first batch) is all NaN.
+        """
+        names = [gs.name for gs in self.spec.sets]
+        fixed = self._fixed
+        pruned = (pruned_indicators(self.spec, fixed.masks) if fixed is not None
+                  else [torch.zeros(gs.size) for gs in self.spec.sets])
+        holdout = self._holdout_scores or [None] * len(names)
+        state: Dict[str, Any] = {
+            "s": _cpu(self.s),
+            "y": _cpu(self.y),
+            "z": _cpu(self.z),
+            "scale": _cpu_or_nan(self._scale, self.s),
+            "target": _cpu_or_nan(self._target, self.s),
+            "umec_step": torch.tensor(int(self.umec_step_count), dtype=torch.int64),
+            "inner_step": torch.tensor(int(self.inner_step_count), dtype=torch.int64),
+            "repair_groups": torch.tensor(int(getattr(self, "repair_groups", 0)), dtype=torch.int64),
+            "restored_groups": torch.tensor(int(getattr(self, "restored_groups", 0)), dtype=torch.int64),
+            "finalized": torch.tensor(fixed is not None),
+            "budgets_met": torch.tensor(bool(self.budgets_met)),
+            "pruned": {n: p.detach().cpu().bool() for n, p in zip(names, pruned)},
+            "holdout": {n: _cpu_or_nan(h, torch.zeros(gs.size)) for n, h, gs in zip(names, holdout, self.spec.sets)},
+            "sets": _text_tensor("\n".join(names)),
+            "budgets": _text_tensor("\n".join(str(b) for b in self.budgets)),
         }
+        if self.stats is not None:
+            state["moments"] = self.stats.state_dict()
+        if self.importance is not None:
+            state["importance"] = _importance_state(self.importance, self.spec)
+        return state
 
     def load_umec_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`umec_state_dict` (a fixed architecture in it is applied with
+        :meth:`set_masks`, tables untouched). ``ValueError`` when it was saved for other group
+        sets or budgets."""
         names = [s.name for s in self.spec.sets]
-        if list(state.get("sets", [])) != names:
-            raise ValueError(
-                f"UMEC state is for group sets {list(state.get('sets', []))}, this model has {names}"
-            )
-        if list(state.get("budgets", [])) != [str(b) for b in self.budgets]:
-            raise ValueError(f"UMEC state is for budgets {state.get('budgets')}, not {[str(b) for b in self.budgets]}")
+        have = _text_of(state.get("sets"))
+        if have != names:
+            raise ValueError(f"UMEC state is for group sets {have}, this model has {names}")
+        budgets = [str(b) for b in self.budgets]
+        if _text_of(state.get("budgets")) != budgets:
+            raise ValueError(f"UMEC state is for budgets {_text_of(state.get('budgets'))}, not {budgets}")
         self.s = torch.as_tensor(state["s"]).to(self.s)
         self.y = torch.as_tensor(state["y"]).to(self.y)
         self.z = torch.as_tensor(state["z"]).to(self.z)
         self.umec_step_count = int(state["umec_step"])
         self.inner_step_count = int(state["inner_step"])
-        scale = state.get("scale")
-        self._scale = None if scale is None else torch.as_tensor(scale).to(self.s)
-        if self.stats is not None and state.get("moments"):
+        self._scale = _or_none(state.get("scale"), self.s)
+        self._target = _or_none(state.get("target"), self.s)
+        if self.stats is not None and state.get("moments") is not None:
             self.stats.load_state_dict(state["moments"], self.device)
             self._moments = self.stats.moments(sync=False)
-        if self.importance is not None and state.get("importance"):
-            self.importance.load_state_dict(state["importance"], self.device)
-        if state.get("holdout") is not None:
-            self._holdout_scores = [torch.as_tensor(sc).to(self.device) for sc in state["holdout"]]
-        target = state.get("target")
-        self._target = None if target is None else torch.as_tensor(target).to(self.s)
-        if state.get("masks"):
-            self.set_masks(PruningMasks.from_dict(dict(state["masks"])), zero_tables=False)
+        if self.importance is not None and state.get("importance") is not None:
+            _load_importance_state(self.importance, self.spec, state["importance"], self.device)
+        holdout = state.get("holdout") or {}
+        scores = [_or_none(holdout.get(n), torch.zeros((), device=self.device)) for n in names]
+        self._holdout_scores = None if any(sc is None for sc in scores) else scores  # type: ignore[assignment]
+        self.repair_groups = int(state.get("repair_groups", 0))
+        self.restored_groups = int(state.get("restored_groups", 0))
+        self.budgets_met = bool(state.get("budgets_met", True))
+        if bool(state.get("finalized", False)):
+            pruned = [torch.as_tensor(state["pruned"][n]) for n in names]
+            s = self.s
+            self._fixed = None
+            self.set_masks(masks_from_pruned(self.spec, pruned), zero_tables=False)
+            self.s = s
+        elif self._fixed is not None:
+            raise ValueError("cannot load a search-phase UMEC state into an optimizer whose architecture is "
+                             "fixed (finalize() or set_masks() ran); load it into a fresh UMECOptimizer")
 
     def state_dict(self) -> Dict[str, Any]:
         sd = dict(super().state_dict())
@@ -693,3 +735,74 @@ class UMECOptimizer(OptimizerWrapper):
         super().load_state_dict(sd)
         if umec is not None:
             self.load_umec_state_dict(umec)
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().clone()
+
+
+def _cpu_or_nan(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """``t`` on the CPU, or an all-NaN tensor shaped and typed like ``like`` when ``t`` is ``None``."""
+    if t is None:
+        return torch.full(like.shape, float("nan"), dtype=like.dtype)
+    return t.detach().to("cpu", like.dtype).clone()
+
+
+def _or_none(t: Any, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """The inverse of :func:`_cpu_or_nan`: ``None`` for a missing or all-NaN tensor, else ``t``
+    on ``like``'s device and dtype."""
+    if t is None:
+        return None
+    t = torch.as_tensor(t)
+    if t.numel() and bool(torch.isnan(t.float()).all()):
+        return None
+    return t.to(like.device, like.dtype)
+
+
+def _text_tensor(text: str) -> torch.Tensor:
+    """UTF-8 bytes of ``text`` as a ``uint8`` tensor (a plain-tensor label in a checkpoint)."""
+    return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
+
+
+def _text_of(t: Any) -> List[str]:
+    """The lines of a :func:`_text_tensor` (``[]`` for ``None`` or an empty text)."""
+    if t is None:
+        return []
+    text = bytes(torch.as_tensor(t).to(torch.uint8).tolist()).decode("utf-8")
+    return text.split("\n") if text else []
+
+
+def _gate_widths(spec: GroupSpec) -> List[Optional[Tuple[int, int]]]:
+    """``(C, G)`` per set: the gate's input columns and groups (``None`` for a set without a gate)."""
+    out: List[Optional[Tuple[int, int]]] = []
+    for gs in spec.sets:
+        g = gs.gate
+        out.append(None if g is None else (int(g.incidence.shape[0]) if g.incidence is not None else gs.size, gs.size))
+    return out
+
+
+def _importance_state(tracker: ImportanceTracker, spec: GroupSpec) -> Dict[str, Dict[str, torch.Tensor]]:
+    """``{set: {"mean": [C], "sq": [C], "fisher": [G]}}`` for every gated set (``sq`` / ``fisher``
+    only when tracked); a statistic not measured yet is all NaN."""
+    out: Dict[str, Dict[str, torch.Tensor]] = {}
+    for gs, st, cg in zip(spec.sets, tracker.stats, _gate_widths(spec)):
+        if cg is None:
+            continue
+        c, g = cg
+        d = {"mean": _cpu_or_nan(st.mean, torch.zeros(c))}
+        if tracker.track_sq:
+            d["sq"] = _cpu_or_nan(st.sq, torch.zeros(c))
+        if tracker.track_fisher:
+            d["fisher"] = _cpu_or_nan(st.fisher, torch.zeros(g))
+        out[gs.name] = d
+    return out
+
+
+def _load_importance_state(tracker: ImportanceTracker, spec: GroupSpec, state: Mapping[str, Any],
+                           device: torch.device) -> None:
+    """Restore :func:`_importance_state` into ``tracker``."""
+    like = torch.zeros((), device=device)
+    for gs, st, cg in zip(spec.sets, tracker.stats, _gate_widths(spec)):
+        d = state.get(gs.name) if cg is not None else None
+        for k in ("mean", "sq", "fisher"):
+            setattr(st, k, None if d is None else _or_none(d.get(k), like))
