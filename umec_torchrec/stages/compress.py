@@ -20,7 +20,6 @@ import torch.distributed as dist
 
 from umec_torchrec.distributed import DistContext
 from umec_torchrec.history import HISTORY_FILE, append_record, truncate_history
-from umec_torchrec.io import from_blob, to_blob
 from umec_torchrec.log import say, warn
 from umec_torchrec.runs import MASKED_STAGES, Run, check_out_dir
 from umec_torchrec.stages.lifecycle import (
@@ -193,8 +192,8 @@ def compress_run(
     cfg["umec"] = {"stage": "compress", "source_run": src.path, "budgets": [str(b) for b in umec.budgets],
                    "config": dataclasses.asdict(ucfg), "groups": groups,
                    "sets": {s.name: s.size for s in spec.sets}}
-    run, mgr, resumed = start_stage(out_dir, force, ctx, policy, cfg, bundle, tcfg, dmp, optimizer,
-                                    extra_template={"umec": {"blob": b""}})
+    # the UMEC state travels inside umec.state_dict() (plain tensors): "optim" = inner state + "umec"
+    run, mgr, resumed = start_stage(out_dir, force, ctx, policy, cfg, bundle, tcfg, dmp, umec)
     try:
         return _compress(run, mgr, resumed, ctx, src, bundle, tcfg, dmp, optimizer, umec, spec, progress, log_every)
     finally:
@@ -204,8 +203,6 @@ def compress_run(
 def _compress(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bundle: Any, tcfg: Any, dmp: Any,
               optimizer: Any, umec: UMECOptimizer, spec: GroupSpec, progress: bool, log_every: int) -> Dict[str, Any]:
     t0 = time.perf_counter()
-    if resumed is not None:
-        umec.load_umec_state_dict(from_blob(resumed.extra["umec"]["blob"]))
     say(ctx, f"compress {src.path} -> {run.path}: budgets {', '.join(str(b) for b in umec.budgets)}; "
              f"{len(spec.sets)} group sets ({', '.join(f'{s.name}:{s.size}' for s in spec.sets)})")
 
@@ -231,8 +228,7 @@ def _compress(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bund
 
     stats = fit(dmp, umec, bundle.train, tcfg, ctx, progress=progress,
                 batch_transform=lambda b: umec.feature_mask(b), on_step=on_step,
-                checkpoints=mgr, resumed=resumed, state_optimizer=optimizer, stage="compress",
-                checkpoint_extra=lambda: {"umec": {"blob": to_blob(umec.umec_state_dict())}})
+                checkpoints=mgr, resumed=resumed, stage="compress")
     masks = umec.finalize()
     rep = compression_report(spec, masks)
     say(ctx, f"hard-pruned (budget repair: {umec.repair_groups} extra groups pruned, "
@@ -246,7 +242,7 @@ def _compress(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bund
             if v["fraction"] > v["budget"] + 1e-9) + " of dense, even with every set pruned as far as its score order "
              "allows (e.g. the one feature that must stay is the largest table); raise the budget")
     test = evaluate(dmp, bundle.test, tcfg.eval_batch_size, ctx, batch_transform=umec.feature_mask)
-    save_checkpoint(run.checkpoint_dir, dmp, optimizer, extra={"umec": {"blob": to_blob(umec.umec_state_dict())}})
+    save_checkpoint(run.checkpoint_dir, dmp, umec)
     metrics = {
         "train": {k: float(v) for k, v in stats.items()},
         "test": test,
