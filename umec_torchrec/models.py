@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, get_args
 import torch
 from torch import nn
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRMTrain, OverArch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 ModelKind = Literal["dot", "dcn", "cat"]
@@ -30,6 +30,8 @@ MODEL_KINDS: Tuple[ModelKind, ...] = get_args(ModelKind)
 """Every :data:`ModelKind`, e.g. for ``argparse`` ``choices``."""
 DEFAULT_MODEL_KIND: ModelKind = "cat"
 """The kind the commands build when none is given (the UMEC paper's layout)."""
+POOLINGS = ("sum", "mean")
+"""How a table may pool a multi-hot feature's ids (:attr:`ModelConfig.pooling`)."""
 
 
 class ConcatInteractionArch(nn.Module):
@@ -108,6 +110,11 @@ class ModelConfig:
         table_features: shared tables, ``{table name: the features that read it}`` (adjacent in
             ``feature_names``, in that order, with equal ``table_sizes``); every other feature
             has its own table ``t_<feature>``.
+        pooling: ``{table name: "sum" | "mean"}``, how a table pools the several ids of a
+            multi-hot feature's sample (``EmbeddingBagConfig.pooling``); absent: ``"sum"``.
+        ids_per_sample: ``{feature: mean ids per sample}`` of the multi-hot features, measured
+            on the training data (what a ``lookup_bytes`` budget counts); absent: 1. Entries of
+            both naming a table / feature the model lacks (a compact model's pruned ones) are dropped.
     """
 
     kind: ModelKind
@@ -120,6 +127,8 @@ class ModelConfig:
     dcn_num_layers: int = 2
     dcn_low_rank_dim: int = 16
     table_features: Dict[str, List[str]] = field(default_factory=dict)
+    pooling: Dict[str, str] = field(default_factory=dict)
+    ids_per_sample: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -140,6 +149,16 @@ class ModelConfig:
         if min(self.table_sizes) < 1:
             raise ValueError(f"table sizes must be positive, got {self.table_sizes}")
         self._check_table_features()
+        # entries of features / tables the model does not have (pruned from a compact model) are dropped
+        tables = set(self.table_rows())
+        self.pooling = {t: how for t, how in self.pooling.items() if t in tables}
+        self.ids_per_sample = {f: float(k) for f, k in self.ids_per_sample.items() if f in self.feature_names}
+        for t, how in self.pooling.items():
+            if how not in POOLINGS:
+                raise ValueError(f"pooling of table {t!r}: {how!r}, expected one of {POOLINGS}")
+        for f, k in self.ids_per_sample.items():
+            if not k >= 0.0:
+                raise ValueError(f"ids_per_sample of feature {f!r}: {k!r}, expected a mean >= 0")
 
     def _check_table_features(self) -> None:
         pos = {f: i for i, f in enumerate(self.feature_names)}
@@ -174,7 +193,13 @@ class ModelConfig:
         return {self.table_name(f): int(n) for f, n in zip(self.feature_names, self.table_sizes)}
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as a dict; the multi-hot fields only when set (a one-hot model's dict is
+        the one recorded before they existed, so its runs still resume)."""
+        d = dataclasses.asdict(self)
+        for k in ("pooling", "ids_per_sample"):
+            if not d[k]:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
@@ -194,7 +219,8 @@ def table_configs(cfg: ModelConfig) -> List[EmbeddingBagConfig]:
     for f in cfg.feature_names:
         readers.setdefault(cfg.table_name(f), []).append(f)
     return [
-        EmbeddingBagConfig(name=t, embedding_dim=cfg.embedding_dim, num_embeddings=n, feature_names=readers[t])
+        EmbeddingBagConfig(name=t, embedding_dim=cfg.embedding_dim, num_embeddings=n, feature_names=readers[t],
+                           pooling=PoolingType[cfg.pooling.get(t, "sum").upper()])
         for t, n in cfg.table_rows().items()
     ]
 
@@ -254,6 +280,7 @@ __all__ = [
     "ModelKind",
     "MODEL_KINDS",
     "DEFAULT_MODEL_KIND",
+    "POOLINGS",
     "ConcatInteractionArch",
     "DLRMConcat",
     "ModelConfig",

@@ -1,5 +1,6 @@
-"""CTR datasets (one id per categorical feature per row; in memory, or memory-mapped from a
-prepared directory) and their batching into TorchRec ``Batch`` objects."""
+"""CTR datasets (one id per categorical feature per row, or several for a multi-hot feature;
+in memory, or memory-mapped from a prepared directory) and their batching into TorchRec
+``Batch`` objects."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from umec_torchrec.data.jagged import JaggedIds
 
 __all__ = ["CTRData"]
 
@@ -34,6 +37,9 @@ class CTRData:
         prefetch: when > 0, :meth:`batches` assembles that many batches ahead in a worker
             thread (:func:`~umec_torchrec.data.prefetch.prefetch`); a prepared directory's
             splits use :data:`~umec_torchrec.data.prefetch.PREFETCH_DEPTH`.
+        multi_hot: ``{feature: JaggedIds}`` of the multi-hot features (several embedding rows
+            per sample, pooled by the model's table pooling); their column of ``sparse`` is
+            0 and unused. A batch's KJT gives them their lengths.
     """
 
     dense: torch.Tensor
@@ -44,9 +50,15 @@ class CTRData:
     table_sizes: List[int]
     info: Dict[str, Any] = field(default_factory=dict)
     prefetch: int = 0
+    multi_hot: Dict[str, JaggedIds] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.labels.shape[0]
+        for f, jag in self.multi_hot.items():
+            if f not in self.feature_names:
+                raise ValueError(f"multi-hot feature {f!r} is not one of the features {self.feature_names}")
+            if len(jag) != n:
+                raise ValueError(f"multi-hot feature {f!r} has {len(jag)} rows, the data {n}")
         if self.dense.shape != (n, len(self.dense_names)):
             raise ValueError(f"dense shape {tuple(self.dense.shape)} != ({n}, {len(self.dense_names)})")
         if self.sparse.shape != (n, len(self.feature_names)):
@@ -62,7 +74,17 @@ class CTRData:
         return CTRData(
             self.dense[index], self.sparse[index], self.labels[index],
             list(self.dense_names), list(self.feature_names), list(self.table_sizes), dict(self.info),
+            multi_hot={f: jag.take(index) for f, jag in self.multi_hot.items()},
         )
+
+    def ids_per_sample(self) -> Dict[str, float]:
+        """Mean ids per row of each multi-hot feature (``{}`` when every feature has one id).
+
+        Example::
+
+            data.ids_per_sample()      # {"tags": 2.7}
+        """
+        return {f: jag.mean_length() for f, jag in self.multi_hot.items()}
 
     def split(self, test_fraction: float, seed: int = 0, time_ordered: bool = False) -> Tuple["CTRData", "CTRData"]:
         """(train, test). Seeded random split, or the first rows train when ``time_ordered``."""
@@ -142,12 +164,23 @@ class CTRData:
             yield self.make_batch(idx)
 
     def make_batch(self, idx: torch.Tensor) -> Batch:
-        """A ``Batch`` of rows ``idx``: KJT keys = ``feature_names``, one id per row."""
+        """A ``Batch`` of rows ``idx``: KJT keys = ``feature_names``, one id per row, or the
+        row's ids of a multi-hot feature (its lengths; an empty row is an empty bag)."""
         ids = self.sparse[idx]  # [B, F]
         b, f = ids.shape
-        kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=list(self.feature_names),
-            values=ids.t().reshape(-1),
-            lengths=torch.ones(b * f, dtype=torch.int32),
-        )
+        if not self.multi_hot:
+            values, lengths = ids.t().reshape(-1), torch.ones(b * f, dtype=torch.int32)
+        else:
+            vals, lens = [], []
+            for j, name in enumerate(self.feature_names):  # one vectorised gather per feature
+                jag = self.multi_hot.get(name)
+                if jag is None:
+                    vals.append(ids[:, j])
+                    lens.append(torch.ones(b, dtype=torch.int32))
+                else:
+                    part = jag.take(idx)
+                    vals.append(torch.from_numpy(part.values.astype(np.int64, copy=False)))
+                    lens.append(torch.from_numpy(part.lengths.astype(np.int32)))
+            values, lengths = torch.cat(vals), torch.cat(lens)
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(self.feature_names), values=values, lengths=lengths)
         return Batch(dense_features=self.dense[idx], sparse_features=kjt, labels=self.labels[idx])

@@ -2,7 +2,9 @@
 
 The schema names the label column (0/1), the dense columns (numbers; empty, ``NA``,
 ``NaN`` or ``null`` = missing) and the categorical columns (any text; empty = missing;
-values are hashed to stable int64 ids). Columns are header names (``header=True``) or
+values are hashed to stable int64 ids; a categorical column named in ``multi_hot`` holds a
+list of values, ``a|b|c`` split by ``list_delimiter``: a multi-hot feature, empty items
+and an empty field giving no id). Columns are header names (``header=True``) or
 0-based indices (``header=False``; the features are then named ``col<i>``). Plain or gzip;
 rows are split by Python's C ``csv`` reader, columns are converted with numpy.
 """
@@ -15,6 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from umec_torchrec.data.errors import DataError, shown
+from umec_torchrec.data.jagged import JaggedIds
 from umec_torchrec.data.raw import CHUNK_ROWS, MISSING, RawTable, concat_tables
 from umec_torchrec.data.textio import BadLines, iter_lines
 from umec_torchrec.data.vocab import hash_strings
@@ -82,8 +85,17 @@ def _records(path: str, lines: Iterator[Tuple[int, str]], delimiter: str) -> Ite
         yield start, last, row
 
 
+def _split_lists(col: np.ndarray, delimiter: str) -> JaggedIds:
+    """The raw ids of a list column (``a|b|c`` per field; empty items dropped)."""
+    parts = [[v for v in s.split(delimiter) if v.strip()] for s in col.tolist()]
+    lengths = np.fromiter((len(q) for q in parts), dtype=np.int64, count=len(parts))
+    flat = [v.strip() for q in parts for v in q]
+    return JaggedIds.from_lengths(hash_strings(flat), lengths)
+
+
 def _convert(path: str, rows: List[List[str]], linenos: List[int], errors: dict, bad: BadLines, sel: List[int],
-             n_dense: int, label_name: str, names_d: List[str], names_c: List[str]) -> RawTable:
+             n_dense: int, label_name: str, names_d: List[str], names_c: List[str],
+             multi: Sequence[str] = (), list_delimiter: str = "|") -> RawTable:
     """The :class:`RawTable` of the kept ``rows`` (a label other than 0/1 or a non-numeric
     dense value adds to ``errors``); then every error of ``errors`` goes to ``bad`` in line
     order and ``errors`` is emptied."""
@@ -112,26 +124,40 @@ def _convert(path: str, rows: List[List[str]], linenos: List[int], errors: dict,
         bad(errors[n])
     errors.clear()
     cat_vals = []
-    for col in cols[1 + n_dense:]:
+    jagged = {}
+    for name, col in zip(names_c, cols[1 + n_dense:]):
+        if name in multi:
+            jagged[name] = _split_lists(col, list_delimiter).take(keep)
+            cat_vals.append(np.zeros(len(col), dtype=np.int64))
+            continue
         ids = hash_strings(col)
         ids[col == ""] = MISSING
         cat_vals.append(ids)
     n = len(rows)
     dense_arr = np.stack(dense_vals, axis=1) if dense_vals else np.zeros((n, 1))
     return RawTable(dense_arr[keep], np.stack(cat_vals, axis=1).reshape(n, len(names_c))[keep],
-                    (cols[0][keep] == "1").astype(np.int64), names_d if names_d else ["none"], list(names_c), {})
+                    (cols[0][keep] == "1").astype(np.int64), names_d if names_d else ["none"], list(names_c), {},
+                    multi_hot=jagged)
 
 
 def iter_delimited(path: str, label: str = "label", dense: Sequence[str] = (), categorical: Sequence[str] = (),
                    delimiter: str = ",", header: bool = True, skip_bad_lines: bool = False,
                    max_rows: Optional[int] = None, chunk_rows: int = CHUNK_ROWS,
-                   info: Optional[Dict[str, Any]] = None) -> Iterator[RawTable]:
+                   info: Optional[Dict[str, Any]] = None, multi_hot: Sequence[str] = (),
+                   list_delimiter: str = "|") -> Iterator[RawTable]:
     """:func:`read_delimited` in chunks of at most ``chunk_rows`` records (bounded memory): the
     same rows, in file order, and the same errors at the same lines (a chunk's bad lines are
     raised or counted in line order before it is yielded). When the file is read to its end,
     ``info`` (if given) receives the ``info`` of :func:`read_delimited`."""
     if not categorical:
         raise DataError(path, None, "categorical", "the csv schema needs at least one categorical column")
+    unknown = [c for c in multi_hot if c not in categorical]
+    if unknown:
+        raise DataError(path, None, "multi_hot", f"multi-hot column(s) {', '.join(map(repr, unknown))} are not "
+                                                 f"categorical columns of the schema ({';'.join(categorical)})")
+    if len(list_delimiter) != 1 or (multi_hot and list_delimiter == delimiter):
+        raise DataError(path, None, "list_delimiter", f"must be one character other than the delimiter "
+                                                      f"{delimiter!r}, got {list_delimiter!r}")
     records = _records(path, iter_lines(path), delimiter)
     head: Optional[List[str]] = None
     if header:
@@ -156,7 +182,8 @@ def iter_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
     label_name = label if header else f"col{label}"
 
     def convert(rows: List[List[str]], linenos: List[int]) -> RawTable:
-        return _convert(path, rows, linenos, errors, bad, sel, len(di), label_name, names_d, names_c)
+        return _convert(path, rows, linenos, errors, bad, sel, len(di), label_name, names_d, names_c,
+                        [c if header else f"col{c}" for c in multi_hot], list_delimiter)
 
     bad = BadLines(skip_bad_lines)
     errors: dict = {}  # line -> first DataError of that line; raised/counted in line order
@@ -210,13 +237,16 @@ def iter_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
     if info is not None:
         info.update({"format": "csv", "path": str(path), "schema": {
             "label": label, "dense": list(dense), "categorical": list(categorical), "delimiter": delimiter,
-            "header": bool(header)}, **bad.info()})
+            "header": bool(header), **({"multi_hot": list(multi_hot), "list_delimiter": list_delimiter}
+                                       if multi_hot else {})}, **bad.info()})
 
 
 def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), categorical: Sequence[str] = (),
                    delimiter: str = ",", header: bool = True, skip_bad_lines: bool = False,
-                   max_rows: Optional[int] = None) -> RawTable:
-    """Read a delimited file with the given schema into a :class:`RawTable`.
+                   max_rows: Optional[int] = None, multi_hot: Sequence[str] = (),
+                   list_delimiter: str = "|") -> RawTable:
+    """Read a delimited file with the given schema into a :class:`RawTable` (``multi_hot``:
+    the categorical columns holding ``list_delimiter``-separated lists).
 
     Raises:
         DataError: naming file, line and field: wrong field count, a label other than 0/1,
@@ -227,4 +257,5 @@ def read_delimited(path: str, label: str = "label", dense: Sequence[str] = (), c
     """
     info: Dict[str, Any] = {}
     return concat_tables(list(iter_delimited(path, label, dense, categorical, delimiter, header, skip_bad_lines,
-                                             max_rows, info=info)), info)
+                                             max_rows, info=info, multi_hot=multi_hot,
+                                             list_delimiter=list_delimiter)), info)

@@ -20,7 +20,7 @@ from umec_torchrec.data.bundle import DataBundle
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.data.errors import DataError
 from umec_torchrec.data.options import DataOptions
-from umec_torchrec.data.raw import CHUNK_ROWS, RawTable, dense_transform
+from umec_torchrec.data.raw import CHUNK_ROWS, RawTable, dense_transform, raw_column
 from umec_torchrec.data.spec import DataSpec, parse_spec
 from umec_torchrec.data.split import source_split
 from umec_torchrec.data.vocab import Vocabulary
@@ -38,7 +38,28 @@ GENERATED_KINDS = {
 
 
 def read_raw(spec: DataSpec, options: DataOptions) -> RawTable:
-    """Dispatch ``spec`` to its reader."""
+    """Dispatch ``spec`` to its reader (then :func:`multi_hot`)."""
+    return multi_hot(spec, _read_raw(spec, options))
+
+
+def multi_hot(spec: DataSpec, raw: RawTable) -> RawTable:
+    """``raw`` with the DLRM-v2-style multi-hot features of ``spec``'s ``multi_hot_sizes``
+    (:mod:`~umec_torchrec.data.multihot`); ``raw`` itself without that parameter."""
+    sizes = spec.params.get("multi_hot_sizes")
+    if not sizes:
+        return raw
+    from umec_torchrec.data.criteo_npy import _caps
+    from umec_torchrec.data.multihot import expand_multi_hot, multi_hot_sizes
+
+    try:
+        multi_hot_sizes(sizes, len(raw.feature_names))
+    except ValueError as e:
+        raise DataError(spec.text, None, "multi_hot_sizes", full_path=True, reason=str(e)) from None
+    caps = _caps(spec.path, spec.params.get("num_embeddings_per_feature"))
+    return expand_multi_hot(raw, sizes, caps)
+
+
+def _read_raw(spec: DataSpec, options: DataOptions) -> RawTable:
     if spec.kind in GENERATED_KINDS:
         import importlib
 
@@ -71,13 +92,19 @@ def read_raw(spec: DataSpec, options: DataOptions) -> RawTable:
 
         return read_delimited(spec.path, label=options.label, dense=options.dense, categorical=options.categorical,
                               delimiter=options.delimiter, header=options.header,
-                              skip_bad_lines=options.skip_bad_lines, max_rows=options.max_rows)
+                              skip_bad_lines=options.skip_bad_lines, max_rows=options.max_rows,
+                              **_list_params(spec))
     raise DataError(spec.text, None, None, f"unknown data source {spec.kind!r}")  # parse_spec rejects these
+
+
+def _list_params(spec: DataSpec) -> Dict[str, Any]:
+    return {k: spec.params[k] for k in ("multi_hot", "list_delimiter") if k in spec.params}
 
 
 def bundle_info(source_info: Dict[str, Any], source: str, voc: Vocabulary, feature_names: List[str],
                 dense_names: List[str], counts: Tuple[int, int, int], ctr: Dict[str, Optional[float]],
-                options: DataOptions, dense_transformed: bool) -> Dict[str, Any]:
+                options: DataOptions, dense_transformed: bool,
+                ids_per_sample: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
     """The ``info`` of a :class:`DataBundle` (keys: :class:`DataBundle`): one place, so that
     :func:`encode` and a prepared directory (:mod:`~umec_torchrec.data.prepared`) agree.
 
@@ -87,6 +114,8 @@ def bundle_info(source_info: Dict[str, Any], source: str, voc: Vocabulary, featu
         voc: the fitted vocabulary.
         counts: rows of ``(train, valid, test)``.
         ctr: mean label per split (``None`` for an empty split).
+        ids_per_sample: the multi-hot features' mean ids per training row (``info["multi_hot"]``:
+            ``{feature: {"ids_per_sample": mean}}``; absent when every feature has one id).
     """
     n_tr, n_va, n_te = (int(c) for c in counts)
     src_info = dict(source_info)
@@ -108,6 +137,8 @@ def bundle_info(source_info: Dict[str, Any], source: str, voc: Vocabulary, featu
         "ctr": dict(ctr),
         "options": dataclasses.asdict(options),
     }
+    if ids_per_sample:
+        info["multi_hot"] = {f: {"ids_per_sample": float(v)} for f, v in ids_per_sample.items()}
     for k, v in src_info.items():  # source extras (ground truth, ...); never shadow the keys above
         info[k if k not in info else f"source_{k}"] = v
     return info
@@ -122,6 +153,12 @@ def iter_raw(spec: DataSpec, options: DataOptions, chunk_rows: int = CHUNK_ROWS,
     been taken, ``info`` (if given) holds what ``read_raw(...).info`` holds. ``workers > 1``:
     a Criteo TSV's lines are parsed by that many processes (the other sources ignore it).
     """
+    for chunk in _iter_raw(spec, options, chunk_rows, info, workers):
+        yield multi_hot(spec, chunk)
+
+
+def _iter_raw(spec: DataSpec, options: DataOptions, chunk_rows: int, info: Optional[Dict[str, Any]],
+              workers: int) -> Iterator[RawTable]:
     kw = dict(skip_bad_lines=options.skip_bad_lines, max_rows=options.max_rows, chunk_rows=chunk_rows, info=info)
     if spec.kind == "criteo":
         from umec_torchrec.data.criteo import iter_criteo_tsv
@@ -143,12 +180,14 @@ def iter_raw(spec: DataSpec, options: DataOptions, chunk_rows: int = CHUNK_ROWS,
 
         yield from iter_delimited(spec.path, label=options.label, dense=options.dense,
                                   categorical=options.categorical, delimiter=options.delimiter,
-                                  header=options.header, **kw)
+                                  header=options.header, **kw, **_list_params(spec))
     else:
-        raw = read_raw(spec, options)
+        raw = _read_raw(spec, options)
         for a in range(0, len(raw), chunk_rows):
-            yield RawTable(raw.dense[a:a + chunk_rows], raw.cats[a:a + chunk_rows], raw.labels[a:a + chunk_rows],
-                           list(raw.dense_names), list(raw.feature_names), {}, raw.dense_transformed)
+            b = min(len(raw), a + chunk_rows)
+            yield RawTable(raw.dense[a:b], raw.cats[a:b], raw.labels[a:b], list(raw.dense_names),
+                           list(raw.feature_names), {}, raw.dense_transformed,
+                           {f: jag.slice(a, b) for f, jag in raw.multi_hot.items()})
         if info is not None:
             info.update(raw.info)
 
@@ -158,8 +197,12 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
     n = len(raw)
     try:
         tr, va, te = source_split(n, options, raw.info)
-        voc = Vocabulary.fit(raw.cats[tr], raw.feature_names, mode=options.vocab, min_count=options.min_count,
-                             hash_size=options.hash_size, sizes=raw.info.get("num_embeddings_per_feature"))
+        if options.vocab == "min_count":
+            voc = Vocabulary.fit_columns([raw_column(raw, j, tr) for j in range(len(raw.feature_names))],
+                                         raw.feature_names, min_count=options.min_count)
+        else:
+            voc = Vocabulary.fit(raw.cats[:0], raw.feature_names, mode=options.vocab, hash_size=options.hash_size,
+                                 sizes=raw.info.get("num_embeddings_per_feature"))
     except ValueError as e:
         raise DataError(raw.info.get("path", source), None, None, str(e)) from None
     sizes = voc.table_sizes
@@ -168,11 +211,17 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
     ctr = {name: (float(labels[rows].mean()) if len(rows) else None)
            for name, rows in (("train", tr), ("valid", va), ("test", te))}
     info = bundle_info(raw.info, source, voc, raw.feature_names, raw.dense_names,
-                       (len(tr), len(va), len(te)), ctr, options, raw.dense_transformed)
+                       (len(tr), len(va), len(te)), ctr, options, raw.dense_transformed,
+                       ids_per_sample={f: raw.multi_hot[f].take(tr).mean_length() for f in raw.multi_hot})
 
     def make(rows: np.ndarray, split: str) -> CTRData:
         try:
             ids = voc.encode(raw.cats[rows])
+            multi = {}
+            for f, jag in raw.multi_hot.items():
+                part = jag.take(rows)
+                multi[f] = part.with_values(voc.encode_column(f, part.values))
+                ids[:, raw.feature_names.index(f)] = 0
         except ValueError as e:  # vocab="identity": an id outside its table
             raise DataError(raw.info.get("path", source), None, None, str(e)) from None
         return CTRData(
@@ -183,6 +232,7 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
             feature_names=list(raw.feature_names),
             table_sizes=list(sizes),
             info={**info, "split_name": split},
+            multi_hot=multi,
         )
 
     return DataBundle(train=make(tr, "train"), valid=make(va, "valid"), test=make(te, "test"), info=info,

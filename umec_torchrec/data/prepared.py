@@ -7,12 +7,16 @@ is the order :func:`~umec_torchrec.data.load_data` gives the same spec and optio
     {split}_dense.npy      float32 [n, D]   dense features, already transformed
     {split}_labels.npy     float32 [n]      0/1 labels
     {split}_ids_{j}.npy    uint8/uint16/uint32/int64 [n]   rows of feature j (the narrowest
-                                            dtype that holds its table, :func:`~umec_torchrec.data.vocab.id_dtype`)
+                                            dtype that holds its table, :func:`~umec_torchrec.data.vocab.id_dtype`);
+                                            for a multi-hot feature [nnz]: every id of every row
+    {split}_offsets_{j}.npy  int64 [n + 1]  multi-hot feature j only: row i's ids are
+                                            ids_{j}[offsets[i]:offsets[i + 1]]
     split_{split}.npy      int64 [n]        source row (0-based, in the order read) of each row
     vocabulary.npz         the vocabulary (:meth:`~umec_torchrec.data.vocab.Vocabulary.save`)
     manifest.json          written last: format, source spec, options, features, table sizes,
-                           id dtypes, rows per split, bad lines, the bundle ``info``, and the
-                           size and SHA-256 of every other file
+                           id dtypes, rows per split, bad lines, the bundle ``info``, the
+                           multi-hot features (``multi_hot``: ids per split, the measured mean
+                           ids per training row), and the size and SHA-256 of every other file
 
 ``split`` is ``train``, ``valid``, ``test``. A directory without ``manifest.json`` is
 incomplete and refused; the directory is built under a temporary name next to ``DIR``
@@ -20,11 +24,14 @@ and renamed into place when complete.
 
 Preparing reads the source once, in chunks (:func:`~umec_torchrec.data.loader.iter_raw`),
 into temporary raw arrays on disk (dense float32, raw int64 values, labels), so that the
-row count, hence the split, is known; then it counts the values of the training rows chunk
-by chunk (:class:`~umec_torchrec.data.vocab.ValueCounts`); then it encodes the rows in file
-order into temporary buckets of the split order and writes the outputs bucket by bucket
-(sequential I/O only, whatever the split). Memory: one chunk of parsed lines, the distinct
-values of every feature (the vocabulary itself), 16 bytes a row for the split and its
+row count, hence the split, is known (a multi-hot feature: its ids and lengths); then it
+counts the values of the training rows chunk by chunk
+(:class:`~umec_torchrec.data.vocab.ValueCounts`); then it encodes the rows in file order
+into temporary buckets of the split order and writes the outputs bucket by bucket
+(sequential I/O only, whatever the split). The temporary and output arrays are read and
+written with plain file reads and writes, not maps, so their pages stay in the page cache
+and out of the process's resident memory. Memory: one chunk of parsed lines, the distinct
+values of every feature (the vocabulary itself), 12 bytes a row for the split and its
 inverse, and one bucket (:data:`BUCKET_ROWS` rows); never the whole table. Temporary disk:
 about ``2 * (8 * (F + D) + 8)`` bytes a row at most, removed before the manifest is written.
 
@@ -40,7 +47,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -48,6 +55,7 @@ import torch
 from umec_torchrec.data.bundle import DataBundle
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.data.errors import DataError
+from umec_torchrec.data.jagged import JaggedIds
 from umec_torchrec.data.options import DataOptions
 from umec_torchrec.data.prefetch import PREFETCH_DEPTH
 from umec_torchrec.data.raw import CHUNK_ROWS, dense_transform
@@ -182,6 +190,64 @@ def prepare_data(spec: str, out: str, options: Optional[DataOptions] = None, *, 
                         progress or (lambda msg: None))
 
 
+class _Writer:
+    """A ``.npy`` file of a known shape written front to back with plain writes (its pages go
+    to the page cache, not to this process's resident memory as a written map's would)."""
+
+    def __init__(self, path: str, dtype: Any, shape: tuple) -> None:
+        self.dtype, self.shape = np.dtype(dtype), tuple(int(x) for x in shape)
+        self.left = int(np.prod(self.shape))
+        self.f = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": self.shape})
+
+    def write(self, arr: np.ndarray) -> None:
+        a = np.ascontiguousarray(arr, dtype=self.dtype)
+        self.left -= a.size
+        self.f.write(a.tobytes())
+
+    def close(self) -> None:
+        self.f.close()
+        if self.left != 0:
+            raise RuntimeError(f"{self.f.name}: {self.left} elements short of {self.shape}")  # a bug
+
+
+def _read_rows(path: str, dtype: Any, width: int, a: int, b: int) -> np.ndarray:
+    """Rows ``a..b-1`` of a raw file of ``width`` values a row (``width == 0``: one value a row),
+    by a plain read (not a map: the pages read stay out of this process's resident memory)."""
+    w = max(width, 1)
+    with open(path, "rb") as f:
+        f.seek(a * w * np.dtype(dtype).itemsize)
+        out = np.fromfile(f, dtype=dtype, count=(b - a) * w)
+    return out.reshape((b - a, width)) if width else out
+
+
+class _RawRows:
+    """The temporary raw arrays of pass 1, read back in chunks of rows in file order."""
+
+    def __init__(self, raw_dir: str, n: int, d: int, f_: int, multi: List[str]) -> None:
+        self.dir, self.n, self.d, self.f_, self.multi = raw_dir, n, d, f_, list(multi)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def chunks(self, chunk_rows: int, dense: bool = True) -> Iterator[tuple]:
+        """``(a, b, dense or None, cats, labels, {feature: JaggedIds})`` of each chunk."""
+        voff = [0] * len(self.multi)
+        for a in range(0, self.n, chunk_rows):
+            b = min(self.n, a + chunk_rows)
+            multi = {}
+            for q, name in enumerate(self.multi):
+                lens = _read_rows(self.path(f"mh{q}.lengths"), np.int64, 0, a, b)
+                m = int(lens.sum())
+                multi[name] = JaggedIds.from_lengths(
+                    _read_rows(self.path(f"mh{q}.values"), np.int64, 0, voff[q], voff[q] + m), lens)
+                voff[q] += m
+            yield (a, b, _read_rows(self.path("dense"), np.float32, self.d, a, b) if dense else None,
+                   _read_rows(self.path("cats"), np.int64, self.f_, a, b),
+                   _read_rows(self.path("labels"), np.float32, 0, a, b), multi)
+
+
 def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_rows: int, iter_raw: Any,
              bundle_info: Any, progress: Callable[[str], None]) -> Dict[str, Any]:
     raw_dir = os.path.join(tmp, ".raw")
@@ -194,23 +260,29 @@ def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_r
         for chunk in iter_raw(parsed, opts, chunk_rows, info=src_info):  # pass 1: parse once, raw arrays on disk
             if not names:
                 names = {"dense": list(chunk.dense_names), "features": list(chunk.feature_names),
-                         "dense_transformed": bool(chunk.dense_transformed)}
+                         "dense_transformed": bool(chunk.dense_transformed),
+                         "multi": [f for f in chunk.feature_names if f in chunk.multi_hot]}
+                for q in range(len(names["multi"])):
+                    for part in ("values", "lengths"):
+                        files[f"mh{q}.{part}"] = open(os.path.join(raw_dir, f"mh{q}.{part}"), "wb")
             dense = chunk.dense.astype(np.float32) if chunk.dense_transformed else dense_transform(chunk.dense)
             files["dense"].write(np.ascontiguousarray(dense, dtype=np.float32).tobytes())
             files["cats"].write(np.ascontiguousarray(chunk.cats, dtype=np.int64).tobytes())
             files["labels"].write(np.ascontiguousarray(chunk.labels, dtype=np.float32).tobytes())
+            for q, f in enumerate(names["multi"]):
+                jag = chunk.multi_hot[f]
+                files[f"mh{q}.values"].write(np.ascontiguousarray(jag.flat(), dtype=np.int64).tobytes())
+                files[f"mh{q}.lengths"].write(np.ascontiguousarray(jag.lengths, dtype=np.int64).tobytes())
             n += len(chunk)
             if n // PROGRESS_ROWS != (n - len(chunk)) // PROGRESS_ROWS:
                 progress(f"read {n:,} rows")
     finally:
-        for f in files.values():
-            f.close()
+        for fh in files.values():
+            fh.close()
     if n == 0:
         raise DataError(parsed.path or parsed.text, None, None, "no rows")
     d, f_ = len(names["dense"]), len(names["features"])
-    dense_raw = np.memmap(os.path.join(raw_dir, "dense"), dtype=np.float32, mode="r", shape=(n, d))
-    cats_raw = np.memmap(os.path.join(raw_dir, "cats"), dtype=np.int64, mode="r", shape=(n, f_))
-    labels_raw = np.memmap(os.path.join(raw_dir, "labels"), dtype=np.float32, mode="r", shape=(n,))
+    raw = _RawRows(raw_dir, n, d, f_, names["multi"])
     try:
         tr, va, te = source_split(n, opts, src_info)
         if opts.vocab != "min_count":
@@ -219,27 +291,32 @@ def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_r
     except ValueError as e:
         raise DataError(src_info.get("path", parsed.text), None, None, str(e)) from None
     progress(f"read {n:,} rows; {'counting values' if opts.vocab == 'min_count' else 'encoding'}")
+    for split, rows in zip(SPLITS, (tr, va, te)):
+        np.save(os.path.join(tmp, f"split_{split}.npy"), rows.astype(np.int64))
     if opts.vocab == "min_count":  # pass 2: count the training rows' values, chunk by chunk
         in_train = np.zeros(n, dtype=bool)
         in_train[tr] = True
         counts = ValueCounts(f_)
-        for a in range(0, n, chunk_rows):
-            counts.add(np.asarray(cats_raw[a:a + chunk_rows][in_train[a:a + chunk_rows]]))
+        for a, b, _, cats, _, multi in raw.chunks(chunk_rows, dense=False):
+            keep = in_train[a:b]
+            for j, name in enumerate(names["features"]):
+                counts.add_column(j, multi[name].take(keep).values if name in multi else cats[keep, j])
         del in_train
         voc = Vocabulary.from_counts(counts, names["features"], min_count=opts.min_count)
         del counts
     sizes = voc.table_sizes
     dtypes = [id_dtype(s) for s in sizes]
-    for split, rows in zip(SPLITS, (tr, va, te)):
-        np.save(os.path.join(tmp, f"split_{split}.npy"), rows.astype(np.int64))
     progress(f"vocabulary: {sum(sizes):,} table rows; encoding the splits")
-    ctr = _encode_splits(tmp, raw_dir, (tr, va, te), dense_raw, cats_raw, labels_raw, voc, dtypes, chunk_rows,
-                         bucket_rows)
-    del dense_raw, cats_raw, labels_raw
+    counts_ = (len(tr), len(va), len(te))
+    inv = _positions(n, (tr, va, te))  # row i of the file -> its position in [train | valid | test]
+    del tr, va, te
+    ctr, nnz = _encode_splits(tmp, raw, counts_, inv, voc, dtypes, chunk_rows, bucket_rows)
+    del inv
     shutil.rmtree(raw_dir)
     voc.save(os.path.join(tmp, VOCABULARY_FILE))
-    info = bundle_info(src_info, parsed.text, voc, names["features"], names["dense"], (len(tr), len(va), len(te)),
-                       ctr, opts, names["dense_transformed"])
+    ids_per_sample = {f: (nnz[f]["train"] / counts_[0] if counts_[0] else 0.0) for f in names["multi"]}
+    info = bundle_info(src_info, parsed.text, voc, names["features"], names["dense"], counts_, ctr, opts,
+                       names["dense_transformed"], ids_per_sample=ids_per_sample)
     meta = {
         "kind": KIND,
         "prepared_format": PREPARED_FORMAT,
@@ -249,13 +326,26 @@ def _prepare(parsed: Any, opts: DataOptions, tmp: str, chunk_rows: int, bucket_r
         "dense_names": list(names["dense"]),
         "table_sizes": [int(s) for s in sizes],
         "id_dtypes": [str(t) for t in dtypes],
-        "rows": {"total": int(n), "train": int(len(tr)), "valid": int(len(va)), "test": int(len(te))},
+        "rows": {"total": int(n), "train": int(counts_[0]), "valid": int(counts_[1]), "test": int(counts_[2])},
         "bad_lines": int(info.get("bad_lines", 0)),
         "chunk_rows": int(chunk_rows),
         "info": json.loads(json.dumps(info, default=_jsonable)),
     }
+    if names["multi"]:
+        meta["multi_hot"] = {f: {"ids_per_sample": float(ids_per_sample[f]), "nnz": nnz[f]} for f in names["multi"]}
     write_manifest(tmp, meta)  # last: a directory without it is incomplete
     return read_manifest(tmp) or meta
+
+
+def _positions(n: int, splits: Sequence[np.ndarray]) -> np.ndarray:
+    """``inv[i]``: the position of file row ``i`` in the concatenated split order (int32 below
+    2**31 rows: 4 bytes a row)."""
+    inv = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+    at = 0
+    for rows in splits:
+        inv[rows] = np.arange(at, at + len(rows), dtype=inv.dtype)
+        at += len(rows)
+    return inv
 
 
 def _jsonable(x: Any) -> Any:
@@ -264,87 +354,127 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def _encode_splits(tmp: str, raw_dir: str, splits: Sequence[np.ndarray], dense_raw: np.ndarray,
-                   cats_raw: np.ndarray, labels_raw: np.ndarray, voc: Vocabulary, dtypes: List[np.dtype],
-                   chunk_rows: int, bucket_rows: int) -> Dict[str, Optional[float]]:
+def _encode_splits(tmp: str, raw: "_RawRows", counts: Sequence[int], inv: np.ndarray, voc: Vocabulary,
+                   dtypes: List[np.dtype], chunk_rows: int, bucket_rows: int) -> tuple:
     """Pass 3: write every split's arrays in its own row order, with sequential I/O only.
 
     The splits in order are one permutation of the rows (``[train | valid | test]``); row
     ``i`` of the file goes to position ``inv[i]`` of it. 3a reads the raw arrays in file
     order, encodes each chunk and appends each row to the bucket file of its block of
-    ``bucket_rows`` positions; 3b loads one bucket at a time, orders it by position and
-    writes that block of the outputs. Returns each split's CTR."""
-    n, d = dense_raw.shape
-    f_ = cats_raw.shape[1]
-    rec = np.dtype([("pos", np.int64), ("dense", np.float32, (d,)), ("label", np.float32), ("ids", np.int64, (f_,))])
-    order = np.concatenate(splits)
-    inv = np.empty(n, dtype=np.int64)
-    inv[order] = np.arange(n, dtype=np.int64)
-    del order
+    ``bucket_rows`` positions (a multi-hot feature's ids to a second bucket file, one
+    ``(position, feature, id)`` record per id); 3b loads one bucket at a time, orders it by
+    position and appends that block to the outputs. Returns each split's CTR and the
+    multi-hot features' ids per split."""
+    n, d, f_, multi = raw.n, raw.d, raw.f_, raw.multi
+    names = voc.feature_names
+    mcol = [names.index(f) for f in multi]
+    rec = np.dtype([("pos", np.int64), ("dense", np.float32, (d,)), ("label", np.float32), ("ids", np.int64, (f_,)),
+                    ("lens", np.int64, (len(multi),))])
+    mrec = np.dtype([("pos", np.int64), ("feat", np.int32), ("id", np.int64)])
+    starts = np.cumsum([0] + [int(c) for c in counts])
     n_buckets = -(-n // bucket_rows)
-    bdir = os.path.join(raw_dir, "buckets")
+    bdir = os.path.join(raw.dir, "buckets")
     os.makedirs(bdir)
     paths = [os.path.join(bdir, str(k)) for k in range(n_buckets)]
     files = [open(q, "wb") for q in paths]
+    mfiles = [open(q + ".mh", "wb") for q in paths] if multi else []
+    nnz = np.zeros((len(multi), len(SPLITS)), dtype=np.int64)
     try:
-        for a in range(0, n, chunk_rows):  # 3a: file order -> buckets of the split order
-            b = min(n, a + chunk_rows)
+        for a, b, dense, cats, labels, jag in raw.chunks(chunk_rows):  # 3a: file order -> buckets of the split order
             r = np.empty(b - a, dtype=rec)
             r["pos"] = inv[a:b]
-            r["dense"] = dense_raw[a:b]
-            r["label"] = labels_raw[a:b]
+            r["dense"] = dense
+            r["label"] = labels
             try:
-                r["ids"] = voc.encode(np.asarray(cats_raw[a:b]))
+                r["ids"] = voc.encode(cats)
+                vals = [voc.encode_column(j, jag[f].values) for j, f in zip(mcol, multi)]
             except ValueError as e:  # vocab="identity": an id outside its table
                 raise DataError(None, None, None, str(e)) from None
-            blk = r["pos"] // bucket_rows
-            srt = np.argsort(blk, kind="stable")
-            r, blk = r[srt], blk[srt]
-            cuts = np.flatnonzero(np.diff(blk)) + 1
-            for part in np.split(r, cuts):  # one write per bucket this chunk reaches
-                files[int(part["pos"][0] // bucket_rows)].write(part.tobytes())
+            for q, f in enumerate(multi):
+                r["lens"][:, q] = jag[f].lengths
+                r["ids"][:, mcol[q]] = 0
+            _to_buckets(r, r["pos"], bucket_rows, files)
+            if multi:
+                split_of = np.searchsorted(starts[1:], r["pos"], side="right")
+                for q in range(len(multi)):
+                    nnz[q] += np.bincount(split_of, weights=r["lens"][:, q], minlength=len(SPLITS)).astype(np.int64)
+                m = np.empty(sum(len(v) for v in vals), dtype=mrec)
+                m["pos"] = np.concatenate([np.repeat(r["pos"], r["lens"][:, q]) for q in range(len(multi))])
+                m["feat"] = np.repeat(np.arange(len(multi), dtype=np.int32), [len(v) for v in vals])
+                m["id"] = np.concatenate(vals)
+                _to_buckets(m, m["pos"], bucket_rows, mfiles)
     finally:
-        for fh in files:
+        for fh in files + mfiles:
             fh.close()
-    del inv
-    sizes = [int(x.shape[0]) for x in splits]
-    starts = np.cumsum([0] + sizes)
     outs = {}
-    for split, m in zip(SPLITS, sizes):
-        def out(name: str, dtype: Any, shape: tuple) -> np.ndarray:
-            q = os.path.join(tmp, f"{split}_{name}.npy")
-            if m == 0:
-                np.save(q, np.zeros(shape, dtype=dtype))
-                return np.zeros(shape, dtype=dtype)
-            return np.lib.format.open_memmap(q, mode="w+", dtype=dtype, shape=shape)
+    for si, (split, m_) in enumerate(zip(SPLITS, counts)):
+        def out(name: str, dtype: Any, shape: tuple) -> _Writer:
+            return _Writer(os.path.join(tmp, f"{split}_{name}.npy"), dtype, shape)
 
-        outs[split] = (out("dense", np.float32, (m, d)), out("labels", np.float32, (m,)),
-                       [out(f"ids_{j}", dtypes[j], (m,)) for j in range(f_)])
+        ids = [None if j in mcol else out(f"ids_{j}", dtypes[j], (m_,)) for j in range(f_)]
+        jag_out = [(out(f"ids_{j}", dtypes[j], (int(nnz[q, si]),)), out(f"offsets_{j}", np.int64, (m_ + 1,)))
+                   for q, j in enumerate(mcol)]
+        for _, off in jag_out:
+            off.write(np.zeros(1, dtype=np.int64))
+        outs[split] = (out("dense", np.float32, (m_, d)), out("labels", np.float32, (m_,)), ids, jag_out)
+    ends = np.zeros((len(multi), len(SPLITS)), dtype=np.int64)  # ids written so far per feature and split
     positives = {s: 0.0 for s in SPLITS}
-    for k, q in enumerate(paths):  # 3b: one block of the split order at a time
-        r = np.fromfile(q, dtype=rec)
-        os.remove(q)
-        r = r[np.argsort(r["pos"], kind="stable")]
-        lo = k * bucket_rows
-        if not np.array_equal(r["pos"], np.arange(lo, lo + r.shape[0])):
-            raise RuntimeError(f"{q}: bucket {k} does not hold positions {lo}..{lo + r.shape[0] - 1}")  # a bug
-        for si, split in enumerate(SPLITS):
-            a, b = max(lo, int(starts[si])), min(lo + r.shape[0], int(starts[si + 1]))
-            if a >= b:
-                continue
-            part = r[a - lo:b - lo]
-            dense_o, labels_o, ids_o = outs[split]
-            dense_o[a - starts[si]:b - starts[si]] = part["dense"]
-            labels_o[a - starts[si]:b - starts[si]] = part["label"]
-            positives[split] += float(part["label"].astype(np.float64).sum())
-            for j in range(f_):
-                ids_o[j][a - starts[si]:b - starts[si]] = part["ids"][:, j].astype(dtypes[j])
-    for dense_o, labels_o, ids_o in outs.values():
-        for arr in [dense_o, labels_o] + ids_o:
-            if isinstance(arr, np.memmap):
-                arr.flush()
-    del outs
-    return {s: (float(np.float32(positives[s] / m)) if m else None) for s, m in zip(SPLITS, sizes)}
+    try:
+        for k, q in enumerate(paths):  # 3b: one block of the split order at a time
+            r = np.fromfile(q, dtype=rec)
+            os.remove(q)
+            r = r[np.argsort(r["pos"], kind="stable")]
+            lo = k * bucket_rows
+            if not np.array_equal(r["pos"], np.arange(lo, lo + r.shape[0])):
+                raise RuntimeError(f"{q}: bucket {k} does not hold positions {lo}..{lo + r.shape[0] - 1}")  # a bug
+            if multi:
+                mh = np.fromfile(q + ".mh", dtype=mrec)
+                os.remove(q + ".mh")
+                mh = mh[np.lexsort((mh["pos"], mh["feat"]))]  # stable: a row's ids keep their order
+                fcut = np.searchsorted(mh["feat"], np.arange(len(multi) + 1))
+            for si, split in enumerate(SPLITS):
+                a, b = max(lo, int(starts[si])), min(lo + r.shape[0], int(starts[si + 1]))
+                if a >= b:
+                    continue
+                part = r[a - lo:b - lo]
+                dense_o, labels_o, ids_o, jag_o = outs[split]
+                dense_o.write(part["dense"])
+                labels_o.write(part["label"])
+                positives[split] += float(part["label"].astype(np.float64).sum())
+                for j in range(f_):
+                    if ids_o[j] is not None:
+                        ids_o[j].write(part["ids"][:, j].astype(dtypes[j]))
+                for qq, (vals_o, off_o) in enumerate(jag_o):
+                    seg = mh[fcut[qq]:fcut[qq + 1]]
+                    x, y = np.searchsorted(seg["pos"], [a, b])
+                    lens = part["lens"][:, qq]
+                    if y - x != int(lens.sum()):
+                        raise RuntimeError(f"{q}: feature {multi[qq]} has {y - x} ids for {int(lens.sum())}")  # a bug
+                    vals_o.write(seg["id"][x:y].astype(dtypes[mcol[qq]]))
+                    off_o.write(ends[qq, si] + np.cumsum(lens))
+                    ends[qq, si] += int(lens.sum())
+    finally:
+        for dense_o, labels_o, ids_o, jag_o in outs.values():
+            for w in [dense_o, labels_o] + [x for x in ids_o if x is not None] + [x for p in jag_o for x in p]:
+                w.f.close()
+    for dense_o, labels_o, ids_o, jag_o in outs.values():
+        for w in [dense_o, labels_o] + [x for x in ids_o if x is not None] + [x for p in jag_o for x in p]:
+            w.close()
+    ctr = {s: (float(np.float32(positives[s] / m)) if m else None) for s, m in zip(SPLITS, counts)}
+    return ctr, {f: {s: int(nnz[q, si]) for si, s in enumerate(SPLITS)} for q, f in enumerate(multi)}
+
+
+def _to_buckets(r: np.ndarray, pos: np.ndarray, bucket_rows: int, files: List[Any]) -> None:
+    """Append the records ``r`` to the bucket file of their position's block (one write per
+    bucket they reach; the records keep their order within a bucket)."""
+    if r.shape[0] == 0:
+        return
+    blk = pos // bucket_rows
+    srt = np.argsort(blk, kind="stable")
+    r, blk = r[srt], blk[srt]
+    cuts = np.flatnonzero(np.diff(blk)) + 1
+    for part in np.split(r, cuts):
+        files[int(part["pos"][0] // bucket_rows)].write(part.tobytes())
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -401,14 +531,24 @@ def load_prepared(path: str, inline: Optional[Dict[str, Any]] = None, source: Op
     info = dict(m.get("info") or {})
     info["prepared"] = p
     splits = {}
+    multi = m.get("multi_hot") or {}
     for split in SPLITS:
         want = int(m["rows"][split])
         dense = _checked(p, f"{split}_dense.npy", np.float32, (want, len(dense_names)))
         labels = _checked(p, f"{split}_labels.npy", np.float32, (want,))
-        cols = [_checked(p, f"{split}_ids_{j}.npy", np.dtype(m["id_dtypes"][j]), (want,)) for j in range(len(sizes))]
+        cols, jagged = [], {}
+        for j, f in enumerate(features):
+            dt = np.dtype(m["id_dtypes"][j])
+            if f in multi:  # values + offsets; its column of ids is a zero-stride 0 (no memory)
+                off = _checked(p, f"{split}_offsets_{j}.npy", np.int64, (want + 1,))
+                jagged[f] = JaggedIds(_checked(p, f"{split}_ids_{j}.npy", dt, (int(multi[f]["nnz"][split]),)), off)
+                cols.append(np.broadcast_to(np.zeros(1, dtype=np.uint8), (want,)))
+            else:
+                cols.append(_checked(p, f"{split}_ids_{j}.npy", dt, (want,)))
         splits[split] = CTRData(dense=torch.from_numpy(dense), sparse=ColumnIds(cols),
                                 labels=torch.from_numpy(labels), dense_names=dense_names, feature_names=features,
-                                table_sizes=sizes, info={**info, "split_name": split}, prefetch=PREFETCH_DEPTH)
+                                table_sizes=sizes, info={**info, "split_name": split}, prefetch=PREFETCH_DEPTH,
+                                multi_hot=jagged)
     try:
         voc = Vocabulary.load(os.path.join(p, VOCABULARY_FILE))
     except (OSError, ValueError) as e:

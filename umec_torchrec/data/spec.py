@@ -15,12 +15,16 @@ Kinds (``KIND``):
   ``num_embeddings_per_feature=N`` or ``=N1;...;N26`` (ids mod these caps; with
   ``vocab=identity`` the tables are exactly these sizes) and ``split=last_day`` (TorchRec's
   split: the last day's first half validates, its second half tests);
+  ``criteo`` and ``criteo-npy`` also take ``multi_hot_sizes=K`` or ``=K1;...;K26``: MLPerf
+  DLRM-v2-style multi-hot features, K ids per row generated from each id
+  (:mod:`umec_torchrec.data.multihot`);
 * ``libsvm:PATH`` - libsvm/libFM one-hot CTR rows (``label idx:1 idx:1 ...``, one index per
   field, in field order); param ``names=user;item;...`` (default ``f1..fK``, or Frappe's
   field names for a 10-field file whose name contains ``frappe``);
 * ``csv:PATH`` - delimited file with a declared schema: ``label=COL``, ``dense=A;B``,
   ``categorical=C;D``, ``delimiter=tab|comma|semicolon|pipe|space|<char>``, ``header=0|1``
-  (columns are 0-based indices when ``header=0``);
+  (columns are 0-based indices when ``header=0``); ``multi_hot=C;D`` (categorical columns
+  holding lists ``a|b|c``: multi-hot features) and ``list_delimiter=pipe|<char>`` (default ``|``);
 * ``prepared:DIR`` - a directory written by ``umec prepare`` (:mod:`umec_torchrec.data.prepared`):
   the encoded splits, read through memory maps; inline options must equal the ones it was
   prepared with (its split and vocabulary are fixed);
@@ -85,10 +89,11 @@ _OPTION_KEYS = {
 _PARAM_KEYS: Dict[str, Dict[str, Any]] = {
     "synthetic": {"rows": int, "seed": int, "n_dense": int, "n_sparse": int, "signal_sparse": int, "signal_dense": int},
     "clicklog": {"rows": int, "seed": int, "n_dense": int, "signal_dense": int, "high_cardinality": int, "ctr": float},
-    "criteo": {},
-    "criteo-npy": {"days": "intlist", "num_embeddings_per_feature": "intlist", "split": str},
+    "criteo": {"multi_hot_sizes": "intlist"},
+    "criteo-npy": {"days": "intlist", "num_embeddings_per_feature": "intlist", "split": str,
+                   "multi_hot_sizes": "intlist"},
     "libsvm": {"names": "list"},
-    "csv": {},
+    "csv": {"multi_hot": "list", "list_delimiter": "delim"},
     "prepared": {},
 }
 _CSV_ONLY = ("label", "dense", "categorical", "delimiter", "header")

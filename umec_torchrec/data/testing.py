@@ -17,8 +17,8 @@ import torch
 
 from umec_torchrec.data.dataset import CTRData
 
-__all__ = ["criteo_lines", "planted_ctr", "truncate_file", "write_criteo_npy", "write_criteo_tsv", "write_csv",
-           "write_libsvm"]
+__all__ = ["MULTI_HOT_SCHEMA", "criteo_lines", "planted_ctr", "truncate_file", "write_criteo_npy", "write_criteo_tsv",
+           "write_csv", "write_libsvm", "write_multi_hot_csv"]
 
 
 def _write_lines(path, lines: List[str], replace: Optional[Dict[int, str]] = None) -> Path:
@@ -81,6 +81,28 @@ def write_csv(path, rows: int = 50, seed: int = 0, delimiter: str = ",", header:
                                      f"u{int(rng.integers(8))}",
                                      "" if rng.random() < 0.1 else f"item {int(rng.integers(5))}"]))
     return _write_lines(path, lines, replace)
+
+
+#: the schema of :func:`write_multi_hot_csv` (a spec tail)
+MULTI_HOT_SCHEMA = "label=y,dense=price,categorical=user;tags;item;genres,multi_hot=tags;genres"
+
+
+def write_multi_hot_csv(path, rows: int = 60, seed: int = 0, signal: bool = False) -> Path:
+    """A csv with columns ``y, price, user, tags, item, genres``: ``tags`` and ``genres`` are
+    lists ``a|b|c`` of 0 to 4 and 1 to 3 values (``tags`` sometimes empty, sometimes with an
+    empty item ``a||b``); schema :data:`MULTI_HOT_SCHEMA`. ``signal``: the label is 1 when
+    the row's tags include ``t0`` (a planted multi-hot signal), else random."""
+    rng = np.random.default_rng(seed)
+    lines = ["y,price,user,tags,item,genres"]
+    for _ in range(rows):
+        tags = [f"t{int(rng.integers(12))}" for _ in range(int(rng.integers(0, 5)))]
+        if len(tags) >= 2 and rng.random() < 0.1:
+            tags.insert(1, "")
+        genres = [f"g{int(rng.integers(6))}" for _ in range(int(rng.integers(1, 4)))]
+        y = int("t0" in tags) if signal else int(rng.random() < 0.3)
+        lines.append(",".join([str(y), f"{rng.random() * 100:.2f}", f"u{int(rng.integers(8))}", "|".join(tags),
+                               f"i{int(rng.integers(5))}", "|".join(genres)]))
+    return _write_lines(path, lines)
 
 
 def write_criteo_npy(directory, days: Sequence[int] = (0, 1), rows_per_day: int = 40, seed: int = 0,

@@ -89,8 +89,15 @@ class Vocabulary:
             return voc
         if mode != "min_count":
             raise ValueError(f"unknown vocabulary mode {mode!r}")
-        for j in range(cats.shape[1]):
-            uniq, counts = np.unique(cats[:, j], return_counts=True)
+        return cls.fit_columns([cats[:, j] for j in range(cats.shape[1])], feature_names, min_count=min_count)
+
+    @classmethod
+    def fit_columns(cls, columns: List[np.ndarray], feature_names: List[str], min_count: int = 1) -> "Vocabulary":
+        """The ``min_count`` vocabulary of one array of training values per feature (any
+        length each: a multi-hot feature gives every id of every training row)."""
+        voc = cls(mode="min_count", feature_names=list(feature_names), min_count=int(min_count))
+        for col in columns:
+            uniq, counts = np.unique(np.asarray(col, dtype=np.int64), return_counts=True)
             voc.kept.append(uniq[counts >= voc.min_count])
         return voc
 
@@ -228,9 +235,13 @@ class ValueCounts:
         if cats.ndim != 2 or cats.shape[1] != self.n_features:
             raise ValueError(f"expected [n, {self.n_features}] values, got shape {tuple(cats.shape)}")
         for j in range(self.n_features):
-            self._pending[j].append(np.unique(cats[:, j], return_counts=True))
-            if sum(len(u) for u, _ in self._pending[j]) > max(len(self._done[j][0]), 1 << 16):
-                self._merge(j)
+            self.add_column(j, cats[:, j])
+
+    def add_column(self, j: int, values: np.ndarray) -> None:
+        """Count ``values`` (``int64 [m]``, any length) of feature ``j``."""
+        self._pending[j].append(np.unique(np.asarray(values, dtype=np.int64), return_counts=True))
+        if sum(len(u) for u, _ in self._pending[j]) > max(len(self._done[j][0]), 1 << 16):
+            self._merge(j)
 
     def _merge(self, j: int) -> None:
         parts = [self._done[j]] + self._pending[j]

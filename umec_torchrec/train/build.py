@@ -39,6 +39,8 @@ def make_model_config(train: CTRData, overrides: Optional[Dict[str, Any]] = None
     if "embedding_dim" in ov and "bottom" not in ov:
         ov["bottom"] = default_bottom(ov["embedding_dim"])
     ov.setdefault("kind", DEFAULT_MODEL_KIND)
+    if train.multi_hot:  # measured on the training rows: what a lookup_bytes budget counts
+        ov.setdefault("ids_per_sample", train.ids_per_sample())
     return ModelConfig(
         feature_names=list(train.feature_names),
         table_sizes=[int(s) for s in train.table_sizes],

@@ -21,8 +21,10 @@ layer; ``cat``: 0) and top MLP whose input width is ``D + C(F'+1, 2)`` (dot) or
 table, ``EmbeddingBagConfig(feature_names=[...])``) counts once, and is kept while any of
 its features is: ``sum_t bytes_t min(1, sum_{f reads t} alive_f)``.
 
-``lookup_bytes``: bytes read from the tables per sample, dim x bytes-per-element summed over
-the kept features (one id per feature and sample; a shared table is read once per feature).
+``lookup_bytes``: bytes read from the tables per sample, ids per sample x dim x
+bytes-per-element summed over the kept features (one id per sample, or a multi-hot feature's
+mean ids per sample measured on the training data: :func:`with_ids_per_sample`; a shared
+table is read once per feature).
 Serving time has a part that scales with it, not with FLOPs: at a 10% FLOPs budget the
 embedding lookups of the features still kept can be the larger share of the compact model's
 time (see ``umec bench inference``).
@@ -33,7 +35,8 @@ from a measured table (``umec calibrate``; the predictor is :mod:`umec_torchrec.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Type
+import dataclasses
+from typing import Dict, List, Mapping, Optional, Type
 
 import torch
 
@@ -257,7 +260,8 @@ class EmbeddingBytes(_FeatureBytes):
 
 
 class LookupBytes(_FeatureBytes):
-    """Bytes read from the kept tables per sample (one row of each kept feature)."""
+    """Bytes read from the kept tables per sample (``spec.feature_lookup_bytes``: one row of
+    each kept feature, times its mean ids per sample after :func:`with_ids_per_sample`)."""
 
     name = "lookup_bytes"
     unit = "B"
@@ -284,6 +288,25 @@ class Latency(Resource):
         return self.predictor(kept, alive)
 
 
+def with_ids_per_sample(spec: GroupSpec, ids_per_sample: Optional[Mapping[str, float]]) -> GroupSpec:
+    """``spec`` whose ``feature_lookup_bytes`` count each feature's mean ids per sample (a
+    multi-hot feature reads that many rows per sample; a feature not in ``ids_per_sample``
+    reads one), e.g. ``ModelConfig.ids_per_sample``, measured on the training data.
+
+    Example::
+
+        spec = with_ids_per_sample(discover_groups(dmp), model_cfg.ids_per_sample)  # {"tags": 2.7}
+    """
+    if not ids_per_sample:
+        return spec
+    known = set(spec.feature_names) | {f.split("@")[0] for f in spec.feature_names}
+    unknown = sorted(set(ids_per_sample) - known)
+    if unknown:
+        raise ValueError(f"ids_per_sample names features the groups do not have: {unknown}")
+    k = [float(ids_per_sample.get(f, ids_per_sample.get(f.split("@")[0], 1.0))) for f in spec.feature_names]
+    return dataclasses.replace(spec, feature_lookup_bytes=[b * x for b, x in zip(spec.feature_lookup_bytes, k)])
+
+
 RESOURCES: Dict[str, Type[Resource]] = {"flops": DenseFlops, "embedding_bytes": EmbeddingBytes,
                                         "lookup_bytes": LookupBytes, "latency": Latency}
 
@@ -299,4 +322,4 @@ def make_resource(name: str, spec: GroupSpec) -> Resource:
 
 
 __all__ = ["RESOURCES", "table_incidence", "DenseFlops", "DLRMFlops", "ChainFlops", "EmbeddingBytes", "LookupBytes",
-           "Latency", "Resource", "make_resource"]
+           "Latency", "Resource", "make_resource", "with_ids_per_sample"]
