@@ -36,11 +36,11 @@ def test_compress_then_finetune(dense_run, tmp_path, capsys):
     masks = PruningMasks.load(os.path.join(c, "masks.json"))
     assert masks.kept_features == m["kept_features"] and masks.kept_units() == m["kept_units"]
 
-    rc = main(["finetune", "--from", c, "--out", f, "--epochs", "1", "--no-progress"])
+    rc = main(["finetune", "--from", c, "--out", f, "--epochs", "1", "--no-progress", "--finetune-model", "masked"])
     assert rc == 0
     mf = json.load(open(os.path.join(f, "metrics.json")))
     assert mf["resources"] == m["resources"] and "auc" in mf["test"]
-    # the fine-tuned checkpoint keeps every pruned weight exactly zero
+    # the masked fine-tuned checkpoint keeps every pruned weight exactly zero (compact: test_compact_finetune_run.py)
     cfg = ModelConfig.from_dict(json.load(open(os.path.join(f, "config.json")))["model"])
     model = build_model(cfg)
     sd = {"model": model.state_dict()}
@@ -58,7 +58,7 @@ def test_finetune_rewind_starts_from_dense_weights(dense_run, tmp_path):
     weights the UMEC search left."""
     c, f = str(tmp_path / "c"), str(tmp_path / "f")
     assert main(["compress", "--from", dense_run, "--budget", "flops=0.4", "--out", c, "--no-progress"]) == 0
-    assert main(["finetune", "--from", c, "--out", f, "--steps", "1", "--no-progress"]) == 0
+    assert main(["finetune", "--from", c, "--out", f, "--steps", "1", "--no-progress", "--finetune-model", "masked"]) == 0
     cfg = json.load(open(os.path.join(f, "config.json")))
     assert cfg["umec"]["weights_from"] == os.path.abspath(dense_run)
 

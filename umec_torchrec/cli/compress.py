@@ -46,14 +46,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flags.add_umec_args(p)
     p.set_defaults(func=cmd_compress)
     p = sub.add_parser("finetune", help="train a compressed run on with its masks fixed",
-                       description="Pruned weights stay exactly zero and pruned features are dropped from the input.")
+                       description="By default the physically smaller model of the masks is trained (pruned tables "
+                                   "and units are not built); with --finetune-model masked the full model is, with "
+                                   "the pruned weights held at exactly zero and the pruned features dropped from "
+                                   "the input.")
     add_stage_args(p)
-    from umec_torchrec.stages.compress import FINETUNE_STARTS, finetune_run
+    from umec_torchrec.stages.compress import FINETUNE_MODELS, FINETUNE_STARTS, finetune_run
 
-    p.add_argument("--start", choices=list(FINETUNE_STARTS),
-                   default=inspect.signature(finetune_run).parameters["start"].default,
+    defaults = inspect.signature(finetune_run).parameters
+    p.add_argument("--start", choices=list(FINETUNE_STARTS), default=defaults["start"].default,
                    help="rewind: the dense run's weights (the compress stage's source) with the masks; continue: "
                         "the weights the UMEC search left (default %(default)s, chosen on validation)")
+    p.add_argument("--finetune-model", choices=list(FINETUNE_MODELS), default=defaults["finetune_model"].default,
+                   help="compact: train the physically smaller model (kept tables only, narrowed layers; the run "
+                        "then holds that model); masked: the full model with the pruned weights held at zero "
+                        "(default %(default)s)")
     flags.add_latency_model_arg(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -87,4 +94,4 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return run_guarded(ctx, lambda: finetune_run(args.from_run, args.out, ctx, epochs=args.epochs,
                                                      steps=args.steps, force=args.force,
                                                      progress=not args.no_progress, checkpoints=policy,
-                                                     start=args.start))
+                                                     start=args.start, finetune_model=args.finetune_model))

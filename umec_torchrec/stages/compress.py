@@ -21,6 +21,7 @@ import torch.distributed as dist
 from umec_torchrec.distributed import DistContext
 from umec_torchrec.history import HISTORY_FILE, append_record, truncate_history
 from umec_torchrec.log import say, warn
+from umec_torchrec.models import build_model
 from umec_torchrec.runs import MASKED_STAGES, Run, check_out_dir
 from umec_torchrec.stages.lifecycle import (
     MASKS_FILE,
@@ -33,6 +34,7 @@ from umec_torchrec.stages.lifecycle import (
 from umec_torchrec.train.build import build_training
 from umec_torchrec.train.checkpoint import save_checkpoint
 from umec_torchrec.train.ckpt_manager import CheckpointPolicy
+from umec_torchrec.train.compact import CompactArch, load_compact_state, table_state_bytes
 from umec_torchrec.train.fit import fit
 from umec_torchrec.train.loop import num_train_steps
 from umec_torchrec.train.metrics import evaluate
@@ -46,7 +48,8 @@ from umec_torchrec.umec.optimizer import SStep, UMECConfig, UMECOptimizer
 
 __all__ = [
     "attach_validation", "compress_run", "finetune_run", "compression_report", "format_report", "load_masks",
-    "history_record", "repair_warning", "MASKS_FILE"]
+    "history_record", "repair_warning", "MASKS_FILE", "finetune_arch", "finetune_report", "load_compact_source",
+    "FINETUNE_MODELS"]
 
 #: ``finalize()`` repairing more groups than this (and than :data:`REPAIR_WARN_FRACTION` of
 #: all groups) means the search ended away from its budget: the compress stage warns
@@ -103,6 +106,9 @@ def repair_warning(umec: UMECOptimizer) -> Optional[str]:
 #: where ``finetune`` starts: the dense weights with the masks, or the UMEC search's weights
 FinetuneStart = Literal["rewind", "continue"]
 FINETUNE_STARTS = get_args(FinetuneStart)
+#: what ``finetune`` trains: the physically smaller model of the masks, or the full model masked
+FinetuneModel = Literal["compact", "masked"]
+FINETUNE_MODELS = get_args(FinetuneModel)
 
 #: validation rows the holdout score reads per refresh (the split's first rows; a refresh costs
 #: about (features + 2) forward passes of the over arch over them)
@@ -285,6 +291,7 @@ def finetune_run(
     checkpoints: Optional[CheckpointPolicy] = None,
     start: FinetuneStart = "rewind",
     data: Any = None,
+    finetune_model: FinetuneModel = "compact",
 ) -> Dict[str, Any]:
     """Train a compressed run on with its masks fixed (the ``umec finetune`` command).
 
@@ -303,6 +310,13 @@ def finetune_run(
             suite (README, Results).
         data: the run's data already loaded (checked against the run's record); default:
             reloaded from the recorded spec.
+        finetune_model: ``"compact"`` (default): train the physically smaller model (kept
+            tables only, narrowed layers; :mod:`umec_torchrec.train.compact`), sharded over
+            the kept tables; its run records the compact ``ModelConfig`` under ``"model"``,
+            masks that keep all of it, and the original dense model and masks in
+            ``config.json["umec"]`` (``dense_model``, ``dense_masks``). ``"masked"``: the full
+            model with the pruned weights held at zero (the reference; also the only choice
+            when the dense-arch output was pruned).
 
     Returns:
         the metrics written to ``metrics.json``.
@@ -314,43 +328,114 @@ def finetune_run(
     weights = src
     if start not in FINETUNE_STARTS:
         raise ValueError(f"start must be one of {FINETUNE_STARTS}, got {start!r}")
+    if finetune_model not in FINETUNE_MODELS:
+        raise ValueError(f"finetune_model must be one of {FINETUNE_MODELS}, got {finetune_model!r}")
     if start == "rewind":
         origin = src.config.get("umec", {}).get("source_run")
         if not origin:
             raise ValueError(f"{src.path}: --start rewind needs a compressed run that records its source run; "
                              "use --start continue")
         weights = Run.open(origin)
+    arch = finetune_arch(src, masks) if finetune_model == "compact" else None
     check_out_dir(out_dir, force, policy.resume, source=src.path)
     tcfg = stage_train_config(src, epochs, steps)
     bundle = stage_data(src, data)
-    dmp, optimizer = build_training(src.model_config(), tcfg, ctx, tables_on_meta=True)
-    load_source(weights, dmp, optimizer, ctx)
-    opt = MaskedOptimizer(optimizer, dmp, masks)
-    spec = discover_groups(dmp, prune_dense=not masks.dense_kept)
     cfg = dict(src.config)
     cfg["train"] = tcfg.to_dict()
     cfg["umec"] = dict(src.config.get("umec", {}), stage="finetune", source_run=src.path,
-                       weights_from=weights.path)
+                       weights_from=weights.path, finetune_model=finetune_model)
+    if arch is None:
+        dmp, optimizer = build_training(src.model_config(), tcfg, ctx, tables_on_meta=True)
+        load_source(weights, dmp, optimizer, ctx)
+        opt: Any = MaskedOptimizer(optimizer, dmp, masks)
+        transform, out_masks = opt.feature_mask, masks
+        origin_arch = CompactArch.from_record(src.config.get("umec") or {})
+        rep = (finetune_report(origin_arch.dense, origin_arch.masks) if origin_arch is not None
+               else compression_report(discover_groups(dmp, prune_dense=not masks.dense_kept), masks))
+    else:
+        dmp, optimizer = build_training(arch.config, tcfg, ctx, tables_on_meta=True)
+        load_compact_source(weights, arch, dmp, optimizer, ctx)
+        opt, transform, out_masks = optimizer, arch.keep_features, arch.compact_masks
+        rep = finetune_report(arch.dense, arch.masks)
+        cfg["model"] = arch.config.to_dict()
+        cfg["umec"].update(arch.record())
     run, mgr, resumed = start_stage(out_dir, force, ctx, policy, cfg, bundle, tcfg, dmp, optimizer)
     try:
-        return _finetune(run, mgr, resumed, ctx, src, bundle, tcfg, dmp, optimizer, opt, spec, masks, progress)
+        return _finetune(run, mgr, resumed, ctx, src, bundle, tcfg, dmp, optimizer, opt, transform, rep, out_masks,
+                         progress)
     finally:
         run.unlock()
 
 
+def finetune_arch(src: Run, masks: PruningMasks) -> CompactArch:
+    """The compact architecture a fine-tune of ``src`` trains: the one ``src`` recorded (a
+    compact fine-tuned run: its original dense model and masks), else ``src``'s model with
+    ``masks``. ``ValueError`` naming ``src`` when the masks have no compact model (the
+    dense-arch output pruned: use ``--finetune-model masked``)."""
+    try:
+        arch = CompactArch.from_record(src.config.get("umec") or {})
+        if arch is None:
+            return CompactArch.of(src.model_config(), masks)
+    except ValueError as e:
+        raise ValueError(f"{src.path}: no compact model for these masks ({e}); fine-tune with "
+                         "--finetune-model masked") from None
+    if arch.config != src.model_config():
+        raise ValueError(f"{src.file('config.json')}: the recorded dense model and masks do not give this run's "
+                         "model (config.json edited?)")
+    return arch
+
+
+def load_compact_source(weights: Run, arch: CompactArch, dmp: Any, optimizer: Any, ctx: DistContext) -> None:
+    """Load the compact model and its optimizer from ``weights``' final checkpoint (a run of
+    ``arch``'s dense model or of its compact model): the kept tables go straight into this
+    world size's shards, the narrowed layers are sliced; a pruned table is never read."""
+    weights.check_complete()
+    if not os.path.isdir(weights.checkpoint_dir):
+        raise FileNotFoundError(f"{weights.checkpoint_dir}: no checkpoint; {weights.path} is not a finished run")
+    try:
+        load_compact_state(weights.checkpoint_dir, weights.model_config(), arch, dmp, optimizer)
+    except ValueError as e:
+        msg = str(e).strip().splitlines()[0]
+        ws = weights.config.get("world_size")
+        if ws is not None and int(ws) != ctx.world_size and "optim" in msg:
+            msg = (f"its optimizer state was written on {ws} rank(s) and the sharding planner lays the tables out "
+                   f"differently on {ctx.world_size}; run on {ws} rank(s), or train the source run with a pinned "
+                   f"--sharding ({msg})")
+        raise ValueError(f"{weights.path}: cannot start the compact model from its checkpoint: {msg}") from None
+    ctx.barrier()
+
+
+def finetune_report(dense: Any, masks: PruningMasks) -> Dict[str, Any]:
+    """:func:`compression_report` of ``masks`` against the dense model of config ``dense``
+    (its groups discovered on a skeleton with tables on the ``meta`` device: no table memory)."""
+    skeleton = build_model(dense, device=torch.device("cpu"), tables_device=torch.device("meta"))
+    return compression_report(discover_groups(skeleton, prune_dense=not masks.dense_kept), masks)
+
+
 def _finetune(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bundle: Any, tcfg: Any, dmp: Any,
-              optimizer: Any, opt: MaskedOptimizer, spec: GroupSpec, masks: PruningMasks,
+              optimizer: Any, opt: Any, transform: Any, rep: Dict[str, Any], masks: PruningMasks,
               progress: bool) -> Dict[str, Any]:
     t0 = time.perf_counter()
-    say(ctx, f"finetune {src.path} -> {run.path}: {len(masks.kept_features)} of {len(masks.feature_names)} "
-             f"features, units {masks.kept_units()}")
-    stats = fit(dmp, opt, bundle.train, tcfg, ctx, progress=progress, batch_transform=opt.feature_mask,
+    kind = run.config.get("umec", {}).get("finetune_model", "masked")
+    say(ctx, f"finetune {src.path} -> {run.path} ({kind} model): {len(rep['kept_features'])} of "
+             f"{len(rep['kept_features']) + len(rep['pruned_features'])} features, units {rep['kept_units']}")
+    stats = fit(dmp, opt, bundle.train, tcfg, ctx, progress=progress, batch_transform=transform,
                 checkpoints=mgr, resumed=resumed, state_optimizer=optimizer, stage="finetune")
-    test = evaluate(dmp, bundle.test, tcfg.eval_batch_size, ctx, batch_transform=opt.feature_mask)
+    test = evaluate(dmp, bundle.test, tcfg.eval_batch_size, ctx, batch_transform=transform)
     save_checkpoint(run.checkpoint_dir, dmp, optimizer)
-    rep = compression_report(spec, masks)
     src_metrics = src.read_metrics()
     metrics = {"train": {k: float(v) for k, v in stats.items()}, "test": test,
-               "budgets": src_metrics.get("budgets", {}), **rep,
+               "budgets": src_metrics.get("budgets", {}), **rep, "finetune_model": kind,
+               "table_state_bytes": _table_bytes_over_ranks(dmp, optimizer, ctx),
                "wall_seconds": time.perf_counter() - t0}
     return finish_stage(run, ctx, metrics, masks)
+
+
+def _table_bytes_over_ranks(dmp: Any, optimizer: Any, ctx: DistContext) -> int:
+    """Bytes of the tables and their optimizer state over all ranks (one all-reduce)."""
+    n = table_state_bytes(dmp, optimizer)
+    if ctx.world_size == 1 or not dist.is_initialized():
+        return n
+    t = torch.tensor([n], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return int(t.item())
