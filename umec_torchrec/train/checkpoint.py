@@ -15,17 +15,22 @@ corrupted or diverged checkpoint is never used. A full disk is one line
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from typing import Any, Dict, Optional
 
+import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.planner import ReadItem
 
 from umec_torchrec.distributed import barrier as _barrier
 from umec_torchrec.distributed import get_rank as _rank
-from umec_torchrec.io import MANIFEST, raise_if_disk_full, read_manifest, verify_manifest, write_manifest
+from umec_torchrec.io import MANIFEST, raise_if_disk_full, read_manifest, verify_manifest, write_json, write_manifest
 from umec_torchrec.train.guard import weights_finite
 
 
@@ -40,6 +45,20 @@ def _state(model: Optional[nn.Module], optimizer: Any, extra: Optional[Dict[str,
             raise ValueError(f"extra checkpoint key {k!r} is reserved")
         state[k] = v
     return state
+
+
+class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner, except that the non-tensor leaves of a checkpoint (the
+    optimizers' hyper-parameters, small counters) are read with ``torch.load(weights_only=True)``
+    (DCP's own planner unpickles them with ``weights_only=False``): loading a checkpoint runs no
+    pickled code."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
 
 
 def _fsync_dir(path: str) -> None:
@@ -71,7 +90,7 @@ def verify_checkpoint(path: str, hashes: bool = True, require_manifest: bool = T
 
 
 def save_checkpoint(path: str, model: nn.Module, optimizer: Any = None, extra: Optional[Dict[str, Any]] = None,
-                    meta: Optional[Dict[str, Any]] = None) -> None:
+                    meta: Optional[Dict[str, Any]] = None, json_files: Optional[Dict[str, Any]] = None) -> None:
     """Save on every rank (collective) into directory ``path``, atomically.
 
     Every rank writes its shards into ``<path>.tmp``; after a barrier rank 0 renames it to
@@ -83,6 +102,8 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any = None, extra: O
         optimizer: optional; its ``state_dict()`` is saved under ``"optim"``.
         extra: more state (tensors, numbers, nested dicts) saved under its own keys.
         meta: JSON-able values recorded in the checkpoint's ``manifest.json``.
+        json_files: ``{file name: JSON-able value}`` rank 0 writes into the directory (covered
+            by the manifest), e.g. a periodic checkpoint's progress record.
     """
     path = os.path.abspath(path).rstrip("/")
     tmp, old = path + ".tmp", path + ".old"
@@ -97,6 +118,8 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any = None, extra: O
         dcp.save(_state(model, optimizer, extra), checkpoint_id=tmp)
         _barrier()
         if _rank() == 0:
+            for name, value in (json_files or {}).items():
+                write_json(os.path.join(tmp, name), value)
             write_manifest(tmp, meta)  # written last: a directory with a valid manifest is complete
             _fsync_dir(tmp)
     except BaseException as e:  # CheckpointException is a BaseException
@@ -141,13 +164,13 @@ def load_checkpoint(path: str, model: Optional[nn.Module], optimizer: Any = None
     state = _state(model, optimizer, None)
     # the extras are loaded on their own: with table-wise sharding a rank's state dict lacks
     # the other ranks' tables, and DCP then re-flattens the whole template the pre-2.4 way,
-    # which turns nested non-tensor extras ({"umec": {"blob": b""}}) into unknown keys
+    # which turned nested non-tensor extras (a bytes leaf) into unknown keys
     parts = [state] if state else []
     if extra:
         parts.append(_state(None, None, extra))
     for part in parts:
         try:
-            dcp.load(part, checkpoint_id=path)
+            dcp.load(part, checkpoint_id=path, planner=WeightsOnlyLoadPlanner())
         except (Exception, CheckpointException) as e:  # CheckpointException (a BaseException): per-rank tracebacks
             msg = [ln for ln in str(e).strip().splitlines() if ln.strip()]
             raise ValueError(f"{path}: cannot load checkpoint ({type(e).__name__}: {msg[-1] if msg else ''})") from e
@@ -166,5 +189,5 @@ def load_checkpoint(path: str, model: Optional[nn.Module], optimizer: Any = None
             extra[k] = state[k]
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "check_checkpoint", "verify_checkpoint", "write_manifest",
-           "read_manifest", "MANIFEST"]
+__all__ = ["save_checkpoint", "load_checkpoint", "WeightsOnlyLoadPlanner", "check_checkpoint", "verify_checkpoint",
+           "write_manifest", "read_manifest", "MANIFEST"]

@@ -6,12 +6,14 @@ Layout::
     RUN/checkpoints/step-000240/
     RUN/checkpoint/                the final checkpoint of the stage (unchanged contract)
 
-Each ``step-N`` directory holds the state after ``N`` completed steps: ``{"model",
-"optim", "progress": {"blob"}, **stage extras}`` (the compress stage adds ``"umec":
-{"blob"}``). The progress blob carries the loop counters (:class:`LoopState`), the
-learning-rate schedule, the RNG states (torch, numpy, python; one per rank) and the world
-size and data-order parameters. A directory is complete or absent (temp dir + rename,
-manifest with sizes and SHA-256 written last); the newest ``keep`` are kept.
+Each ``step-N`` directory holds the state after ``N`` completed steps: the DCP state
+``{"model", "optim", **stage extras}`` (plain tensors; the compress stage's ``"optim"`` is
+``UMECOptimizer.state_dict()``, the UMEC state included) and ``progress.json``
+(:data:`PROGRESS_FILE`): the loop counters (:class:`LoopState`), the learning-rate schedule,
+the RNG states (torch, numpy, python; one per rank) and the world size and data-order
+parameters, as JSON (nothing is unpickled on resume). A directory is complete or absent
+(temp dir + rename, manifest with sizes and SHA-256 of every file, ``progress.json``
+included, written last); the newest ``keep`` are kept.
 
 :meth:`CheckpointManager.restore` goes from the newest to the oldest, skips a torn or
 unloadable one with a warning on stderr naming it, and loads the first good one.
@@ -34,11 +36,13 @@ from torch import nn
 
 from umec_torchrec.distributed import barrier as _barrier
 from umec_torchrec.distributed import rank_world as _rank_world
-from umec_torchrec.io import from_blob, to_blob
+from umec_torchrec.io import read_json
 from umec_torchrec.train.checkpoint import load_checkpoint, read_manifest, save_checkpoint, verify_checkpoint
 from umec_torchrec.train.guard import NonFiniteError, weights_finite
 
 CHECKPOINTS = "checkpoints"
+#: the JSON progress record inside every ``step-N`` directory
+PROGRESS_FILE = "progress.json"
 _STEP = re.compile(r"^step-(\d+)$")
 
 
@@ -75,14 +79,33 @@ class Resumed:
 
 
 def rng_state() -> Dict[str, Any]:
-    """This process's torch, numpy and python RNG states."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's torch, numpy and python RNG states, JSON-safe: the torch state as hex,
+    numpy's MT19937 and python's Mersenne Twister state as lists of ints.
+
+    Example::
+
+        st = rng_state(); x = torch.rand(3); set_rng_state(json.loads(json.dumps(st)))
+        assert torch.equal(torch.rand(3), x)
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    return {"torch": bytes(torch.get_rng_state().tolist()).hex(),
+            "numpy": {"kind": str(kind), "keys": [int(k) for k in keys], "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": int(version), "state": [int(v) for v in mt], "gauss_next": gauss_next}}
 
 
 def set_rng_state(st: Dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+    """Restore :func:`rng_state` (``ValueError`` on a malformed record)."""
+    try:
+        torch.set_rng_state(torch.tensor(list(bytes.fromhex(st["torch"])), dtype=torch.uint8))
+        n = st["numpy"]
+        np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                             float(n["gauss"])))
+        p = st["python"]
+        random.setstate((int(p["version"]), tuple(int(v) for v in p["state"]), p["gauss_next"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"malformed RNG state in a checkpoint's progress record ({type(e).__name__}: {e})") from None
 
 
 def gather_per_rank(obj: Any) -> List[Any]:
@@ -152,10 +175,8 @@ class CheckpointManager:
         if not weights_finite(model):
             raise NonFiniteError(step, "weights", "before writing a checkpoint", self.latest)
         path = self.path_for(step)
-        state_extra = dict(extra or {})
-        state_extra["progress"] = {"blob": to_blob(progress)}
         _, world = _rank_world()
-        save_checkpoint(path, model, optimizer, extra=state_extra,
+        save_checkpoint(path, model, optimizer, extra=extra, json_files={PROGRESS_FILE: progress},
                         meta={"step": int(step), "world_size": world, "stage": progress.get("stage")})
         self.latest = path
         if _rank_world()[0] == 0:
@@ -207,10 +228,9 @@ class CheckpointManager:
             why = self._verdict(path)
             if why is None:
                 extra = {k: v for k, v in (extra_template or {}).items()}
-                extra["progress"] = {"blob": b""}
                 try:
-                    load_checkpoint(path, model, optimizer, extra)
-                    progress = from_blob(extra.pop("progress")["blob"])
+                    progress = _progress_of(read_json(os.path.join(path, PROGRESS_FILE)))
+                    load_checkpoint(path, model, optimizer, extra or None)
                 except Exception as e:  # noqa: BLE001 - any failure: fall back to the previous one
                     why = f"cannot be loaded ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
                     failed_load = f"{path}: {why}"
@@ -224,13 +244,23 @@ class CheckpointManager:
         return None
 
 
+def _progress_of(rec: Any) -> Dict[str, Any]:
+    """A :data:`PROGRESS_FILE` record as :func:`progress_record` made it (JSON wrote the loop
+    counters' NaN floats, e.g. ``last_window_loss`` before a window closed, as ``null``)."""
+    if not isinstance(rec, dict) or rec.get("format") != 2 or not isinstance(rec.get("ranks"), list):
+        raise ValueError(f"not a progress record of format 2 ({PROGRESS_FILE})")
+    for r in rec["ranks"]:
+        r["loop"] = {k: float("nan") if v is None else v for k, v in r["loop"].items()}
+    return rec
+
+
 def progress_record(stage: str, loop_state: Any, schedule: Any, world_size: int, batch_size: int,
                     per_epoch: int, total: int, seed: int) -> Dict[str, Any]:
-    """The progress blob of a periodic checkpoint (collective). DCP keeps one copy of a
-    non-tensor leaf, so per-rank values (loop counters, RNG states) are gathered into lists
-    in rank order: ``"ranks": [{"loop": ..., "rng": ...}, ...]``."""
+    """The JSON progress record of a periodic checkpoint (collective): per-rank values (loop
+    counters, RNG states) are gathered into lists in rank order: ``"ranks": [{"loop": ...,
+    "rng": ...}, ...]``; rank 0 writes the record."""
     return {
-        "format": 1,
+        "format": 2,
         "stage": stage,
         "step": int(loop_state.steps),
         "total": int(total),
@@ -255,8 +285,7 @@ __all__ = [
     "CheckpointManager",
     "Resumed",
     "progress_record",
-    "to_blob",
-    "from_blob",
+    "PROGRESS_FILE",
     "rng_state",
     "set_rng_state",
     "gather_rng_states",
