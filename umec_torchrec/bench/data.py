@@ -191,7 +191,8 @@ DEFAULT_ROWS = (1_000_000, 4_000_000)
 
 def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1, 2), steps: int = 30,
                    batch_size: int = 2048, warmup: int = 3, workdir: Optional[str] = None, keep: bool = False,
-                   chunk_rows: Optional[int] = None, workers: int = 1, say: Any = print) -> Dict[str, Any]:
+                   chunk_rows: Optional[int] = None, workers: int = 1, say: Any = print,
+                   vocab: str = "min_count", hash_size: Optional[int] = None) -> Dict[str, Any]:
     """Run the benchmark (module docstring); returns ``{"rows": [per row count], "ratios": {...}}``.
 
     Args:
@@ -202,7 +203,11 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
         chunk_rows: ``umec prepare --chunk-rows`` (default: its own).
         workers: ``umec prepare --workers``, and the processes writing the generated files.
         say: where progress lines go.
+        vocab / hash_size: ``umec prepare --vocab`` (``"hash"``: tables of ``hash_size`` rows
+            whatever the row count, which separates the data's memory from the vocabulary's).
     """
+    if vocab == "hash" and not hash_size:
+        raise ValueError("vocab='hash' needs a hash_size")
     if not rows or min(rows) < 10 or steps < 1 or any(r < 1 or batch_size % r for r in ranks):
         raise ValueError(f"need row counts >= 10, steps >= 1 and a batch size dividing by every rank count "
                          f"(rows {list(rows)}, steps {steps}, batch {batch_size}, ranks {list(ranks)})")
@@ -229,13 +234,17 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
             cmd = [py, "-m", "umec_torchrec.cli", "prepare", "--data", f"criteo:{f}", "--out", d, "--force"]
             if chunk_rows:
                 cmd += ["--chunk-rows", str(chunk_rows)]
-            cmd += ["--workers", str(workers)]
+            cmd += ["--workers", str(workers), "--vocab", vocab]
+            cmd += ["--hash-size", str(hash_size)] if hash_size else []
             p = _peak_rss_child(cmd, env)
+            with open(os.path.join(d, "manifest.json")) as fh:
+                rec["table_rows"] = int(sum(json.load(fh)["table_sizes"]))
             rec.update(prepare_s=p["seconds"], prepare_rows_per_s=n / p["seconds"], prepare_peak_rss=p["peak_rss"],
                        floor_rows_per_s=n / rec["floor_s"])
             say(f"{n:,} rows: generated in {rec['generate_s']:.1f}s ({rec['file_bytes'] / 2**20:.1f} MiB gz); "
                 f"zcat | wc -l {rec['floor_s']:.2f}s; prepare {p['seconds']:.1f}s "
-                f"({rec['prepare_rows_per_s']:,.0f} rows/s), peak RSS {p['peak_rss'] / 2**20:.0f} MiB")
+                f"({rec['prepare_rows_per_s']:,.0f} rows/s), peak RSS {p['peak_rss'] / 2**20:.0f} MiB, "
+                f"{rec['table_rows']:,} table rows")
             rec["train"] = {}
             for k in ranks:
                 res = os.path.join(root, f"train_{n}_{k}.json")
@@ -261,7 +270,7 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
         if not keep and workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     return {"rows": out, "ratios": ratios(out), "steps": steps, "batch_size": batch_size, "workers": workers,
-            "workdir": root}
+            "workdir": root, "vocab": vocab, "hash_size": hash_size}
 
 
 def ratios(recs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -269,6 +278,8 @@ def ratios(recs: List[Dict[str, Any]]) -> Dict[str, Any]:
     lo, hi = recs[0], recs[-1]
     r: Dict[str, Any] = {"rows": [lo["rows"], hi["rows"]],
                          "prepare_peak_rss_growth": hi["prepare_peak_rss"] / lo["prepare_peak_rss"]}
+    if "table_rows" in lo:
+        r["table_rows_growth"] = hi["table_rows"] / lo["table_rows"]
     for k in lo["train"]:
         r[f"train_peak_rss_growth_{k}"] = (max(x["peak_rss"] for x in hi["train"][k])
                                            / max(x["peak_rss"] for x in lo["train"][k]))
@@ -298,13 +309,16 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-rows", type=int, default=None, help="umec prepare --chunk-rows")
     p.add_argument("--workers", type=int, default=d["workers"],
                    help="umec prepare --workers, and processes generating the files (default %(default)s)")
+    p.add_argument("--vocab", choices=["min_count", "hash"], default=d["vocab"],
+                   help="umec prepare --vocab (default %(default)s; hash: fixed tables, flat in rows)")
+    p.add_argument("--hash-size", type=int, default=d["hash_size"], help="umec prepare --hash-size (--vocab hash)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=cmd_bench_data)
 
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
     r = run_data_bench(args.rows, args.ranks, args.steps, args.batch_size, args.warmup, workdir=args.dir,
-                       chunk_rows=args.chunk_rows, workers=args.workers)
+                       chunk_rows=args.chunk_rows, workers=args.workers, vocab=args.vocab, hash_size=args.hash_size)
     q = r["ratios"]
     print(f"ratios ({q['rows'][0]:,} -> {q['rows'][1]:,} rows):")
     for k, v in q.items():

@@ -45,6 +45,7 @@ from umec_torchrec.umec.latency import reported_resources
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.optimizer import SStep, UMECConfig, UMECOptimizer
+from umec_torchrec.umec.resources import with_ids_per_sample
 
 __all__ = [
     "attach_validation", "compress_run", "finetune_run", "compression_report", "format_report", "load_masks",
@@ -186,8 +187,9 @@ def compress_run(
     model_cfg = src.model_config()
     dmp, optimizer = build_training(model_cfg, tcfg, ctx, tables_on_meta=True)
     load_source(src, dmp, optimizer, ctx)
-    spec = discover_groups(dmp, prune_features=prune_features, prune_bottom=prune_bottom,
-                           prune_top=prune_top, prune_dense=prune_dense)
+    spec = with_ids_per_sample(discover_groups(dmp, prune_features=prune_features, prune_bottom=prune_bottom,
+                                               prune_top=prune_top, prune_dense=prune_dense),
+                               model_cfg.ids_per_sample)
     ucfg = umec_config or UMECConfig()
     umec = UMECOptimizer(optimizer, dmp, list(budgets), ucfg, groups=spec)  # validates budgets first
     attach_validation(umec, getattr(bundle, "valid", None), tcfg.eval_batch_size, ctx)
@@ -351,7 +353,8 @@ def finetune_run(
         transform, out_masks = opt.feature_mask, masks
         origin_arch = CompactArch.from_record(src.config.get("umec") or {})
         rep = (finetune_report(origin_arch.dense, origin_arch.masks) if origin_arch is not None
-               else compression_report(discover_groups(dmp, prune_dense=not masks.dense_kept), masks))
+               else compression_report(with_ids_per_sample(discover_groups(dmp, prune_dense=not masks.dense_kept),
+                                                           src.model_config().ids_per_sample), masks))
     else:
         dmp, optimizer = build_training(arch.config, tcfg, ctx, tables_on_meta=True)
         load_compact_source(weights, arch, dmp, optimizer, ctx)
@@ -409,7 +412,8 @@ def finetune_report(dense: Any, masks: PruningMasks) -> Dict[str, Any]:
     """:func:`compression_report` of ``masks`` against the dense model of config ``dense``
     (its groups discovered on a skeleton with tables on the ``meta`` device: no table memory)."""
     skeleton = build_model(dense, device=torch.device("cpu"), tables_device=torch.device("meta"))
-    return compression_report(discover_groups(skeleton, prune_dense=not masks.dense_kept), masks)
+    return compression_report(with_ids_per_sample(discover_groups(skeleton, prune_dense=not masks.dense_kept),
+                                                  dense.ids_per_sample), masks)
 
 
 def _finetune(run: Run, mgr: Any, resumed: Any, ctx: DistContext, src: Run, bundle: Any, tcfg: Any, dmp: Any,
