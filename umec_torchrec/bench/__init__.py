@@ -9,4 +9,5 @@ BENCH_MODULES = [
     "umec_torchrec.bench.quality.command",  # umec bench quality (+ --suite)
     "umec_torchrec.bench.data",  # umec bench data
     "umec_torchrec.bench.latency_quality",  # umec bench latency-quality
+    "umec_torchrec.bench.finetune",  # umec bench finetune
 ]
