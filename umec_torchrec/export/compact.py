@@ -23,6 +23,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 from torchrec.models.dlrm import DLRM
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from umec_torchrec.models import ModelConfig, build_dlrm
 from umec_torchrec.umec import layout
@@ -74,10 +76,29 @@ def compact_config(cfg: ModelConfig, masks: PruningMasks) -> ModelConfig:
     )
 
 
-def skeleton(cfg: ModelConfig) -> DLRM:
+def skeleton(cfg: ModelConfig, pooling: Optional[Mapping[str, str]] = None) -> DLRM:
     """The DLRM of ``cfg`` with its tables on the ``meta`` device (no table memory):
-    used to read the model's layout (layer names, interaction columns)."""
-    return build_dlrm(cfg, device=torch.device("cpu"), tables_device=torch.device("meta"))
+    used to read the model's layout (layer names, interaction columns).
+
+    Args:
+        cfg: the model config.
+        pooling: ``{table: "SUM" | "MEAN"}`` for tables not pooled as ``cfg`` builds them
+            (a user's model, :func:`~umec_torchrec.export.module_config.module_config`).
+    """
+    dlrm = build_dlrm(cfg, device=torch.device("cpu"), tables_device=torch.device("meta"))
+    configs = layout.embedding_configs(dlrm)
+    pooling = {t: p for t, p in (pooling or {}).items() if any(c.name == t for c in configs)}
+    if any(c.pooling.name != pooling.get(c.name, c.pooling.name) for c in configs):
+        ebc = EmbeddingBagCollection(
+            tables=[dataclasses.replace(c, pooling=PoolingType[pooling.get(c.name, c.pooling.name)]) for c in configs],
+            device=torch.device("meta"))
+        layout.set_embedding_bag_collection(dlrm, ebc)
+    return dlrm
+
+
+def table_poolings(dlrm: DLRM) -> Dict[str, str]:
+    """``{table: pooling name}`` (``"SUM"``, ``"MEAN"``...) of every table of ``dlrm``, in model order."""
+    return {c.name: c.pooling.name for c in layout.embedding_configs(dlrm)}
 
 
 def index_plan(cfg: ModelConfig, masks: PruningMasks) -> Dict[str, Tuple[Optional[torch.Tensor],
@@ -173,10 +194,11 @@ def build_compact(
         a DLRM of kind ``cfg.kind`` with the kept tables and narrowed Linear layers, in eval
         mode. It accepts the original KJT (extra keys are ignored) or one with the kept keys.
     """
+    pooling = table_poolings(source) if isinstance(source, DLRM) else None
     state = source.state_dict() if isinstance(source, nn.Module) else source
     sd = compact_state_dict(state, cfg, masks)
     ccfg = compact_config(cfg, masks)
-    model = skeleton(ccfg)
+    model = skeleton(ccfg, pooling)
     model.load_state_dict(sd, assign=True, strict=True)
     return model.eval()
 
@@ -212,6 +234,7 @@ __all__ = [
     "check_masks",
     "compact_config",
     "skeleton",
+    "table_poolings",
     "index_plan",
     "expected_shapes",
     "compact_state_dict",

@@ -33,20 +33,22 @@ def load_compact(export_dir: str, int8: bool = False) -> DLRM:
     read_manifest(export_dir)
     blob = torch.load(os.path.join(export_dir, MODEL_FILE), map_location="cpu", weights_only=True)
     ccfg = ModelConfig.from_dict(blob["config"])
-    model = tag_config(skeleton(ccfg), ccfg)
+    pooling = blob.get("pooling")
+    model = tag_config(skeleton(ccfg, pooling), ccfg)
     if not int8:
         model.load_state_dict(blob["state_dict"], assign=True)
         return model.eval()
     path = os.path.join(export_dir, INT8_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no int8 model in this export (export with --int8)")
-    layout.set_embedding_bag_collection(model, int8_tables(ccfg))
+        raise FileNotFoundError(f"{path}: no int8 model in this export (export with --dtype int8)")
+    layout.set_embedding_bag_collection(model, int8_tables(ccfg, pooling))
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True, assign=False)
     return model.eval()
 
 
 def load_program(export_dir: str) -> torch.nn.Module:
-    """The exported program as a callable module: ``(dense [B, n_dense], ids [B, F']) -> logits [B]``.
+    """The exported program as a callable module: ``(dense [B, n_dense], ids [B, F']) -> logits [B]``,
+    or ``(dense, values [N], lengths [F', B])`` for a ``jagged`` export (``manifest["program"]["form"]``).
 
     Example::
 

@@ -7,7 +7,7 @@ Files of an export directory:
   ModelConfig dict), "source_config", "masks"}``;
 * ``program.pt2`` (:data:`PROGRAM_FILE`): the ``torch.export`` program of
   :class:`~umec_torchrec.export.program.CompactPredictor`;
-* ``model_int8.pt`` (:data:`INT8_FILE`, optional): the int8 state dict;
+* ``model_int8.pt`` (:data:`INT8_FILE`, when every table is int8): TorchRec's int8 state dict;
 * ``vocabulary.npz`` (:data:`VOCABULARY_FILE`, when the run recorded one): raw value ->
   table row of every feature (:meth:`umec_torchrec.data.vocab.Vocabulary.load`), described
   by :func:`vocabulary_entry`;
@@ -157,6 +157,39 @@ def int8_entry(max_abs_logit_diff: float, check_rows: int, embedding_bytes: int,
     }
 
 
+def dtypes_entry(default: str, rules: Any, ignored: List[str], pred: CompactPredictor, dtypes: Dict[str, str],
+                 table_rows: Dict[str, int], dim: int, abs_diff: Any, torchrec_diff: float) -> Dict[str, Any]:
+    """The manifest's ``dtypes`` section: each table's dtype and bytes as the program stores it,
+    and the program's logit difference against the fp32 compact model.
+
+    Args:
+        default / rules / ignored: ``--dtype``, ``--table-dtype`` and the rules naming pruned tables.
+        pred: the program's module.
+        dtypes: ``{table: dtype}`` (model order); table_rows: ``{table: rows}``; dim: D.
+        abs_diff: ``|program - fp32 compact module|`` per check row (a tensor).
+        torchrec_diff: largest ``|TorchRec quantized module - fp32 compact module|`` (0 without quantization).
+    """
+    from umec_torchrec.export.quantize import FALLBACK, QUANT_METHOD
+
+    served = pred.served
+    stored = dict(served.table_bytes) if served is not None else {t: n * dim * 4 for t, n in table_rows.items()}
+    quantized = any(d != "fp32" for d in dtypes.values())
+    return {
+        "default": default,
+        "rules": rules if rules is None or isinstance(rules, str) else dict(rules),
+        "ignored_rules": list(ignored),
+        "tables": {t: {"dtype": d, "rows": int(table_rows[t]), "bytes": int(stored[t]),
+                       "fp32_bytes": int(table_rows[t] * dim * 4)} for t, d in dtypes.items()},
+        "embedding_bytes": int(sum(stored.values())),
+        "fp32_embedding_bytes": int(sum(n * dim * 4 for n in table_rows.values())),
+        "method": QUANT_METHOD if quantized else "fp32 tables (no quantization)",
+        "program_tables": None if not quantized else FALLBACK,
+        "logit_diff_vs_fp32": {"max": float(abs_diff.max()), "mean": float(abs_diff.mean()),
+                               "rows": int(abs_diff.numel())},
+        "torchrec_quant_logit_diff_vs_fp32_max": float(torchrec_diff),
+    }
+
+
 def vocabulary_entry(vocabulary: Any, kept_features: List[str]) -> Dict[str, Any]:
     """The manifest's ``vocabulary`` section: how a served request's raw values become the
     program's ``ids`` (``vocabulary`` is a :class:`~umec_torchrec.data.vocab.Vocabulary`)."""
@@ -206,6 +239,13 @@ def summary_lines(manifest: Dict[str, Any], out_dir: str) -> List[str]:
     if lat and "compact_s" in lat:
         lines.append(f"  predicted latency per batch of {lat['batch']}: {1e3 * lat['dense_s']:.3f} ms -> "
                      f"{1e3 * lat['compact_s']:.3f} ms ({lat['ratio']:.3f})")
+    dt = m.get("dtypes")
+    if dt and any(t["dtype"] != "fp32" for t in dt["tables"].values()):
+        kinds = sorted({t["dtype"] for t in dt["tables"].values()})
+        lines.append(f"  tables {'/'.join(kinds)}: {dt['embedding_bytes']:,} bytes "
+                     f"(fp32 {dt['fp32_embedding_bytes']:,}), "
+                     f"logit diff vs fp32 max {dt['logit_diff_vs_fp32']['max']:.2e} mean "
+                     f"{dt['logit_diff_vs_fp32']['mean']:.2e} on {dt['logit_diff_vs_fp32']['rows']} rows")
     if m.get("int8"):
         lines.append(f"  int8 tables: {m['int8']['embedding_bytes']:,} bytes, "
                      f"max |logit diff| {m['int8']['max_abs_logit_diff']:.2e} on {m['int8']['check_rows']} rows")
@@ -221,6 +261,7 @@ __all__ = [
     "run_budgets",
     "build_manifest",
     "int8_entry",
+    "dtypes_entry",
     "latency_entry",
     "vocabulary_entry",
     "VOCABULARY_FILE",
