@@ -63,7 +63,9 @@ class LatencyQualityConfig:
 
     Args:
         quality: the data, model, training lengths and UMEC settings (the quality bench's).
-        latency_budgets: ``latency=L`` budgets (fractions of the dense program's predicted time).
+        latency_budgets: ``latency=L`` budgets (fractions of the dense program's predicted time);
+            one below the smallest model the groups allow (the per-call overhead, one field and
+            the narrowest layers) is skipped with a line saying so.
         flops_budgets: the FLOPs grid whose measured speed-ups the latency models are read
             against; it should bracket their speed-ups (a latency model outside the grid's
             range is reported as such, never extrapolated).
@@ -75,8 +77,8 @@ class LatencyQualityConfig:
     """
 
     quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
-    latency_budgets: List[float] = dataclasses.field(default_factory=lambda: [0.5, 0.3, 0.15])
-    flops_budgets: List[float] = dataclasses.field(default_factory=lambda: [0.7, 0.5, 0.3, 0.2, 0.1, 0.05])
+    latency_budgets: List[float] = dataclasses.field(default_factory=lambda: [0.5, 0.4, 0.3])
+    flops_budgets: List[float] = dataclasses.field(default_factory=lambda: [0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02])
     batch: int = 4096
     threads: int = 1
     clock: str = "cpu"
@@ -246,7 +248,11 @@ def run_latency_quality(cfg: LatencyQualityConfig, out_dir: str, table: Optional
             with using_latency_table(table):
                 for resource, budgets in (("latency", cfg.latency_budgets), ("flops", cfg.flops_budgets)):
                     for b in budgets:
-                        row, prog = _model_row(s, resource, b, work)
+                        try:
+                            row, prog = _model_row(s, resource, b, work)
+                        except ValueError as e:  # below the smallest model the groups allow
+                            log(f"  seed {seed} {resource}={b:g}: skipped, {e}")
+                            continue
                         seed_rows.append(row)
                         programs.append(prog)
                         log(f"  seed {seed} {row['label']}: {row['kept_features']} fields, bottom {row['bottom']}, "
