@@ -275,3 +275,39 @@ def test_block_contributions_equal_the_incidence_product(kind, blocks):
     ref = group_contributions(x, grad, gate.incidence, mean if gate.replace is Replace.MEAN else None)
     torch.testing.assert_close(gate.contributions(x, grad, mean), ref, rtol=1e-5, atol=1e-5)
     assert Gate(nn.Linear(3, 2), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])).blocks() is None  # not consecutive
+
+
+def test_fisher_stride_keeps_at_most_the_cap():
+    """Known answers of the row stride of the Fisher estimate."""
+    from umec_torchrec.umec.importance import fisher_stride
+
+    assert fisher_stride(128, 512) == 1 and fisher_stride(512, 512) == 1 and fisher_stride(128, None) == 1
+    assert fisher_stride(2048, 512) == 4 and fisher_stride(2049, 512) == 5
+    for b in (1, 7, 513, 4096, 10_000):
+        assert len(range(0, b, fisher_stride(b, 512))) <= 512
+    with pytest.raises(ValueError, match="fisher_rows"):
+        ImportanceTracker([], fisher=True, fisher_rows=0)
+
+
+def test_fisher_row_cap_is_an_estimate_of_the_same_mean():
+    """Generated data whose rows come in identical pairs: every 2nd row has the same empirical
+    distribution as the whole batch, so capping the Fisher at half the batch gives the same
+    value; a cap of one row per batch gives a different one (the cap is in effect)."""
+    torch.manual_seed(0)
+    ids, y = _data(n=800, seed=3)
+    ids, y = ids.repeat_interleave(2, dim=0), y.repeat_interleave(2)  # rows 2k and 2k+1 equal
+    model = TwoFieldModel([4, 1])
+    _train(model, ids, y, steps=50)
+
+    def fisher(rows):
+        tracker = ImportanceTracker([Gate(model.first, _incidence(2))], momentum=0.5, fisher=True, fisher_rows=rows)
+        for chunk_ids, chunk_y in zip(ids.chunk(4), y.chunk(4)):  # batches of 400 rows
+            model.zero_grad()
+            nn.functional.binary_cross_entropy_with_logits(model(chunk_ids), chunk_y).backward()
+        tracker.remove()
+        return tracker.stats[0].fisher
+
+    full, half, one = fisher(None), fisher(200), fisher(1)
+    assert full is not None and float(full.abs().max()) > 0
+    torch.testing.assert_close(half, full, rtol=1e-5, atol=1e-9)
+    assert not torch.allclose(one, full, rtol=1e-2)

@@ -44,7 +44,7 @@ DATA_FIELDS = ("test_fraction", "valid_fraction", "split_seed", "time_ordered", 
 #: UMECConfig fields set by :func:`add_umec_args`: {field: flag dest}
 UMEC_FIELDS = {"s_lr": "s_lr", "y_lr": "y_lr", "z_lr": "z_lr", "prox_lr": "prox_lr", "score": "score",
                "warmup_steps": "umec_warmup_steps", "holdout_every": "holdout_every", "s_step": "s_step",
-               "target_every": "target_every"}
+               "target_every": "target_every", "fisher_rows": "fisher_rows"}
 
 
 def field_default(cls: type, name: str) -> Any:
@@ -215,7 +215,7 @@ def as_flag(msg: str, fields: Dict[str, str]) -> str:
 def add_umec_args(p: argparse.ArgumentParser) -> None:
     """The primal-dual hyper-parameters of :class:`UMECConfig`: ``--s-lr``, ``--y-lr``,
     ``--z-lr``, ``--prox-lr``, ``--score``, ``--holdout-every``, ``--s-step``, ``--target-every``,
-    ``--umec-warmup-steps`` (one group for
+    ``--fisher-rows``, ``--umec-warmup-steps`` (one group for
     ``umec compress`` and ``umec bench quality``)."""
     from umec_torchrec.umec.optimizer import UMECConfig
 
@@ -241,6 +241,9 @@ def add_umec_args(p: argparse.ArgumentParser) -> None:
                         "duals) (default %(default)s)")
     g.add_argument("--target-every", type=int, default=d.target_every,
                    help="UMEC steps between recomputations of the conditional step's target (default %(default)s)")
+    g.add_argument("--fisher-rows", type=int, default=d.fisher_rows,
+                   help="rows of each local batch the fisher score is estimated on (every k-th row; 0: every row) "
+                        "(default %(default)s)")
     g.add_argument("--umec-warmup-steps", type=int, default=d.warmup_steps,
                    help="plain training steps before the UMEC step starts (default %(default)s)")
     add_latency_model_arg(g)

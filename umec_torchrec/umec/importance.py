@@ -63,6 +63,8 @@ __all__ = [
     "Gate",
     "GateStats",
     "ImportanceTracker",
+    "FISHER_ROWS",
+    "fisher_stride",
     "group_contributions",
     "holdout_scores",
     "fold_mean_",
@@ -203,6 +205,22 @@ class GateStats:
         return {k: v for k, v in (("mean", self.mean), ("sq", self.sq), ("fisher", self.fisher)) if v is not None}
 
 
+#: default row cap of the Fisher estimate per local batch (:class:`ImportanceTracker`)
+FISHER_ROWS = 512
+
+
+def fisher_stride(batch: int, max_rows: Optional[int]) -> int:
+    """The row stride that keeps at most ``max_rows`` of ``batch`` rows (``1``: every row).
+
+    Example::
+
+        assert fisher_stride(128, 512) == 1 and fisher_stride(2048, 512) == 4 and fisher_stride(2049, 512) == 5
+    """
+    if max_rows is None or batch <= max_rows:
+        return 1
+    return -(-batch // max_rows)
+
+
 def _lerp(prev: Optional[torch.Tensor], new: torch.Tensor, momentum: float) -> torch.Tensor:
     return new if prev is None else prev.lerp(new, momentum)
 
@@ -215,6 +233,10 @@ class ImportanceTracker:
         gates: one :class:`Gate` per group set (``None`` for a set without one).
         momentum: weight of the newest batch in the moving averages.
         fisher: also track ``E[t^2] / 2`` (one gradient hook per gate and step).
+        fisher_rows: estimate the Fisher on at most about this many rows of each local batch
+            (every ``ceil(B / fisher_rows)``-th row, :func:`fisher_stride`; ``None``: all rows).
+            It is a mean over samples, so a row subset is an unbiased estimate of it; batches
+            up to ``fisher_rows`` rows use every row.
         second_moment: also track ``E[x^2]`` (and so ``Var[x]``); UMEC needs only the means.
 
     Example::
@@ -226,7 +248,10 @@ class ImportanceTracker:
     """
 
     def __init__(self, gates: Sequence[Optional[Gate]], momentum: float = 0.1, fisher: bool = False,
-                 second_moment: bool = False) -> None:
+                 second_moment: bool = False, fisher_rows: Optional[int] = FISHER_ROWS) -> None:
+        if fisher_rows is not None and fisher_rows < 1:
+            raise ValueError(f"fisher_rows must be >= 1 or None, got {fisher_rows}")
+        self.fisher_rows = fisher_rows
         self.track_sq = second_moment
         self.gates = list(gates)
         self.momentum = momentum
@@ -258,9 +283,13 @@ class ImportanceTracker:
 
                 def on_grad(g: torch.Tensor) -> None:
                     with torch.no_grad():
-                        # per-sample gradients are g * B: scale t ([B, G]) rather than g ([B, C])
-                        t = gate.contributions(xd, g.detach().float(), mean).mul_(g.shape[0])
-                        st.fisher = _lerp(st.fisher, 0.5 * t.pow(2).mean(dim=0), self.momentum)
+                        B = g.shape[0]
+                        step = fisher_stride(B, self.fisher_rows)
+                        xs, gs = (xd, g) if step == 1 else (xd[::step], g[::step])
+                        t = gate.contributions(xs, gs.detach().float(), mean)  # [b, G]
+                        # per-sample gradients are g * B: E[(B t)^2] / 2, the B^2 on the [G] mean
+                        f = t.square_().mean(dim=0).mul_(0.5 * B * B)
+                        st.fisher = _lerp(st.fisher, f, self.momentum)
 
                 x.register_hook(on_grad)
 

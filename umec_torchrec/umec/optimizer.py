@@ -143,6 +143,10 @@ class UMECConfig:
         s_step: how ``s`` moves, a :class:`SStep` value: ``"conditional"`` (default, chosen on
             the validation splits, see ``docs/design.md``) or ``"gradient"`` (the paper's).
         target_every: UMEC steps between recomputations of the conditional step's target.
+        fisher_rows: the ``fisher`` score is estimated on at most about this many rows of
+            each local batch (every k-th row; ``0``: every row). A mean over samples, so the
+            subset is an unbiased estimate; it bounds the score's cost per step at large
+            batches (``umec bench overhead``), and batches up to this size use every row.
     """
 
     s_lr: float = 1e-2
@@ -155,6 +159,7 @@ class UMECConfig:
     holdout_every: int = 25
     s_step: str = "conditional"
     target_every: int = 25
+    fisher_rows: int = 512
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field on a non-finite or out-of-range value:
@@ -168,7 +173,7 @@ class UMECConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        for name in ("warmup_steps", "check_every"):
+        for name in ("warmup_steps", "check_every", "fisher_rows"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("holdout_every", "target_every"):
@@ -288,7 +293,8 @@ class UMECOptimizer(OptimizerWrapper):
         )
         self._moments: Optional[Dict[str, torch.Tensor]] = None
         self.importance: Optional[ImportanceTracker] = (
-            ImportanceTracker([gs.gate for gs in sets], fisher=kind is ScoreKind.FISHER) if kind.folds_mean else None
+            ImportanceTracker([gs.gate for gs in sets], fisher=kind is ScoreKind.FISHER,
+                              fisher_rows=self.config.fisher_rows or None) if kind.folds_mean else None
         )
         self._holdout: Optional[Tuple[Callable[[], Iterable[Any]], Callable[[Any], torch.Tensor]]] = None
         self._holdout_scores: Optional[List[torch.Tensor]] = None
