@@ -136,3 +136,29 @@ def test_keep_features_drops_other_keys():
     cfg = _cfg("cat", data)
     with pytest.raises(ValueError, match="dense-arch output"):
         CompactArch.of(cfg, PruningMasks(list(names), names[:2], dense_kept=False))
+
+
+def test_pruned_tables_are_never_read(tmp_path, monkeypatch):
+    """Generated data: loading the compact model (and its optimizer) from a full checkpoint asks
+    DCP for no storage item of a pruned table, weights or optimizer state (every read recorded
+    at ``FileSystemReader.read_data``)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    data = make_data(600)
+    ctx = init_distributed()
+    tcfg = TrainConfig(batch_size=64, log_every=0)
+    cfg, path = _trained_checkpoint(tmp_path, "dot", tcfg, ctx, data)
+    arch = CompactArch.of(cfg, _masks(cfg))
+    read = []
+    orig = FileSystemReader.read_data
+
+    def spy(self, plan, planner):
+        read.extend(item.storage_index.fqn for item in plan.items)
+        return orig(self, plan, planner)
+
+    monkeypatch.setattr(FileSystemReader, "read_data", spy)
+    _compact(arch, tcfg, ctx, path)
+    pruned = [f"t_{f}." for f in arch.masks.pruned_features]
+    kept = [f"t_{f}." for f in arch.masks.kept_features]
+    assert read and not [k for k in read if any(p in k for p in pruned)]
+    assert all(any(k2 in k for k in read) for k2 in kept)  # the kept tables were read

@@ -58,7 +58,8 @@ def test_finetune_rewind_starts_from_dense_weights(dense_run, tmp_path):
     weights the UMEC search left."""
     c, f = str(tmp_path / "c"), str(tmp_path / "f")
     assert main(["compress", "--from", dense_run, "--budget", "flops=0.4", "--out", c, "--no-progress"]) == 0
-    assert main(["finetune", "--from", c, "--out", f, "--steps", "1", "--no-progress", "--finetune-model", "masked"]) == 0
+    assert main(["finetune", "--from", c, "--out", f, "--steps", "1", "--no-progress",
+                 "--finetune-model", "masked"]) == 0
     cfg = json.load(open(os.path.join(f, "config.json")))
     assert cfg["umec"]["weights_from"] == os.path.abspath(dense_run)
 
