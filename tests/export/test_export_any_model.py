@@ -215,6 +215,7 @@ def test_cli_dtype_flags(tmp_path, capsys):
     largest:1=int4` writes those dtypes; --int8 still works and says it is deprecated; a bad rule
     fails in one line before anything is written."""
     from test_export import make_run
+
     from umec_torchrec.cli import main
 
     run, cfg, masks, _ = make_run(tmp_path, kind="cat")
