@@ -243,3 +243,21 @@ def test_jagged_predictor_equals_the_module_on_empty_and_full_bags():
     dense = torch.rand(3, 4)
     with torch.no_grad():
         torch.testing.assert_close(pred(dense, values, lengths), dlrm(dense, kjt).squeeze(-1), atol=1e-6, rtol=0)
+
+
+def test_fp32_ids_program_reads_a_shared_table_for_each_of_its_features(tmp_path):
+    """Generated weights, one id per feature: the fp32 ids program (the model's own tables)
+    looks each feature up in its table when a table is shared by two features, and equals the
+    module (1e-5)."""
+    from umec_torchrec.export.program import CompactPredictor
+
+    dlrm = user_dlrm("cat")
+    ids = torch.stack([torch.arange(6) % n for n in (40, 60, 60, 12, 25)], dim=1)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=FEATURES, values=ids.t().reshape(-1),
+                                              lengths=torch.ones(6 * 5, dtype=torch.int32))
+    dense = torch.rand(6, 4)
+    with torch.no_grad():
+        ref = dlrm(dense, kjt).squeeze(-1)
+        torch.testing.assert_close(CompactPredictor(dlrm)(dense, ids), ref, atol=1e-5, rtol=0)
+    man = export_model(dlrm, None, str(tmp_path / "e"))
+    assert man["program"]["form"] == "ids" and man["program"]["max_abs_diff_vs_module"] <= 1e-5
