@@ -196,3 +196,31 @@ def test_compress_and_finetune_a_multi_hot_model(tmp_path):
     assert main(["finetune", "--from", c, "--out", f, "--epochs", "1", "--no-progress"]) == 0
     mf = json.load(open(os.path.join(f, "metrics.json")))
     assert mf["resources"]["lookup_bytes"] == pytest.approx(lb) and 0.0 <= mf["test"]["auc"] <= 1.0
+
+
+def test_libffm_fields_with_several_indices(tmp_path):
+    """Generated libFFM file (``label field:idx:1 ...``, 0 to 3 tokens per field, fields out of
+    order on the line): each field holds its indices in line order (none: an empty bag); the
+    prepared directory equals load_data; a token outside the named fields names its line."""
+    rng = np.random.default_rng(8)
+    lines, want = [], {f: [] for f in ("a", "b", "c")}
+    for _ in range(70):
+        toks = [(int(rng.integers(3)), int(rng.integers(100 * (1 + k), 100 * (1 + k) + 20)))
+                for k in range(int(rng.integers(0, 7)))]
+        for k, f in enumerate(("a", "b", "c")):
+            want[f].append([i for g, i in toks if g == k])
+        lines.append(" ".join([str(int(rng.random() < 0.4))] + [f"{f}:{i}:1" for f, i in toks]))
+    p = tmp_path / "d.ffm"
+    p.write_text("\n".join(lines) + "\n")
+    from umec_torchrec.data.libsvm import read_libsvm
+
+    raw = read_libsvm(str(p), names=["a", "b", "c"], ffm=True)
+    for f in ("a", "b", "c"):
+        assert raw.multi_hot[f].lengths.tolist() == [len(w) for w in want[f]]
+        assert raw.multi_hot[f].flat().tolist() == [i for w in want[f] for i in w]
+    spec = f"libsvm:{p},ffm=1,names=a;b;c"
+    prepare_data(spec, str(tmp_path / "p"), chunk_rows=9, bucket_rows=16)
+    _same(load_data(spec), load_data(f"prepared:{tmp_path / 'p'}"))
+    p.write_text("\n".join(lines[:3] + ["1 0:5:1 7:3:1"] + lines[3:]) + "\n")
+    with pytest.raises(Exception, match=r"d\.ffm.*4.*field 7"):
+        load_data(spec)

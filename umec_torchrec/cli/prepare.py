@@ -55,5 +55,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     print(f"  {len(man['feature_names'])} sparse features ({sum(man['table_sizes']):,} table rows, id types "
           f"{', '.join(sorted(set(man['id_dtypes'])))}), {len(man['dense_names'])} dense; "
           f"{man['bad_lines']} bad lines (skipped)")
+    for f, mh in (man.get("multi_hot") or {}).items():
+        print(f"  multi-hot {f}: {mh['ids_per_sample']:.2f} ids per training row")
     print(f"  use it with --data prepared:{args.out}")
     return 0

@@ -31,6 +31,8 @@ class DataBundle:
             synthetic data the ground truth (``signal_features``, ``signal_dense``,
             ``noise_features``, ...).
         vocabulary: the fitted :class:`Vocabulary` (encode new rows with it).
+        split_rows: ``{split: int64 [n]}``, the source row of each split's rows (in the order
+            read), when the bundle was encoded from a source; ``None`` otherwise.
 
     Example::
 
@@ -44,6 +46,7 @@ class DataBundle:
     info: Dict[str, Any] = field(default_factory=dict)
     vocabulary: Optional[Vocabulary] = None
     valid: Optional[CTRData] = None
+    split_rows: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         if self.valid is None:

@@ -86,7 +86,7 @@ def _read_raw(spec: DataSpec, options: DataOptions) -> RawTable:
         from umec_torchrec.data.libsvm import read_libsvm
 
         return read_libsvm(spec.path, names=spec.params.get("names"), skip_bad_lines=options.skip_bad_lines,
-                           max_rows=options.max_rows)
+                           max_rows=options.max_rows, ffm=bool(spec.params.get("ffm")))
     if spec.kind == "csv":
         from umec_torchrec.data.delimited import read_delimited
 
@@ -167,7 +167,7 @@ def _iter_raw(spec: DataSpec, options: DataOptions, chunk_rows: int, info: Optio
     elif spec.kind == "libsvm":
         from umec_torchrec.data.libsvm import iter_libsvm
 
-        yield from iter_libsvm(spec.path, names=spec.params.get("names"), **kw)
+        yield from iter_libsvm(spec.path, names=spec.params.get("names"), **kw, ffm=bool(spec.params.get("ffm")))
     elif spec.kind == "criteo-npy":
         from umec_torchrec.data.criteo_npy import iter_criteo_npy
 
@@ -236,7 +236,7 @@ def encode(raw: RawTable, options: DataOptions, source: str = "") -> DataBundle:
         )
 
     return DataBundle(train=make(tr, "train"), valid=make(va, "valid"), test=make(te, "test"), info=info,
-                      vocabulary=voc)
+                      vocabulary=voc, split_rows={"train": tr, "valid": va, "test": te})
 
 
 def load_data(spec: str, options: Optional[DataOptions] = None) -> DataBundle:

@@ -66,7 +66,7 @@ from umec_torchrec.io import MANIFEST, read_manifest, replaced_directory, verify
 from umec_torchrec.runs import remove_stale_replacements
 
 __all__ = ["PREPARED_FORMAT", "SPLITS", "VOCABULARY_FILE", "ColumnIds", "is_prepared", "load_prepared",
-           "prepare_data"]
+           "prepare_data", "write_prepared"]
 
 PREPARED_FORMAT = 1
 SPLITS = ("train", "valid", "test")
@@ -475,6 +475,68 @@ def _to_buckets(r: np.ndarray, pos: np.ndarray, bucket_rows: int, files: List[An
     cuts = np.flatnonzero(np.diff(blk)) + 1
     for part in np.split(r, cuts):
         files[int(part["pos"][0] // bucket_rows)].write(part.tobytes())
+
+
+def write_prepared(bundle: DataBundle, out: str) -> Dict[str, Any]:
+    """Write a bundle that is already encoded in memory (:func:`~umec_torchrec.data.load_data`
+    of a small file) as the prepared directory ``out`` (the layout of :func:`prepare_data`,
+    atomically): what a stage does on first use of a spec that is not prepared, so that every
+    later stage of the pipeline maps it instead of parsing the source again. Returns the
+    manifest; ``load_prepared(out)`` gives the bundle's rows, vocabulary and info.
+
+    Example::
+
+        write_prepared(load_data("csv:small.csv,label=y,categorical=a;b"), "runs/r1/data")
+    """
+    info = json.loads(json.dumps(bundle.info, default=_jsonable))
+    voc = bundle.vocabulary
+    if voc is None:
+        raise ValueError("write_prepared needs a bundle with its vocabulary (load_data's)")
+    first = bundle.train
+    features, sizes = list(first.feature_names), [int(x) for x in first.table_sizes]
+    dtypes = [id_dtype(x) for x in sizes]
+    path = os.path.abspath(out)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    remove_stale_replacements(path)
+    with replaced_directory(path) as tmp:
+        nnz: Dict[str, Dict[str, int]] = {f: {} for f in first.multi_hot}
+        for split in SPLITS:
+            data = getattr(bundle, split)
+            n = len(data)
+            for name, arr, dt in (("dense", data.dense, np.float32), ("labels", data.labels, np.float32)):
+                np.save(os.path.join(tmp, f"{split}_{name}.npy"), np.ascontiguousarray(arr.numpy(), dtype=dt))
+            ids = data.sparse[torch.arange(n)].numpy()
+            for j, f in enumerate(features):
+                jag = data.multi_hot.get(f)
+                if jag is None:
+                    np.save(os.path.join(tmp, f"{split}_ids_{j}.npy"), ids[:, j].astype(dtypes[j]))
+                    continue
+                np.save(os.path.join(tmp, f"{split}_ids_{j}.npy"), jag.flat().astype(dtypes[j]))
+                np.save(os.path.join(tmp, f"{split}_offsets_{j}.npy"), jag.with_values(jag.values).offsets)
+                nnz[f][split] = jag.nnz
+            rows = (bundle.split_rows or {}).get(split)
+            if rows is not None:
+                np.save(os.path.join(tmp, f"split_{split}.npy"), np.asarray(rows, dtype=np.int64))
+        voc.save(os.path.join(tmp, VOCABULARY_FILE))
+        r = info.get("rows") or {}
+        meta = {
+            "kind": KIND,
+            "prepared_format": PREPARED_FORMAT,
+            "source": info.get("source"),
+            "options": info.get("options") or {},
+            "feature_names": features,
+            "dense_names": list(first.dense_names),
+            "table_sizes": sizes,
+            "id_dtypes": [str(t) for t in dtypes],
+            "rows": {k: int(r.get(k, 0)) for k in ("total", "train", "valid", "test")},
+            "bad_lines": int(info.get("bad_lines", 0)),
+            "info": info,
+        }
+        if nnz:
+            meta["multi_hot"] = {f: {"ids_per_sample": float(info["multi_hot"][f]["ids_per_sample"]), "nnz": nnz[f]}
+                                 for f in nnz}
+        write_manifest(tmp, meta)
+        return read_manifest(tmp) or meta
 
 
 # --- loading ------------------------------------------------------------------------------------

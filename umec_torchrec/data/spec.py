@@ -20,7 +20,8 @@ Kinds (``KIND``):
   (:mod:`umec_torchrec.data.multihot`);
 * ``libsvm:PATH`` - libsvm/libFM one-hot CTR rows (``label idx:1 idx:1 ...``, one index per
   field, in field order); param ``names=user;item;...`` (default ``f1..fK``, or Frappe's
-  field names for a 10-field file whose name contains ``frappe``);
+  field names for a 10-field file whose name contains ``frappe``); ``ffm=1``: libFFM lines
+  ``label field:idx:1 ...``, several indices per field (multi-hot; ``names`` required);
 * ``csv:PATH`` - delimited file with a declared schema: ``label=COL``, ``dense=A;B``,
   ``categorical=C;D``, ``delimiter=tab|comma|semicolon|pipe|space|<char>``, ``header=0|1``
   (columns are 0-based indices when ``header=0``); ``multi_hot=C;D`` (categorical columns
@@ -92,7 +93,7 @@ _PARAM_KEYS: Dict[str, Dict[str, Any]] = {
     "criteo": {"multi_hot_sizes": "intlist"},
     "criteo-npy": {"days": "intlist", "num_embeddings_per_feature": "intlist", "split": str,
                    "multi_hot_sizes": "intlist"},
-    "libsvm": {"names": "list"},
+    "libsvm": {"names": "list", "ffm": "bool"},
     "csv": {"multi_hot": "list", "list_delimiter": "delim"},
     "prepared": {},
 }

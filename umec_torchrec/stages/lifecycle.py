@@ -37,12 +37,15 @@ from umec_torchrec.train.checkpoint import load_checkpoint
 from umec_torchrec.train.ckpt_manager import CHECKPOINTS, CheckpointManager, CheckpointPolicy, Resumed
 from umec_torchrec.train.config import TrainConfig
 from umec_torchrec.train.loop import num_train_steps
+from umec_torchrec.train.sharding import plan_record
 from umec_torchrec.umec.masks import PruningMasks
 
 __all__ = [
     "MASKS_FILE",
     "resolve_data",
     "stage_data",
+    "prepare_in_run",
+    "RUN_DATA_DIR",
     "open_run",
     "agree",
     "clean_stale",
@@ -56,9 +59,14 @@ __all__ = [
     "load_run_model",
     "load_source",
     "stage_train_config",
+    "stage_plan",
+    "PLAN_KEY",
 ]
 
 MASKS_FILE = "masks.json"
+#: the ``config.json`` section with the sharding plan a stage ran with
+#: (:func:`~umec_torchrec.train.sharding.plan_record`)
+PLAN_KEY = "sharding_plan"
 #: the ``config.json`` sections a resumed stage must reproduce exactly
 RESUME_SECTIONS = ("model", "data", "train", "umec")
 
@@ -91,12 +99,56 @@ def resolve_data(data: Any, options: Any = None) -> Tuple[Any, Optional[str], An
 def stage_data(run: Run, data: Any = None) -> Any:
     """The data of a stage that starts from ``run``: ``data`` (a spec or a loaded bundle,
     checked against the run's recorded features and table sizes) or, when ``None``, the
-    run's data rebuilt from its recorded spec and options."""
+    run's data: the prepared copy its pipeline's first stage wrote (``data.prepared``,
+    memory-mapped, after the recorded source's fingerprint check), else rebuilt from its
+    recorded spec and options."""
     if data is None:
-        return run.load_data()
+        rec = run.config.get("data") or {}
+        copy = rec.get("prepared")
+        from umec_torchrec.data.prepared import is_prepared
+
+        if not copy or not is_prepared(copy):
+            return run.load_data()
+        warning = check_fingerprint(rec, where=run.file("config.json"))
+        if warning:
+            from umec_torchrec.distributed import get_rank
+
+            if get_rank() == 0:
+                import sys
+
+                print(f"umec: warning: {warning}", file=sys.stderr, flush=True)
+        from umec_torchrec.data import load_data
+
+        bundle = load_data(f"prepared:{copy}")
+        check_data_matches(bundle.train, rec, where=run.file("config.json"))
+        return bundle
     bundle, _, _ = resolve_data(data, None)
     check_data_matches(bundle.train, run.config["data"], where=run.file("config.json"))
     return bundle
+
+
+#: where a stage writes the prepared copy of a spec that is not prepared (``RUN/data``)
+RUN_DATA_DIR = "data"
+
+
+def prepare_in_run(run: Run, record: Optional[Dict[str, Any]], bundle: Any) -> Optional[str]:
+    """Write ``bundle`` (a file source's spec, already loaded in memory) as a prepared
+    directory ``RUN/data`` and return its path: the first stage of a pipeline does it once,
+    and every later stage (``stage_data``) maps it instead of parsing the source again.
+    ``None`` (nothing written) for generated data, a ``prepared:`` spec, a record that has a
+    copy already (a stage started from a run) or a bundle without its vocabulary."""
+    spec = (record or {}).get("spec")
+    if not spec or (record or {}).get("prepared") or getattr(bundle, "vocabulary", None) is None:
+        return None
+    from umec_torchrec.data.spec import FILE_KINDS, parse_spec
+
+    if parse_spec(spec).kind not in FILE_KINDS or parse_spec(spec).kind == "prepared":
+        return None
+    from umec_torchrec.data.prepared import write_prepared
+
+    path = run.file(RUN_DATA_DIR)
+    write_prepared(bundle, path)
+    return path
 
 
 def agree(msg: Optional[str], ctx: DistContext) -> Optional[str]:
@@ -211,7 +263,7 @@ def restore_or_start(mgr: CheckpointManager, run: Run, ctx: DistContext, model: 
     else:
         say(ctx, f"resume: continuing from {got.path} (step {got.step})")
     if ctx.rank == 0 and run.config.get("world_size") != ctx.world_size:
-        run.write_config(world_size=ctx.world_size)
+        run.write_config(world_size=ctx.world_size, **_plan_section(model))
     ctx.barrier()
     return got
 
@@ -227,12 +279,15 @@ def start_stage(out_dir: str, force: bool, ctx: DistContext, policy: CheckpointP
     Returns:
         ``(run, checkpoint manager, resumed or None)``.
     """
-    cfg = dict(cfg, world_size=ctx.world_size)
+    cfg = dict(cfg, world_size=ctx.world_size, **_plan_section(model))
     run = open_run(out_dir, force, ctx, resume=policy.resume)
     try:
         if run.resumed:
             check_resume(run, {k: cfg[k] for k in RESUME_SECTIONS if k in cfg}, ctx, bundle.train, tcfg)
         elif ctx.rank == 0:
+            copy = prepare_in_run(run, cfg.get("data"), bundle)
+            if copy:
+                cfg["data"] = dict(cfg["data"], prepared=copy)
             run.write_config(**cfg)
             if getattr(bundle, "vocabulary", None) is not None:
                 run.write_vocabulary(bundle.vocabulary)  # raw ids -> rows travel with the run
@@ -242,6 +297,32 @@ def start_stage(out_dir: str, force: bool, ctx: DistContext, policy: CheckpointP
     except BaseException:
         run.unlock()
         raise
+
+
+def _plan_section(model: nn.Module) -> Dict[str, Any]:
+    """``{"sharding_plan": ...}`` for a DMP-wrapped model, ``{}`` for a plain module."""
+    return {PLAN_KEY: plan_record(model)} if hasattr(model, "plan") and hasattr(model.plan, "plan") else {}
+
+
+def stage_plan(source: Optional[Run] = None, out_dir: Optional[str] = None,
+               resume: bool = False) -> Optional[Dict[str, Any]]:
+    """The sharding plan a stage reuses (:func:`~umec_torchrec.train.sharding.plan_record`):
+    with ``resume``, the one its own run ``out_dir`` recorded (a resumed stage keeps its layout
+    on any world size); else the ``source`` run's; ``None`` when neither records one (a run
+    from before plans were recorded, or a stage without a source: the planner decides).
+
+    Example::
+
+        dmp, optimizer = build_training(cfg, tcfg, ctx, table_plan=stage_plan(src, out_dir, resume))
+    """
+    if resume and out_dir and os.path.isfile(os.path.join(out_dir, "config.json")):
+        try:
+            own = Run.open(out_dir).config.get(PLAN_KEY)
+        except (OSError, ValueError):
+            own = None
+        if own:
+            return own
+    return (source.config.get(PLAN_KEY) or None) if source is not None else None
 
 
 def finish_stage(run: Run, ctx: DistContext, metrics: Dict[str, Any],
@@ -308,7 +389,7 @@ def load_run_model(
     run.check_complete()
     model_cfg = run.model_config()
     tcfg = train_cfg or run.train_config()
-    dmp, optimizer = build_training(model_cfg, tcfg, ctx, tables_on_meta=True)
+    dmp, optimizer = build_training(model_cfg, tcfg, ctx, tables_on_meta=True, table_plan=stage_plan(run))
     load_checkpoint(run.checkpoint_dir, dmp, optimizer if with_optimizer else None)
     return dmp, (optimizer if with_optimizer else None), run
 
@@ -327,11 +408,11 @@ def load_source(src: Run, dmp: Any, optimizer: Any, ctx: DistContext) -> None:
         if "does not match" not in msg and "cannot load" not in msg:
             raise
         ws = src.config.get("world_size")
-        if ws is not None and int(ws) != ctx.world_size and "optim" in msg:
+        if ws is not None and int(ws) != ctx.world_size and "optim" in msg and not src.config.get(PLAN_KEY):
             raise ValueError(
-                f"{src.path}: its optimizer state was written on {ws} rank(s) and the sharding planner lays the "
-                f"tables out differently on {ctx.world_size}; run on {ws} rank(s), or train the source run with "
-                f"a pinned --sharding ({msg})") from None
+                f"{src.path}: its optimizer state was written on {ws} rank(s) and its config.json records no "
+                f"sharding plan (a run from an older version), so the planner may lay the tables out differently "
+                f"on {ctx.world_size}; run on {ws} rank(s) ({msg})") from None
         raise ValueError(f"{src.path}: its checkpoint does not fit the model in its config.json "
                          f"(a checkpoint of another model?): {msg}") from None
 
