@@ -192,22 +192,68 @@ def test_table_dtype_rules_precedence_and_errors():
 
 
 def test_models_without_export_surgery_are_refused_by_name(tmp_path):
-    """Generated weights: a model with no DLRM inside (torchrec's SimpleDeepFMNN) and a DLRM
-    whose interaction the surgery does not know (DLRM_Projection) are refused, naming them."""
-    from torchrec.models.deepfm import SimpleDeepFMNN
+    """Generated weights: a model with no DLRM or SimpleDeepFMNN inside, and a DLRM whose
+    interaction the surgery does not know (DLRM_Projection), are refused, naming them."""
     from torchrec.models.dlrm import DLRM_Projection
 
     ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="t", embedding_dim=4, num_embeddings=5,
                                                             feature_names=["f"])])
-    fm = SimpleDeepFMNN(num_dense_features=3, embedding_bag_collection=ebc, hidden_layer_size=8,
-                        deep_fm_dimension=4)
-    with pytest.raises(TypeError, match="SimpleDeepFMNN.*no export surgery"):
-        export_model(fm, None, str(tmp_path / "a"))
+    head = torch.nn.Sequential(torch.nn.Linear(4, 1))
+    with pytest.raises(TypeError, match="no torchrec DLRM found inside Sequential.*no export surgery"):
+        export_model(head, None, str(tmp_path / "a"))
     proj = DLRM_Projection(ebc, 3, [8, 4], [8, 1], interaction_branch1_layer_sizes=[4, 8],
                            interaction_branch2_layer_sizes=[4, 8])
     with pytest.raises(TypeError, match="InteractionProjectionArch"):
         export_model(proj, None, str(tmp_path / "b"))
     assert not os.listdir(tmp_path)
+
+
+def deepfm_model():
+    """torchrec's SimpleDeepFMNN with a shared MEAN table (generated weights)."""
+    from torchrec.models.deepfm import SimpleDeepFMNN
+
+    torch.manual_seed(0)
+    tables = [EmbeddingBagConfig(name="user_table", embedding_dim=8, num_embeddings=40, feature_names=["user"]),
+              EmbeddingBagConfig(name="item_emb", embedding_dim=8, num_embeddings=60,
+                                 feature_names=["item", "hist_item"], pooling=PoolingType.MEAN),
+              EmbeddingBagConfig(name="ctx_emb", embedding_dim=8, num_embeddings=12, feature_names=["ctx"]),
+              EmbeddingBagConfig(name="geo", embedding_dim=8, num_embeddings=25, feature_names=["geo"])]
+    return SimpleDeepFMNN(4, EmbeddingBagCollection(tables=tables), hidden_layer_size=16, deep_fm_dimension=12).eval()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_declared_deepfm_export_equals_the_masked_model(dtype, tmp_path):
+    """Generated weights and multi-hot ids: a SimpleDeepFMNN declared with declare_groups (as in
+    its docstring), masked through the GroupSpec's keep multipliers (2 features, 5 of 12 deep
+    units pruned), exports to a jagged program whose outputs equal the masked model's (1e-5,
+    fp32), or TorchRec's quantized module's (int8); the compact model reloads."""
+    from umec_torchrec.umec.groups import declare_groups, feature_tables
+
+    fm = deepfm_model()
+    deep, over = fm.inter_arch.deep_fm.dense_module[0], fm.over_arch.model[0]
+    spec = declare_groups(deep, {f: range(8 * (k + 1), 8 * (k + 2)) for k, f in enumerate(FEATURES)},
+                          chain=[(over, 8)], feature_tables=feature_tables(fm))
+    pruned_f = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])  # item, ctx
+    pruned_u = torch.zeros(12)
+    pruned_u[[0, 3, 4, 9, 11]] = 1.0
+    masks = PruningMasks(FEATURES, ["user", "hist_item", "geo"], {"layer0": [1, 2, 5, 6, 7, 8, 10]}, {"layer0": 12})
+    dense, kjt = multi_hot(80, seed=11)
+    man = export_model(fm, masks, str(tmp_path / "e"), dtype=dtype, sample=(dense, kjt))
+    with torch.no_grad():
+        for p, keep in spec.keep_multipliers([pruned_f, pruned_u]).items():
+            p.mul_(keep)
+        ref = fm(dense, FeatureMask(masks.pruned_features)(kjt)).squeeze(-1)
+        got = load_program(str(tmp_path / "e"))(dense, *jagged_of(kjt, man["features"]["kept"]))
+        compact = load_compact(str(tmp_path / "e"))
+        torch.testing.assert_close(compact(dense, kjt).squeeze(-1), ref, atol=1e-5, rtol=0)
+    assert man["kind"] == "deepfm" and man["layers"]["deep"] == {"before": 12, "after": 7}
+    assert man["tables"]["pruned"] == {"ctx_emb": 12} and man["program"]["form"] == "jagged"
+    assert man["program"]["max_abs_diff_vs_module"] <= 1e-5 and ref.std() > 1e-4
+    if dtype == "fp32":
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    else:
+        assert 0 < man["dtypes"]["logit_diff_vs_fp32"]["max"] < 1e-2
+        assert man["dtypes"]["embedding_bytes"] < man["dtypes"]["fp32_embedding_bytes"] / 2
 
 
 def test_cli_dtype_flags(tmp_path, capsys):

@@ -45,6 +45,7 @@ from umec_torchrec.export.compact import (
     table_poolings,
     tag_config,
 )
+from umec_torchrec.export.deepfm import find_deepfm
 from umec_torchrec.export.manifest import (
     INT8_FILE,
     MANIFEST,
@@ -172,6 +173,9 @@ def export_model(
     if inputs not in INPUTS + ("auto",):
         raise ValueError(f"inputs must be one of {INPUTS + ('auto',)}, got {inputs!r}")
     pooling: Optional[Dict[str, str]] = None
+    if cfg is None and isinstance(source, nn.Module) and not _has_dlrm(source) and find_deepfm(source) is not None:
+        return _export_deepfm(find_deepfm(source), masks, out_dir, dtype=dtype, table_dtypes=table_dtypes,
+                              inputs=inputs, force=force, source_run=source_run, budgets=budgets, sample=sample)
     if cfg is None:
         if not isinstance(source, nn.Module):
             raise TypeError("export_model: a state dict needs its ModelConfig (cfg=...); or pass the model")
@@ -236,6 +240,85 @@ def export_model(
         if vocabulary is not None:
             vocabulary.save(os.path.join(tmp, VOCABULARY_FILE))
             manifest["vocabulary"] = vocabulary_entry(vocabulary, list(ccfg.feature_names))
+        manifest["files"] = sorted(os.listdir(tmp)) + [MANIFEST]
+        write_json(os.path.join(tmp, MANIFEST), manifest)
+    return manifest
+
+
+def _has_dlrm(model: nn.Module) -> bool:
+    try:
+        find_dlrm(model)
+        return True
+    except TypeError:
+        return False
+
+
+def _export_deepfm(fm: nn.Module, masks: Optional[PruningMasks], out_dir: str, *, dtype: str, table_dtypes: Rules,
+                   inputs: str, force: bool, source_run: Optional[str], budgets: Optional[Dict[str, Any]],
+                   sample: Optional[Sample]) -> Dict[str, Any]:
+    """:func:`export_model` of a ``SimpleDeepFMNN`` (:mod:`~umec_torchrec.export.deepfm`)."""
+    from types import SimpleNamespace
+
+    from umec_torchrec.export import deepfm
+    from umec_torchrec.export.manifest import FORMAT
+    from umec_torchrec.runs import versions
+
+    names = deepfm.feature_names(fm)
+    masks = masks or PruningMasks(feature_names=names, kept_features=names)
+    check_export_dir(out_dir, force)
+    compact, ccfg = deepfm.compact_deepfm(fm, masks)
+    full = deepfm.deepfm_config(fm)
+    rows = {t["name"]: t["num_embeddings"] for t in full["tables"]}
+    gen = SimpleNamespace(dense_in_features=full["num_dense_features"], feature_names=names,
+                          table_sizes=[rows[t["name"]] for t in full["tables"] for _ in t["feature_names"]])
+    if sample is None:
+        sample = multi_hot_inputs(gen) if inputs == "jagged" else sample_inputs(gen)
+    dense_in, kjt_full = sample_kjt(sample, names)
+    form = inputs if inputs != "auto" else ("ids" if is_one_hot(kjt_full) else "jagged")
+    kept = deepfm.feature_names(compact)
+    kjt = select_features(kjt_full, kept)
+    if form == "ids" and not is_one_hot(kjt):
+        raise ValueError("inputs='ids' takes one id per feature and row, the check rows have other bag sizes")
+    table_rows = {t["name"]: t["num_embeddings"] for t in ccfg["tables"]}
+    dim = ccfg["tables"][0]["embedding_dim"]
+    dtypes, ignored = resolve({t: n * dim for t, n in table_rows.items()}, dtype, table_dtypes,
+                              pruned=[t for t in rows if t not in table_rows])
+    with torch.no_grad():
+        ref = kjt_logits(compact, dense_in, kjt)
+        q = None
+        if uniform(dtypes) != "fp32":
+            copy = deepfm.build_deepfm(ccfg)
+            copy.load_state_dict(compact.state_dict(), assign=True)
+            q, tables = quantize_tables(compact, dtypes, rebuilt=copy)
+            served = ServedTables(tables)
+        else:
+            served = served_tables(compact)
+        pred = (deepfm.DeepFMJaggedPredictor if form == "jagged" else deepfm.DeepFMPredictor)(compact, served).eval()
+        program = export_program(pred, full["num_dense_features"], inputs=form)
+        args = jagged_of(kjt, kept) if form == "jagged" else (ids_of(kjt, kept),)
+        out = program.module()(dense_in, *args)
+        qref = kjt_logits(q, dense_in, kjt) if q is not None else ref
+    n_rows = int(dense_in.shape[0])
+    pooling = table_poolings(compact)
+    manifest: Dict[str, Any] = {
+        "format": FORMAT, **deepfm.deepfm_manifest(fm, ccfg, masks), "source_run": source_run,
+        "budgets": budgets or {},
+        "program": {"file": PROGRAM_FILE, "form": form,
+                    "inputs": "dense float32 [B, n_dense], then ids int64 [B, F'] (ids) or values int64 [N], "
+                              "lengths int64 [F', B] (jagged), features in 'features.kept' order",
+                    "output": "float32 [B]: the model's output (SimpleDeepFMNN: its sigmoid)",
+                    "pooling": pooling, "max_abs_diff_vs_module": float((out - qref).abs().max()),
+                    "check_rows": n_rows},
+        "pooling": pooling,
+        "dtypes": dtypes_entry(dtype, table_dtypes, ignored, pred, dtypes, table_rows, dim, (out - ref).abs(),
+                               float((qref - ref).abs().max()) if q is not None else 0.0),
+        "versions": versions(),
+    }
+    with atomic_directory(out_dir, force=force) as tmp:
+        _save(lambda f: torch.save({"state_dict": compact.state_dict(), "deepfm_config": ccfg,
+                                    "source_deepfm_config": full, "masks": masks.to_dict(), "pooling": pooling}, f),
+              os.path.join(tmp, MODEL_FILE))
+        _save(lambda f: torch.export.save(program, f), os.path.join(tmp, PROGRAM_FILE))
         manifest["files"] = sorted(os.listdir(tmp)) + [MANIFEST]
         write_json(os.path.join(tmp, MANIFEST), manifest)
     return manifest

@@ -32,6 +32,15 @@ def load_compact(export_dir: str, int8: bool = False) -> DLRM:
     """
     read_manifest(export_dir)
     blob = torch.load(os.path.join(export_dir, MODEL_FILE), map_location="cpu", weights_only=True)
+    if "deepfm_config" in blob:  # a SimpleDeepFMNN export (umec_torchrec.export.deepfm)
+        if int8:
+            raise FileNotFoundError(f"{export_dir}: a SimpleDeepFMNN export has no TorchRec int8 model; its program "
+                                    "serves the quantized tables")
+        from umec_torchrec.export.deepfm import build_deepfm
+
+        fm = build_deepfm(blob["deepfm_config"])
+        fm.load_state_dict(blob["state_dict"], assign=True)
+        return fm.eval()  # type: ignore[return-value]
     ccfg = ModelConfig.from_dict(blob["config"])
     pooling = blob.get("pooling")
     model = tag_config(skeleton(ccfg, pooling), ccfg)

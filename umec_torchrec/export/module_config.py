@@ -39,10 +39,9 @@ def module_config(model: nn.Module) -> Tuple[ModelConfig, Dict[str, str]]:
     try:
         dlrm = find_dlrm(model)
     except TypeError as e:
-        raise TypeError(f"export_model: {e}. Export's surgery handles TorchRec DLRM, DLRM_DCN and DLRMConcat "
-                        "models; a custom model (e.g. one declared with declare_groups, such as "
-                        "SimpleDeepFMNN) has no export surgery: apply the masks to it (apply_masks_) and "
-                        "serve it as it is") from None
+        raise TypeError(f"export_model: {e}. Export's surgery handles TorchRec DLRM, DLRM_DCN, DLRMConcat and "
+                        "SimpleDeepFMNN models; another custom model (declared with declare_groups) has no "
+                        "export surgery: keep its masked weights and serve it as it is") from None
     layout.check_supported(dlrm)
     ebc = layout.embedding_bag_collection(dlrm)
     if not hasattr(ebc, "embedding_bags"):

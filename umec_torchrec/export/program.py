@@ -196,7 +196,7 @@ def jagged_of(kjt: KeyedJaggedTensor, feature_names: List[str]) -> Tuple[torch.T
     return sub.values().long(), sub.lengths().long().view(len(feature_names), sub.stride())
 
 
-def _example_inputs(pred: CompactPredictor, n_dense: int, b: int, jagged: bool) -> Tuple[torch.Tensor, ...]:
+def _example_inputs(pred: nn.Module, n_dense: int, b: int, jagged: bool) -> Tuple[torch.Tensor, ...]:
     dense = torch.zeros(b, n_dense)
     if not jagged:
         return dense, torch.stack([torch.arange(b) % r for r in pred.rows], dim=1)
@@ -206,12 +206,13 @@ def _example_inputs(pred: CompactPredictor, n_dense: int, b: int, jagged: bool) 
 
 
 def export_program(
-    model: "DLRM | CompactPredictor", n_dense: int, example_batch: int = 4, align: int = DEFAULT_ALIGN,
+    model: "DLRM | nn.Module", n_dense: int, example_batch: int = 4, align: int = DEFAULT_ALIGN,
     inputs: str = "ids", served: Optional[ServedTables] = None,
 ) -> torch.export.ExportedProgram:
-    """``torch.export`` of a :class:`CompactPredictor` / :class:`JaggedPredictor` (or of one built
-    over the DLRM ``model`` with hidden widths aligned to ``align``, its ``inputs`` form and
-    ``served`` tables) with a dynamic batch dimension (and a dynamic number of ids).
+    """``torch.export`` of a predictor (:class:`CompactPredictor`, :class:`JaggedPredictor`, or
+    another with ``.rows`` and the ``inputs`` form's signature), or of one built over the DLRM
+    ``model`` with hidden widths aligned to ``align``, its ``inputs`` form and ``served`` tables,
+    with a dynamic batch dimension (and a dynamic number of ids).
 
     Example::
 
@@ -220,13 +221,13 @@ def export_program(
     """
     if inputs not in INPUTS:
         raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
-    if isinstance(model, CompactPredictor):
-        pred = model
-    else:
+    if isinstance(model, DLRM):
         cls = JaggedPredictor if inputs == "jagged" else CompactPredictor
-        pred = cls(model, align=align, served=served)
+        pred: nn.Module = cls(model, align=align, served=served)
+    else:  # a predictor (with .rows: each feature's table rows)
+        pred = model
     pred.eval()
-    jagged = isinstance(pred, JaggedPredictor)
+    jagged = isinstance(pred, JaggedPredictor) or inputs == "jagged"
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     if jagged:
         shapes = {"dense": {0: batch}, "values": {0: torch.export.Dim("values", min=0, max=MAX_VALUES)},

@@ -48,13 +48,17 @@ def _rebuilt(compact: DLRM) -> DLRM:
     return shallow
 
 
-def quantize_tables(compact: DLRM, dtypes: Mapping[str, str]) -> Tuple[DLRM, List[TableData]]:
+def quantize_tables(compact: nn.Module, dtypes: Mapping[str, str],
+                    rebuilt: Optional[nn.Module] = None) -> Tuple[nn.Module, List[TableData]]:
     """TorchRec inference quantization of ``compact`` with a dtype per table, and every
     table's stored rows for the serving program; ``compact`` is not modified.
 
     Args:
-        compact: a DLRM that carries its config (:func:`~umec_torchrec.export.compact.tag_config`).
+        compact: a DLRM that carries its config (:func:`~umec_torchrec.export.compact.tag_config`),
+            or another model with ``sparse_arch.embedding_bag_collection`` (``SimpleDeepFMNN``).
         dtypes: ``{table: "fp32" | "fp16" | "int8" | "int4"}`` for every table of ``compact``.
+        rebuilt: a copy of ``compact`` with its own table configs, to be quantized in place
+            (default: rebuilt from the DLRM's config).
 
     Returns:
         the quantized DLRM (TorchRec's ``QuantEmbeddingBagCollection`` on fbgemm ops), and one
@@ -72,10 +76,10 @@ def quantize_tables(compact: DLRM, dtypes: Mapping[str, str]) -> Tuple[DLRM, Lis
     missing = [t for t in names if t not in dtypes]
     if unknown or missing:
         raise ValueError(f"table dtypes: unknown tables {unknown}, tables without a dtype {missing}")
+    per_table = {t: TORCH_DTYPES[dtypes[t]] for t in names}
     with quiet_torchrec():
-        q = quantize_inference_model(_rebuilt(compact), per_table_weight_dtype={t: TORCH_DTYPES[dtypes[t]]
-                                                                                  for t in names},
-                                     quantization_dtype=torch.qint8).eval()
+        q = quantize_inference_model(rebuilt if rebuilt is not None else _rebuilt(compact),
+                                     per_table_weight_dtype=per_table, quantization_dtype=torch.qint8).eval()
     weights = dict(zip(names, layout.table_weights(compact)))
     rows: Dict[str, TableData] = {}
     qebc = layout.embedding_bag_collection(q)
