@@ -314,3 +314,31 @@ def test_budget_unreachable_in_score_order_is_reported_not_raised_mid_run():
     umec.finalize(zero_tables=False)
     assert umec.budgets_met is False
     assert umec.masks.kept_features == ["big"]
+
+
+def test_prox_leaves_no_subnormal_weights():
+    """Generated data: a weight planted at a subnormal value (as the prox's geometric decay
+    makes them) is zero after one UMEC step, and a long run with a strong prox leaves no
+    subnormal float in any prunable weight (subnormal arithmetic is the CPU's slow path)."""
+    from umec_torchrec.umec.hard_prune import flush_subnormal_
+
+    t = torch.tensor([1e-40, -1e-39, 2e-38, 0.5, 0.0])
+    flush_subnormal_(t)
+    assert t.tolist() == [0.0, 0.0, pytest.approx(2e-38), 0.5, 0.0]
+
+    data, model, umec = _fresh(prox_lr=1.0, y_lr=50.0)
+    train(model, umec, data, epochs=1, batch_size=64, mask=umec.feature_mask)
+    tiny = torch.finfo(torch.float32).tiny
+
+    def subnormal(p):
+        return int(((p != 0) & (p.abs() < tiny)).sum())
+
+    w = model.model.over_arch.model[0]._mlp[0]._linear.weight
+    with torch.no_grad():
+        w[0].fill_(1e-40)
+    assert subnormal(w) == w.shape[1]
+    umec.umec_step()  # the prox alone (no gradient step lifts them)
+    assert subnormal(w) == 0
+    train(model, umec, data, epochs=6, batch_size=32, epoch0=1, mask=umec.feature_mask)
+    for name, p in model.named_parameters():
+        assert subnormal(p) == 0, f"{name}: {subnormal(p)} subnormal weights"

@@ -20,7 +20,7 @@ from torch import nn
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
 from umec_torchrec.umec.masks import PruningMasks
 
-__all__ = ["apply_masks_", "masks_from_pruned", "pruned_indicators", "weight_masks"]
+__all__ = ["apply_masks_", "flush_subnormal_", "masks_from_pruned", "pruned_indicators", "weight_masks"]
 
 
 def pruned_indicators(spec: GroupSpec, masks: PruningMasks) -> List[torch.Tensor]:
@@ -82,3 +82,21 @@ def apply_masks_(model: nn.Module, masks: PruningMasks) -> Dict[torch.Tensor, to
     for p, m in wm.items():
         p.mul_(m)
     return wm
+
+
+def flush_subnormal_(t: torch.Tensor) -> torch.Tensor:
+    """Set the entries of ``t`` below the smallest normal float of its dtype (``finfo.tiny``,
+    ``1.2e-38`` in float32) to zero, in place; returns ``t``.
+
+    The prox's geometric decay ``w / (1 + 2 lr y)`` never reaches zero and ends in subnormal
+    floats, the CPU's slow arithmetic path; below ``tiny`` a weight changes no output a float32
+    can resolve (``docs/design.md``, "Subnormal weights").
+
+    Example::
+
+        t = torch.tensor([1e-40, 0.5])
+        assert flush_subnormal_(t).tolist() == [0.0, 0.5]
+    """
+    if t.is_floating_point():
+        t.masked_fill_(t.abs() < torch.finfo(t.dtype).tiny, 0.0)
+    return t

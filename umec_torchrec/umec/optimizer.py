@@ -89,7 +89,7 @@ from umec_torchrec.umec.allocation import BudgetAllocator, SetOrder
 from umec_torchrec.umec.budgets import Budget
 from umec_torchrec.umec.feature_mask import FeatureMask
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
-from umec_torchrec.umec.hard_prune import masks_from_pruned, pruned_indicators
+from umec_torchrec.umec.hard_prune import flush_subnormal_, masks_from_pruned, pruned_indicators
 from umec_torchrec.umec.importance import ImportanceTracker, Replace, ScoreKind, fold_mean_, holdout_scores
 from umec_torchrec.umec.masked_optimizer import FixedArchitecture
 from umec_torchrec.umec.masks import PruningMasks
@@ -492,6 +492,7 @@ class UMECOptimizer(OptimizerWrapper):
                 v = v.view(shape)
                 pen = v if pen is None else pen + v
             p.div_(1.0 + 2.0 * lr * pen)
+            flush_subnormal_(p)
 
         # 2. s, on the post-prox scores
         order = SetOrder.of([sc * inv[i] for i, sc in enumerate(self._scores())])
