@@ -178,8 +178,12 @@ def compare(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         for r in (r for r in rows if r["resource"] == "latency" and r["budget"] == b):
             curve = [(f["speedup"], f["auc"]) for f in rows if f["resource"] == "flops" and f["seed"] == r["seed"]]
             ref = auc_at_speedup(curve, r["speedup"])
+            fastest = max(curve)  # the fastest FLOPs model of this seed: (speed-up, AUC)
             pairs.append({"seed": r["seed"], "speedup": r["speedup"], "auc": r["auc"], "flops_auc": ref,
-                          "delta": None if ref is None else r["auc"] - ref})
+                          "delta": None if ref is None else r["auc"] - ref,
+                          # beyond every FLOPs model's speed: no FLOPs budget of the grid reached it
+                          "faster_than_flops": ref is None and r["speedup"] > fastest[0],
+                          "delta_vs_fastest_flops": r["auc"] - fastest[1]})
         deltas = [p["delta"] for p in pairs if p["delta"] is not None]
         m, sd = mean_std(deltas) if deltas else (float("nan"), float("nan"))
         out.append({"budget": b, "pairs": pairs, "mean_delta": m, "std_delta": sd, "n": len(deltas),
@@ -204,7 +208,9 @@ def format_report(rows: Sequence[Dict[str, Any]], comparison: Sequence[Dict[str,
               "wins | target |", "|---|---|---|---|---|---|"]
     for c in comparison:
         sp = ", ".join(f"{p['speedup']:.2f}x" for p in c["pairs"])
-        ds = ", ".join("outside" if p["delta"] is None else f"{p['delta']:+.4f}" for p in c["pairs"])
+        ds = ", ".join((f"faster than any FLOPs model ({p['delta_vs_fastest_flops']:+.4f} vs the fastest)"
+                        if p["faster_than_flops"] else "outside") if p["delta"] is None else f"{p['delta']:+.4f}"
+                       for p in c["pairs"])
         lines.append(f"| latency={c['budget']:g} | {sp} | {ds} | {c['mean_delta']:+.4f} +- {c['std_delta']:.4f} | "
                      f"{c['wins']}/{len(c['pairs'])} | {'met' if c['met'] else 'NOT met'} |")
     return "\n".join(lines) + "\n"
