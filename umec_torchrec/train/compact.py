@@ -38,6 +38,7 @@ from umec_torchrec.train.checkpoint import check_checkpoint
 from umec_torchrec.train.guard import weights_finite
 from umec_torchrec.umec import layout
 from umec_torchrec.umec.masks import PruningMasks
+from umec_torchrec.umec.tables import local_parts
 
 __all__ = ["CompactArch", "KeepFeatures", "load_compact_state", "table_state_bytes"]
 
@@ -287,7 +288,6 @@ def _count(tree: Any) -> int:
 def table_state_bytes(model: nn.Module, optimizer: Any = None) -> int:
     """Bytes this rank holds for the embedding tables of ``model`` (local shards or replicas),
     plus their optimizer state when ``optimizer`` is given."""
-    from umec_torchrec.umec.tables import local_parts
 
     def nbytes(t: Any) -> int:
         return sum(p.numel() * p.element_size() for p in local_parts(t))
