@@ -162,3 +162,40 @@ def test_pruned_tables_are_never_read(tmp_path, monkeypatch):
     kept = [f"t_{f}." for f in arch.masks.kept_features]
     assert read and not [k for k in read if any(p in k for p in pruned)]
     assert all(any(k2 in k for k in read) for k2 in kept)  # the kept tables were read
+
+
+def _multi_hot_batch(cfg: ModelConfig, n: int, seed: int):
+    """Generated rows with 0-3 ids per feature and sample (an empty bag too)."""
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 4, (len(cfg.feature_names), n), generator=g)
+    values = torch.cat([torch.randint(0, size, (int(lengths[i].sum()),), generator=g)
+                        for i, size in enumerate(cfg.table_sizes)])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(cfg.feature_names), values=values,
+                                              lengths=lengths.flatten().int())
+    return Batch(dense_features=torch.randn(n, cfg.dense_in_features, generator=g), sparse_features=kjt,
+                 labels=torch.randint(0, 2, (n,), generator=g).float())
+
+
+def test_compact_equals_masked_on_multi_hot_mean_pooled_rows(tmp_path):
+    """Generated multi-hot rows (0-3 ids per feature, two tables mean-pooled): the compact
+    model keeps the kept tables' pooling and its logits equal the masked model's (1e-5)."""
+    data = make_data(600)
+    ctx = init_distributed()
+    tcfg = TrainConfig(batch_size=64, log_every=0)
+    base = _cfg("dot", data)
+    cfg = ModelConfig(**{**base.to_dict(), "pooling": {"t_f0": "mean", "t_f1": "mean"}})
+    dmp, opt = build_training(cfg, tcfg, ctx, tables_on_meta=True)
+    path = str(tmp_path / "ck")
+    save_checkpoint(path, dmp, opt)
+    masks = _masks(cfg)
+    arch = CompactArch.of(cfg, masks)
+    assert arch.config.pooling == {"t_f0": "mean"}
+    mdmp, mopt = _masked(cfg, masks, tcfg, ctx, path)
+    cdmp, _, _ = _compact(arch, tcfg, ctx, path)
+    batch = _multi_hot_batch(cfg, 64, 3)
+    _, (_, mlog, _) = mdmp(mopt.feature_mask(batch))
+    _, (_, clog, _) = cdmp(arch.keep_features(batch))
+    assert torch.allclose(clog, mlog, atol=1e-5, rtol=0), float((clog - mlog).abs().max())
