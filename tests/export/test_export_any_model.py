@@ -307,3 +307,20 @@ def test_fp32_ids_program_reads_a_shared_table_for_each_of_its_features(tmp_path
         torch.testing.assert_close(CompactPredictor(dlrm)(dense, ids), ref, atol=1e-5, rtol=0)
     man = export_model(dlrm, None, str(tmp_path / "e"))
     assert man["program"]["form"] == "ids" and man["program"]["max_abs_diff_vs_module"] <= 1e-5
+
+
+def test_torchrec_quantized_module_still_cannot_be_exported():
+    """Generated weights: the reason the program dequantizes in aten ops (docs/export.md) still
+    holds: torch.export of TorchRec's quantized DLRM fails on fbgemm's TBE script object. If this
+    starts to pass, the fallback and its documentation should be revisited."""
+    from umec_torchrec.export import build_compact
+    from umec_torchrec.export.compact import tag_config
+    from umec_torchrec.export.quantize import quantize_tables
+    from umec_torchrec.export.samples import one_id_kjt
+
+    cfg, _ = module_config(user_dlrm("dot"))
+    compact = tag_config(build_compact(user_dlrm("dot"), cfg, PruningMasks(FEATURES, FEATURES)), cfg)
+    q, _ = quantize_tables(compact, {t: "int8" for t in ROWS})
+    kjt = one_id_kjt(torch.zeros(2, 5, dtype=torch.long), FEATURES)
+    with pytest.raises(Exception, match="AtomicCounter|fake"):
+        torch.export.export(q, (torch.rand(2, 4), kjt), strict=False)
