@@ -28,6 +28,7 @@ from umec_torchrec.stages.lifecycle import (
     finish_stage,
     load_source,
     stage_data,
+    stage_plan,
     stage_train_config,
     start_stage,
 )
@@ -185,7 +186,8 @@ def compress_run(
     tcfg = stage_train_config(src, epochs, steps)
     bundle = stage_data(src, data)
     model_cfg = src.model_config()
-    dmp, optimizer = build_training(model_cfg, tcfg, ctx, tables_on_meta=True)
+    dmp, optimizer = build_training(model_cfg, tcfg, ctx, tables_on_meta=True,
+                                    table_plan=stage_plan(src, out_dir, policy.resume))  # the source's layout
     load_source(src, dmp, optimizer, ctx)
     spec = with_ids_per_sample(discover_groups(dmp, prune_features=prune_features, prune_bottom=prune_bottom,
                                                prune_top=prune_top, prune_dense=prune_dense),
@@ -347,7 +349,8 @@ def finetune_run(
     cfg["umec"] = dict(src.config.get("umec", {}), stage="finetune", source_run=src.path,
                        weights_from=weights.path, finetune_model=finetune_model)
     if arch is None:
-        dmp, optimizer = build_training(src.model_config(), tcfg, ctx, tables_on_meta=True)
+        dmp, optimizer = build_training(src.model_config(), tcfg, ctx, tables_on_meta=True,
+                                        table_plan=stage_plan(weights, out_dir, policy.resume))
         load_source(weights, dmp, optimizer, ctx)
         opt: Any = MaskedOptimizer(optimizer, dmp, masks)
         transform, out_masks = opt.feature_mask, masks
@@ -356,7 +359,8 @@ def finetune_run(
                else compression_report(with_ids_per_sample(discover_groups(dmp, prune_dense=not masks.dense_kept),
                                                            src.model_config().ids_per_sample), masks))
     else:
-        dmp, optimizer = build_training(arch.config, tcfg, ctx, tables_on_meta=True)
+        dmp, optimizer = build_training(arch.config, tcfg, ctx, tables_on_meta=True,
+                                        table_plan=stage_plan(weights, out_dir, policy.resume))
         load_compact_source(weights, arch, dmp, optimizer, ctx)
         opt, transform, out_masks = optimizer, arch.keep_features, arch.compact_masks
         rep = finetune_report(arch.dense, arch.masks)

@@ -17,6 +17,7 @@ from umec_torchrec.stages.lifecycle import (
     load_run_model,
     resolve_data,
     stage_data,
+    stage_plan,
     start_stage,
 )
 from umec_torchrec.train.build import build_training, make_model_config
@@ -130,7 +131,8 @@ def train_run(
     cfg = dict(model=model_cfg.to_dict(),
                data=data_record(rec_spec, opts, bundle.train, getattr(bundle, "info", None), source=source),
                train=train_cfg.to_dict())
-    dmp, optimizer = build_training(model_cfg, train_cfg, ctx)
+    # a resumed run keeps the layout it recorded, on any world size
+    dmp, optimizer = build_training(model_cfg, train_cfg, ctx, table_plan=stage_plan(None, out_dir, policy.resume))
     run, mgr, resumed = start_stage(out_dir, force, ctx, policy, cfg, bundle, train_cfg, dmp, optimizer)
     try:
         return _train(run, mgr, resumed, ctx, bundle, model_cfg, train_cfg, dmp, optimizer, progress,

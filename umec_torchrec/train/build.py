@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -54,6 +54,7 @@ def build_training(
     train_cfg: TrainConfig,
     ctx: DistContext,
     tables_on_meta: bool = False,
+    table_plan: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Tuple[nn.Module, Any]:
     """Seeded ``DLRMTrain`` -> fused table optimizer -> DMP -> ``CombinedOptimizer``.
 
@@ -62,6 +63,9 @@ def build_training(
         ctx: the distributed context.
         tables_on_meta: let DMP initialise the tables per shard (for huge tables; the init
             then depends on the world size). Otherwise the seeded unsharded init is copied in.
+        table_plan: a recorded plan to reuse (:func:`~umec_torchrec.train.sharding.plan_record`,
+            e.g. a source run's ``config.json["sharding_plan"]``): every table keeps its sharding
+            type and kernel, so the source's optimizer state fits on any world size.
 
     Returns:
         ``(dmp, optimizer)``.
@@ -74,5 +78,5 @@ def build_training(
     )
     apply_embedding_optimizer(model, train_cfg)
     local_bs = max(1, train_cfg.batch_size // ctx.world_size)
-    dmp = shard_model(model, ctx, train_cfg.sharding, batch_size=local_bs)
+    dmp = shard_model(model, ctx, train_cfg.sharding, batch_size=local_bs, table_plan=table_plan)
     return dmp, build_optimizer(dmp, train_cfg)

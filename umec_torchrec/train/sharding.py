@@ -1,9 +1,19 @@
-"""Shard a ``DLRMTrain`` with ``DistributedModelParallel`` (any world size, CPU or CUDA)."""
+"""Shard a ``DLRMTrain`` with ``DistributedModelParallel`` (any world size, CPU or CUDA), and the
+record of a plan that later stages reuse.
+
+A plan's record (:func:`plan_record`, kept in a run's ``config.json`` under ``"sharding_plan"``)
+is ``{table: {"sharding_type", "compute_kernel", "ranks", "shard_sizes"}}``. Rebuilding with it
+(``shard_model(..., table_plan=record)``) pins every recorded table to its sharding type and
+compute kernel, on any world size; the planner places the shards (column blocks of the recorded
+width where that still fits). What must not change between stages is the type: a data-parallel
+table is trained by the dense optimizer, a sharded one by the fused table optimizer, and their
+optimizer states do not convert; shards on other ranks are resharded by DCP on load.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -37,6 +47,34 @@ def _constraints(model: nn.Module, sharding_type: str, world_size: int) -> Dict[
     return out
 
 
+def _recorded_constraints(model: nn.Module, table_plan: Mapping[str, Mapping[str, Any]],
+                          world_size: int) -> Dict[str, ParameterConstraints]:
+    """Constraints that give every table of ``table_plan`` its recorded sharding type and compute
+    kernel (column blocks of the recorded width when it divides the table's dimension)."""
+    ebc = find_dlrm(model).sparse_arch.embedding_bag_collection
+    out: Dict[str, ParameterConstraints] = {}
+    for cfg in ebc.embedding_bag_configs():
+        rec = table_plan.get(cfg.name)
+        if rec is None:
+            continue  # a table the record does not know: the planner's choice
+        st = str(rec.get("sharding_type"))
+        if st not in SHARDING_TYPES:
+            raise ValueError(f"table {cfg.name}: the recorded sharding type {st!r} is not available here "
+                             f"(expected one of {SHARDING_TYPES}); rebuild with a pinned --sharding")
+        kw: Dict[str, Any] = {}
+        if st in ("column_wise", "table_column_wise"):
+            widths = [int(sz[1]) for sz in rec.get("shard_sizes") or []]
+            w = min(widths) if widths else cfg.embedding_dim
+            d = cfg.embedding_dim
+            if d % w or d // w > world_size:  # the recorded blocks do not fit: as many as the ranks allow
+                w = d // world_size if d % world_size == 0 and d >= 4 * world_size else 4
+            kw["min_partition"] = w
+        kernel = rec.get("compute_kernel")
+        out[cfg.name] = ParameterConstraints(sharding_types=[ShardingType(st).value],
+                                             compute_kernels=[str(kernel)] if kernel else _KERNELS.get(st), **kw)
+    return out
+
+
 def _tables_on_meta(model: nn.Module) -> bool:
     ebc = find_dlrm(model).sparse_arch.embedding_bag_collection
     return any(p.is_meta for p in ebc.parameters())
@@ -48,6 +86,7 @@ def shard_model(
     sharding_type: Optional[str] = None,
     batch_size: int = 512,
     quiet: bool = True,
+    table_plan: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> DistributedModelParallel:
     """Wrap an (unsharded) ``DLRMTrain`` in ``DistributedModelParallel``.
 
@@ -63,11 +102,20 @@ def shard_model(
             ``"column_wise"``, ``"table_column_wise"``, ``"data_parallel"`` for every table.
         batch_size: per-rank batch size hint for the planner.
         quiet: silence TorchRec's planner warnings.
+        table_plan: a :func:`plan_record` to reuse (e.g. the source run's): its tables keep their
+            sharding types and compute kernels on any world size. Takes precedence over
+            ``sharding_type``, which then applies to tables the record does not name.
+
+    Example::
+
+        dmp = shard_model(model, ctx, table_plan=json.load(open("RUN/config.json"))["sharding_plan"])
     """
     if sharding_type is not None and sharding_type not in SHARDING_TYPES:
         raise ValueError(f"unknown sharding type {sharding_type!r}; expected one of {SHARDING_TYPES}")
     full_state = None if _tables_on_meta(model) else {k: v.detach().clone() for k, v in model.state_dict().items()}
     constraints = _constraints(model, sharding_type, ctx.world_size) if sharding_type else None
+    if table_plan:
+        constraints = dict(constraints or {}, **_recorded_constraints(model, table_plan, ctx.world_size))
     sharders = get_default_sharders()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
     with quiet_torchrec(quiet):
@@ -80,6 +128,21 @@ def shard_model(
     return dmp
 
 
+def plan_record(dmp: DistributedModelParallel) -> Dict[str, Dict[str, Any]]:
+    """``{table: {"sharding_type", "compute_kernel", "ranks", "shard_sizes"}}`` of the DMP plan
+    (JSON-able; ``shard_sizes`` lists ``[rows, columns]`` per shard, empty for data-parallel
+    tables), for :func:`shard_model`'s ``table_plan``."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for _, module_plan in dmp.plan.plan.items():
+        for name, ps in module_plan.items():  # type: ignore[union-attr]
+            spec = getattr(ps, "sharding_spec", None)
+            shards = getattr(spec, "shards", None) or []
+            out[name] = {"sharding_type": str(ps.sharding_type), "compute_kernel": str(ps.compute_kernel),
+                         "ranks": [int(r) for r in (ps.ranks or [])],
+                         "shard_sizes": [[int(x) for x in sh.shard_sizes] for sh in shards]}
+    return out
+
+
 def plan_summary(dmp: DistributedModelParallel) -> Dict[str, str]:
     """``{table name: "sharding_type/compute_kernel ranks=[...]"}`` from the DMP plan."""
     out: Dict[str, str] = {}
@@ -89,4 +152,4 @@ def plan_summary(dmp: DistributedModelParallel) -> Dict[str, str]:
     return out
 
 
-__all__ = ["shard_model", "plan_summary"]
+__all__ = ["shard_model", "plan_record", "plan_summary"]
