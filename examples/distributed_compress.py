@@ -18,7 +18,6 @@ import torch
 
 from umec_torchrec.data import DataOptions, load_data
 from umec_torchrec.distributed import session
-from umec_torchrec.io import to_blob
 from umec_torchrec.train import TrainConfig, build_training, evaluate, make_model_config, save_checkpoint
 from umec_torchrec.umec import UMECConfig, UMECOptimizer  # UMEC
 
@@ -47,7 +46,7 @@ def main() -> None:
         umec.check_consistency()  # raises UMECStateMismatch if the ranks disagree
         metrics = evaluate(dmp, data.test, 4096, ctx, batch_transform=umec.feature_mask)
         out = os.path.join("runs", "distributed_compress", "checkpoint")
-        save_checkpoint(out, dmp, optimizer, extra={"umec": {"blob": to_blob(umec.umec_state_dict())}})
+        save_checkpoint(out, dmp, umec)  # "optim": the wrapped optimizers' and the UMEC state, as tensors
         if ctx.rank == 0:
             fr = umec.resource_fractions()
             print(f"{ctx.world_size} rank(s): kept {len(masks.kept_features)} of {len(masks.feature_names)} "

@@ -1,5 +1,5 @@
 """File I/O of the package: atomic writes (temp file in the same directory, fsync, rename),
-JSON, the byte blobs that carry Python state through a DCP checkpoint, manifests (size and
+JSON, manifests (size and
 SHA-256 of every file of a directory) and their verification, file fingerprints, and the
 one message of a full disk."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import math
 import os
@@ -16,7 +15,7 @@ import shutil
 import tempfile
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-__all__ = ["atomic_write", "write_json", "read_json", "to_blob", "from_blob", "sha256_file", "write_manifest",
+__all__ = ["atomic_write", "write_json", "read_json", "sha256_file", "write_manifest",
            "read_manifest", "verify_manifest", "trusting", "trusted", "fingerprint", "DiskFull", "disk_full",
            "raise_if_disk_full", "own_temp_name", "MANIFEST", "plain_mode", "process_umask",
            "replaced_directory", "finite_json"]
@@ -170,28 +169,6 @@ def read_json(path: str) -> Any:
         raise FileNotFoundError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: corrupt JSON ({e})") from None
-
-
-def to_blob(obj: Any) -> bytes:
-    """``obj`` (tensors, dicts, lists, numbers) as bytes via ``torch.save``: a DCP leaf that
-    loads whatever its template holds (e.g. the UMEC state, the loop progress).
-
-    Example::
-
-        assert from_blob(to_blob({"s": torch.zeros(3)}))["s"].shape == (3,)
-    """
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def from_blob(blob: bytes) -> Any:
-    """The object of :func:`to_blob` (trusted input: a checkpoint this package wrote)."""
-    import torch
-
-    return torch.load(io.BytesIO(blob), weights_only=False)
 
 
 # --- manifests: size and SHA-256 of every file of a directory -------------------------------

@@ -20,15 +20,12 @@ from typing import Any, Dict, List, Optional
 import pytest
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from helpers.mp import run_multiprocess
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.data.testing import planted_ctr
 from umec_torchrec.distributed import init_distributed
-from umec_torchrec.io import from_blob as load_umec_blob
-from umec_torchrec.io import to_blob as umec_blob
 from umec_torchrec.models import ModelConfig, find_dlrm
 from umec_torchrec.train import TrainConfig, build_training, load_checkpoint, plan_summary, save_checkpoint
 from umec_torchrec.umec import layout
@@ -105,7 +102,7 @@ def _compress(ctx, sharding: str, ckpt: Optional[str] = None) -> Dict[str, Any]:
     start = 0
     if ckpt is not None:
         _steps(dmp, umec, _batches(ctx, 0, SAVE_AT))
-        save_checkpoint(ckpt, dmp, opt, extra={"umec": {"blob": umec_blob(umec.umec_state_dict())}})
+        save_checkpoint(ckpt, dmp, umec)  # "optim": the wrapped optimizers' state + the UMEC state (tensors)
         start = SAVE_AT
     out = _finish(ctx, dmp, umec, start)
     out["plans"] = sorted(set(plan_summary(dmp).values()))
@@ -118,12 +115,7 @@ def _compress(ctx, sharding: str, ckpt: Optional[str] = None) -> Dict[str, Any]:
 def _resume(ctx, ckpt: str) -> Dict[str, Any]:
     """Fresh objects (other seed: everything must come from the checkpoint), load, finish."""
     dmp, opt, umec = _build(ctx, "table_wise", seed=7, stateful=True)
-    load_checkpoint(ckpt, dmp, opt)
-    # the bytes leaf is read in a call of its own: on 2 ranks, one dcp.load of ShardedTensor
-    # tables together with {"umec": {"blob": b""}} fails with "Missing key ...: umec"
-    extra = {"umec": {"blob": b""}}
-    dcp.load(extra, checkpoint_id=ckpt)
-    umec.load_umec_state_dict(load_umec_blob(extra["umec"]["blob"]))
+    load_checkpoint(ckpt, dmp, umec)
     loaded = umec.state_vector()
     out = _finish(ctx, dmp, umec, SAVE_AT)
     out["loaded_state"] = loaded

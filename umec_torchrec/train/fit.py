@@ -48,7 +48,7 @@ def fit(
             the data position are taken from it.
         state_optimizer: the optimizer whose ``state_dict`` is checkpointed (default
             ``optimizer``; the compress stage passes the one inside ``UMECOptimizer``).
-        checkpoint_extra: more DCP state per checkpoint, e.g. ``{"umec": {"blob": ...}}``.
+        checkpoint_extra: more DCP state per checkpoint (plain tensors and numbers).
         stage: recorded in the checkpoints.
 
     A non-finite loss on any rank raises :class:`~umec_torchrec.train.guard.NonFiniteError`
