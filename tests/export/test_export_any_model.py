@@ -324,3 +324,24 @@ def test_torchrec_quantized_module_still_cannot_be_exported():
     kjt = one_id_kjt(torch.zeros(2, 5, dtype=torch.long), FEATURES)
     with pytest.raises(Exception, match="AtomicCounter|fake"):
         torch.export.export(q, (torch.rand(2, 4), kjt), strict=False)
+
+
+def test_multi_hot_model_config_exports_a_jagged_program(tmp_path):
+    """Generated weights and multi-hot ids: a ModelConfig with multi-hot features
+    (ids_per_sample) and a MEAN table exports, with inputs='auto' and no check rows, a jagged
+    program whose logits equal the masked model's (1e-5)."""
+    from umec_torchrec.models import ModelConfig, build_dlrm
+
+    cfg = ModelConfig("cat", FEATURES, [40, 60, 60, 12, 25], 4, embedding_dim=8, bottom=[20, 8], top=[24, 10, 1],
+                      pooling={"t_item": "mean"}, ids_per_sample={"item": 2.0, "hist_item": 2.0})
+    torch.manual_seed(0)
+    dlrm = build_dlrm(cfg).eval()
+    masks = masks_for(dlrm, ["user", "item", "geo"])
+    man = export_model(dlrm, cfg, masks, str(tmp_path / "e"))  # the old call form
+    assert man["program"]["form"] == "jagged" and man["pooling"]["t_item"] == "MEAN"
+    dense, kjt = multi_hot(40, seed=2)
+    ref = masked_logits(dlrm, masks, dense, kjt)
+    with torch.no_grad():
+        got = load_program(str(tmp_path / "e"))(dense, *jagged_of(kjt, man["features"]["kept"]))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    assert module_config(dlrm)[0].pooling == {"t_item": "mean"}

@@ -139,7 +139,8 @@ def export_model(
             ``"t_C3=int4,largest:2=int8"`` or a mapping).
         inputs: the program's input form, ``"ids"`` (one id per feature), ``"jagged"``
             (``values, lengths``: multi-hot) or ``"auto"`` (jagged when ``sample`` has a bag
-            that is not one id).
+            that is not one id, or, without ``sample``, when the config has multi-hot features:
+            ``ModelConfig.ids_per_sample``).
         int8: the old ``--int8``: ``dtype="int8"`` for every table, and the TorchRec int8 state
             dict written as ``model_int8.pt``.
         force: replace an existing export.
@@ -196,6 +197,8 @@ def export_model(
     compact.load_state_dict(csd, assign=True)
     compact.eval()
 
+    if inputs == "auto" and sample is None and cfg.ids_per_sample:  # the config says it has multi-hot features
+        inputs = "jagged"
     if sample is None:
         sample = multi_hot_inputs(cfg) if inputs == "jagged" else sample_inputs(cfg)
     dense_in, kjt_full = sample_kjt(sample, cfg.feature_names)

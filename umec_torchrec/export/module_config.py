@@ -5,7 +5,8 @@ user's ``DLRM`` / ``DLRM_DCN`` / ``DLRMConcat`` built with any table names carri
 everything that config holds: the kind (:func:`~umec_torchrec.models.model_kind`), the
 EmbeddingBagCollection's tables (names, features, rows, dim), the MLP widths and the cross
 net's shape. A table named other than ``t_<feature>``, or read by several features, becomes a
-``table_features`` entry; the tables' poolings (not in ``ModelConfig``) are returned beside it.
+``table_features`` entry, a MEAN-pooled table a ``pooling`` entry (the poolings are also
+returned beside the config, by TorchRec name).
 The config is checked by rebuilding the model's skeleton and comparing every dense
 parameter's shape, so a DLRM subclass with other parameters is refused with their names.
 """
@@ -71,7 +72,8 @@ def module_config(model: nn.Module) -> Tuple[ModelConfig, Dict[str, str]]:
     if cn is not None:
         extra = {"dcn_num_layers": len(cn.V_kernels), "dcn_low_rank_dim": int(cn.V_kernels[0].shape[0])}
     cfg = ModelConfig(model_kind(dlrm), names, sizes, layout.bottom_linears(dlrm)[0].in_features,
-                      embedding_dim=dims.pop(), bottom=bottom, top=top, table_features=shared, **extra)
+                      embedding_dim=dims.pop(), bottom=bottom, top=top, table_features=shared,
+                      pooling={t: p.lower() for t, p in pooling.items() if p != "SUM"}, **extra)
     check_matches(dlrm, cfg, pooling)
     return cfg, pooling
 
