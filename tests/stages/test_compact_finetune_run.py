@@ -125,6 +125,14 @@ def test_compact_run_evaluate_export_and_second_finetune(runs, tmp_path):
         want = module_logits(model, dense_in, ids, ccfg.feature_names)
         got = load_program(out)(dense_in, ids)
     assert torch.allclose(got.flatten(), want.flatten(), atol=1e-5, rtol=0)
+    # the manifest compares with the dense model, as the export of the compressed run does
+    ref = str(tmp_path / "export-comp")
+    assert cli.main(["export", "--from", comp, "--out", ref]) == 0
+    mf, mc = _json(out, "manifest.json"), _json(ref, "manifest.json")
+    assert mf["features"] == mc["features"] and mf["tables"] == mc["tables"]
+    for key in ("flops_per_sample", "embedding_bytes", "lookup_bytes_per_sample"):
+        assert mf[key]["before"] == mc[key]["before"] and mf[key]["after"] == mc[key]["after"], key
+    assert mf["flops_per_sample"]["before"] > mf["flops_per_sample"]["after"]
 
     again = str(tmp_path / "again")
     _finetune(ft, again, "--start", "continue")

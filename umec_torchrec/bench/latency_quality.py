@@ -203,9 +203,10 @@ def format_report(rows: Sequence[Dict[str, Any]], comparison: Sequence[Dict[str,
     for r in sorted(rows, key=lambda r: (r["seed"], r["resource"], -r["budget"])):
         va = "" if r["valid_auc"] is None else f"{r['valid_auc']:.4f}"
         lines.append(f"| {r['seed']} | {r['label']} | {r['kept_features']} | {r['bottom']} | {r['top']} | "
-                     f"{r['flops_fraction']:.3f} | {r['latency_fraction']:.3f} | {r['speedup']:.2f}x | {r['auc']:.4f} | {va} |")
-    lines += ["", "| latency budget | speed-ups (per seed) | AUC - FLOPs curve's AUC at that speed | mean +- std | "
-              "wins | target |", "|---|---|---|---|---|---|"]
+                     f"{r['flops_fraction']:.3f} | {r['latency_fraction']:.3f} | {r['speedup']:.2f}x | "
+                     f"{r['auc']:.4f} | {va} |")
+    lines += ["", "| latency budget | speed-ups (per seed) | AUC - FLOPs curve's AUC at that speed "
+              "| mean +- std | wins | target |", "|---|---|---|---|---|---|"]
     for c in comparison:
         sp = ", ".join(f"{p['speedup']:.2f}x" for p in c["pairs"])
         ds = ", ".join((f"faster than any FLOPs model ({p['delta_vs_fastest_flops']:+.4f} vs the fastest)"

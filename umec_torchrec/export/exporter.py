@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -83,6 +83,7 @@ from umec_torchrec.export.served_tables import ServedTables
 from umec_torchrec.export.table_dtypes import Rules, parse_rules, resolve, uniform
 from umec_torchrec.io import raise_if_disk_full, write_json
 from umec_torchrec.models import ModelConfig, find_dlrm
+from umec_torchrec.umec.hard_prune import flush_subnormal_
 from umec_torchrec.umec.masks import PruningMasks
 
 
@@ -99,6 +100,17 @@ def _save(write: Callable[[io.BytesIO], None], path: str) -> None:
     except OSError as e:
         raise_if_disk_full(e, path)
         raise
+
+
+def _without_subnormals(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy with its subnormal entries zeroed (:func:`flush_subnormal_`: the CPU's
+    slow arithmetic path; the source model is never modified)."""
+    if not t.is_floating_point():
+        return t
+    tiny = torch.finfo(t.dtype).tiny
+    if not bool(((t != 0) & (t.abs() < tiny)).any()):
+        return t
+    return flush_subnormal_(t.detach().clone())
 
 
 def export_model(
@@ -118,6 +130,7 @@ def export_model(
     budgets: Optional[Dict[str, Any]] = None,
     sample: Optional[Sample] = None,
     vocabulary: Any = None,
+    report_against: Optional[Tuple[ModelConfig, PruningMasks]] = None,
 ) -> Dict[str, Any]:
     """Export the compact model of ``source`` into ``out_dir``; returns the manifest.
 
@@ -153,6 +166,12 @@ def export_model(
         vocabulary: the data's :class:`~umec_torchrec.data.vocab.Vocabulary` (``export_run``: the
             run's ``vocabulary.npz``), written as ``vocabulary.npz`` with the manifest's
             ``vocabulary`` section (how raw values become the program's ``ids``); ``None``: none.
+        report_against: ``(dense config, masks)`` the manifest's before/after figures compare
+            with, when ``source`` is already compact (a compact fine-tuned run:
+            ``export_run`` passes the dense model and masks its ``config.json`` records).
+
+    Subnormal float weights (below ``finfo.tiny``) are exported as zeros (the same logits to
+    float32 resolution, without the CPU's slow path); the source is not modified.
 
     Raises:
         TypeError: ``source`` holds no DLRM the surgery knows (the message says what it found).
@@ -192,7 +211,7 @@ def export_model(
     check_export_dir(out_dir, force)
     check_align(align)
     ccfg = compact_config(cfg, masks)
-    csd = compact_state_dict(state, cfg, masks)
+    csd = {k: _without_subnormals(v) for k, v in compact_state_dict(state, cfg, masks).items()}
     compact = tag_config(skeleton(ccfg, pooling), ccfg)
     compact.load_state_dict(csd, assign=True)
     compact.eval()
@@ -225,7 +244,8 @@ def export_model(
         qref = kjt_logits(q, dense_in, kjt) if q is not None else ref
         prog_diff = float((out - qref).abs().max())
     n_rows = int(dense_in.shape[0])
-    manifest = build_manifest(cfg, ccfg, masks, compact, pred, prog_diff, n_rows,
+    rcfg, rmasks = report_against if report_against is not None else (cfg, masks)
+    manifest = build_manifest(rcfg, ccfg, rmasks, compact, pred, prog_diff, n_rows,
                               source_run=source_run, budgets=budgets)
     manifest["pooling"] = table_poolings(compact)
     manifest["dtypes"] = dtypes_entry(dtype, table_dtypes, ignored, pred, dtypes, table_rows, ccfg.embedding_dim,
@@ -366,9 +386,14 @@ def export_run(run_dir: str, out_dir: str, int8: bool = False, force: bool = Fal
     read_metadata(run.checkpoint_dir)
     verify_files(run.checkpoint_dir)
     state = load_dlrm_state(run.checkpoint_dir, cfg, masks)
+    umec = run.config.get("umec") or {}
+    report = None
+    if umec.get("dense_model") and umec.get("dense_masks"):  # a compact fine-tuned run: report against dense
+        report = (ModelConfig.from_dict(umec["dense_model"]), PruningMasks.from_dict(umec["dense_masks"]))
     return export_model(state, masks, out_dir, cfg=cfg, int8=int8, dtype=dtype, table_dtypes=table_dtypes,
                         inputs=inputs, force=force, align=align, source_run=run.path,
-                        budgets=run_budgets(run.config), sample=sample, vocabulary=run.vocabulary())
+                        budgets=run_budgets(run.config), sample=sample, vocabulary=run.vocabulary(),
+                        report_against=report)
 
 
 __all__ = ["export_model", "export_run"]

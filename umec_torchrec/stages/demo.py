@@ -110,10 +110,7 @@ def run_demo(
 
     say(ctx, "\n[4] finetune the compressed architecture (pruned weights stay exactly zero)")
     t = time.perf_counter()
-    # masked: export_run's manifest measures "before" on the exported run's own config, which for a
-    # compact fine-tuned run is already the compact model (its dense model is in config.json "umec")
-    fm = finetune_run(c_dir, f_dir, ctx, epochs=finetune_epochs, force=force, progress=progress, data=bundle,
-                      finetune_model="masked")
+    fm = finetune_run(c_dir, f_dir, ctx, epochs=finetune_epochs, force=force, progress=progress, data=bundle)
     stages.append({"stage": "finetune", "seconds": time.perf_counter() - t, **fm["test"]})
 
     say(ctx, "\n[5] export the physically pruned model (kept tables only, narrower layers)")
