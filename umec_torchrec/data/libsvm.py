@@ -62,6 +62,14 @@ def _table(labels: List[int], idx_rows: List[List[str]], fields: List[str]) -> R
     return RawTable(np.zeros((n, 1)), cats, np.asarray(labels, dtype=np.int64), ["none"], list(fields), {})
 
 
+def _label(tok: str, path: str, lineno: int, bad: BadLines) -> Optional[int]:
+    """The 0/1 label of a line's first token, or ``None`` after reporting the line to ``bad``."""
+    lab = _LABELS.get(tok)
+    if lab is None:
+        bad(DataError(path, lineno, "label", f"{shown(tok)} is not a 0/1 label"))
+    return lab
+
+
 def _ffm_table(labels: List[int], rows: List[List[tuple]], fields: List[str]) -> RawTable:
     """The rows of libFFM tokens ``(field, index)`` as one multi-hot feature per field."""
     n = len(rows)
@@ -90,9 +98,8 @@ def _iter_ffm(path: str, names: Optional[Sequence[str]], skip_bad_lines: bool, m
         if not toks:
             bad(DataError(path, lineno, "label", "empty line"))
             continue
-        lab = _LABELS.get(toks[0])
+        lab = _label(toks[0], path, lineno, bad)
         if lab is None:
-            bad(DataError(path, lineno, "label", f"{shown(toks[0])} is not a 0/1 label"))
             continue
         ms = [_FFM.fullmatch(t) for t in toks[1:]]
         if None in ms:
@@ -152,9 +159,8 @@ def iter_libsvm(path: str, names: Optional[Sequence[str]] = None, skip_bad_lines
             bad(DataError(path, lineno, field,
                           f"expected a label and {k} idx:value tokens, got {max(len(toks) - 1, 0)}"))
             continue
-        lab = _LABELS.get(toks[0])
+        lab = _label(toks[0], path, lineno, bad)
         if lab is None:
-            bad(DataError(path, lineno, "label", f"{shown(toks[0])} is not a 0/1 label"))
             continue
         ms = [_TOKEN.fullmatch(t) for t in toks[1:]]
         if None in ms:

@@ -152,7 +152,9 @@ def expected_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
     return out
 
 
-def _slice(t: torch.Tensor, r: Optional[torch.Tensor], c: Optional[torch.Tensor]) -> torch.Tensor:
+def slice_kept(t: torch.Tensor, r: Optional[torch.Tensor], c: Optional[torch.Tensor]) -> torch.Tensor:
+    """``t`` with only the rows ``r`` and the columns ``c`` kept (``None``: all), one entry
+    of :func:`index_plan` applied."""
     if r is not None:
         t = t.index_select(0, r)
     if c is not None:
@@ -177,7 +179,7 @@ def compact_state_dict(
                 "state dict from another architecture?"
             )
     # table names (t_<feature>) and module paths are unchanged by compaction
-    return {k: _slice(state[k].detach(), r, c) for k, (r, c) in plan.items()}
+    return {k: slice_kept(state[k].detach(), r, c) for k, (r, c) in plan.items()}
 
 
 def build_compact(
@@ -237,6 +239,7 @@ __all__ = [
     "table_poolings",
     "index_plan",
     "expected_shapes",
+    "slice_kept",
     "compact_state_dict",
     "build_compact",
     "tag_config",

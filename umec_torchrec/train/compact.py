@@ -32,7 +32,7 @@ from umec_torchrec.export.checkpoint_reader import (
     read_metadata,
     tensor_shapes,
 )
-from umec_torchrec.export.compact import check_masks, compact_config, index_plan
+from umec_torchrec.export.compact import check_masks, compact_config, index_plan, slice_kept
 from umec_torchrec.models import ModelConfig
 from umec_torchrec.train.checkpoint import check_checkpoint
 from umec_torchrec.train.guard import weights_finite
@@ -172,14 +172,6 @@ def _relative(key: str) -> str:
     return key[len(_DMP_PREFIX):]
 
 
-def _take(t: torch.Tensor, r: Optional[torch.Tensor], c: Optional[torch.Tensor]) -> torch.Tensor:
-    if r is not None:
-        t = t.index_select(0, r)
-    if c is not None:
-        t = t.index_select(1, c)
-    return t
-
-
 def load_compact_state(ckpt_dir: str, source_cfg: ModelConfig, arch: CompactArch, model: nn.Module,
                        optimizer: Any = None) -> Dict[str, int]:
     """Fill the compact ``model`` (a DMP built from ``arch.config``, any world size) and its
@@ -257,7 +249,7 @@ def load_compact_state(ckpt_dir: str, source_cfg: ModelConfig, arch: CompactArch
         rel, name = whole[key]
         r, c = plan[rel]
         param_shape = shapes[prefix + rel]
-        v = _take(t, r, c) if tuple(t.shape) == tuple(param_shape) else t
+        v = slice_kept(t, r, c) if tuple(t.shape) == tuple(param_shape) else t
         dmp_key = _DMP_PREFIX + rel
         if name is None:
             want = model_sd[dmp_key]
