@@ -224,19 +224,27 @@ def test_console_entry_point_has_no_traceback(root, tmp_path):
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not next to the Python interpreter")
 def test_world_size_change_that_cannot_be_handled(root, tmp_path):
     """2 ranks (torchrun), generated data: (a) resuming a 1-rank run whose batch size does
-    not divide by 2; (b) compressing a 1-rank run whose planner-chosen table layout (and so
-    its optimizer state) differs on 2 ranks. Each: one line (from the first failing rank) naming the problem,
-    exit non-zero, nothing changed."""
+    not divide by 2; (b) compressing a 1-rank run that records no sharding plan (a run from
+    before plans were recorded: its planner-chosen table layout, and so its optimizer state,
+    differs on 2 ranks; a run with its plan is reused on any world size,
+    tests/stages/test_sharding_plan_reuse.py). Each: one line (from the first failing rank)
+    naming the problem, exit non-zero, nothing changed."""
     odd = tmp_path / "odd"
     assert cli.main(["train", "--data", DATA, *SMALL[:6], "--batch-size", "63", *SMALL[8:], "--steps", "3",
                      "--out", str(odd)]) == 0
+    old = tmp_path / "old-dense"
+    shutil.copytree(root / "dense", old)
+    cfg = json.load(open(old / "config.json"))
+    assert cfg.pop("sharding_plan", None) is not None
+    with open(old / "config.json", "w") as f:
+        json.dump(cfg, f)
     env = dict(os.environ, GLOO_DEVICE_TRANSPORT="TCP")
     base = [TORCHRUN, "--nproc_per_node", "2", "--master_port", "0", "--rdzv_backend", "c10d",
             "--rdzv_endpoint", "localhost:0", "-m", "umec_torchrec.cli"]
     cases = [
         (["train", "--data", DATA, *SMALL[:6], "--batch-size", "63", *SMALL[8:], "--steps", "3", "--resume",
           "--out", str(odd)], "batch size 63 does not divide by 2"),
-        (["compress", "--from", str(root / "dense"), "--budget", "flops=0.5", "--no-progress",
+        (["compress", "--from", str(old), "--budget", "flops=0.5", "--no-progress",
           "--out", str(tmp_path / "c2")], "written on 1 rank(s)"),
     ]
     for argv, text in cases:
