@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 import os
 import shutil
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
@@ -82,6 +83,10 @@ FIXED_OPTIONS = ("test_fraction", "valid_fraction", "split_seed", "time_ordered"
                  "skip_bad_lines", "max_rows")
 
 
+#: gathers (batches) between two releases of the maps' touched pages (:meth:`ColumnIds.release`)
+RELEASE_EVERY = 16
+
+
 class ColumnIds:
     """The ids of a split as one memory-mapped column per feature, each in its own dtype.
 
@@ -95,14 +100,31 @@ class ColumnIds:
         ids[torch.tensor([3, 1])]          # int64 [2, F]
     """
 
-    def __init__(self, columns: Sequence[np.ndarray]) -> None:
+    def __init__(self, columns: Sequence[np.ndarray], maps: Sequence[np.ndarray] = (),
+                 release_every: int = RELEASE_EVERY) -> None:
         self.columns = list(columns)
+        # every memory map of the split (ids, dense, labels, jagged): their touched file
+        # pages are dropped from this process's RSS every ``release_every`` gathers
+        self.maps = [a for a in list(columns) + list(maps) if getattr(a, "_mmap", None) is not None]
+        self.release_every = int(release_every)
+        self.gathers = 0
+        self.releases = 0
         if not self.columns:
             raise ValueError("ColumnIds needs at least one column")
         n = {int(c.shape[0]) for c in self.columns}
         if len(n) != 1:
             raise ValueError(f"columns of different lengths {sorted(n)}")
         self._n = n.pop()
+
+    def release(self) -> None:
+        """Drop the maps' touched pages from this process's RSS (``madvise(MADV_DONTNEED)``).
+
+        The maps are read-only, so the pages are clean: they stay in the page cache and
+        touching them again is a minor fault, not a read from disk.
+        """
+        for a in self.maps:
+            a._mmap.madvise(mmap.MADV_DONTNEED)
+        self.releases += 1
 
     @property
     def shape(self) -> tuple:
@@ -130,6 +152,9 @@ class ColumnIds:
             if index.dtype == np.bool_:
                 index = np.flatnonzero(index)
             rows = int(index.shape[0])
+        self.gathers += 1
+        if self.release_every > 0 and self.gathers % self.release_every == 0:
+            self.release()
         out = np.empty((rows, len(self.columns)), dtype=np.int64)
         for j, c in enumerate(self.columns):  # one vectorised gather per feature
             out[:, j] = c[index]
@@ -607,7 +632,8 @@ def load_prepared(path: str, inline: Optional[Dict[str, Any]] = None, source: Op
                 cols.append(np.broadcast_to(np.zeros(1, dtype=np.uint8), (want,)))
             else:
                 cols.append(_checked(p, f"{split}_ids_{j}.npy", dt, (want,)))
-        splits[split] = CTRData(dense=torch.from_numpy(dense), sparse=ColumnIds(cols),
+        maps = [dense, labels] + [x for jg in jagged.values() for x in (jg.values, jg.offsets)]
+        splits[split] = CTRData(dense=torch.from_numpy(dense), sparse=ColumnIds(cols, maps),
                                 labels=torch.from_numpy(labels), dense_names=dense_names, feature_names=features,
                                 table_sizes=sizes, info={**info, "split_name": split}, prefetch=PREFETCH_DEPTH,
                                 multi_hot=jagged)
