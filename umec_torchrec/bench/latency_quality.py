@@ -44,7 +44,13 @@ from umec_torchrec.bench.quality.context import SeedContext
 from umec_torchrec.bench.quality.methods import get_method
 from umec_torchrec.bench.quality.statistics import mean_std
 from umec_torchrec.distributed import init_distributed
-from umec_torchrec.export.calibrate import CalibrationOptions, calibrate, check_conditions, load_latency_table
+from umec_torchrec.export.calibrate import (
+    CalibrationOptions,
+    calibrate,
+    check_conditions,
+    load_latency_table,
+    save_latency_table,
+)
 from umec_torchrec.export.checkpoint_reader import load_dlrm_state
 from umec_torchrec.export.compact import build_compact, compact_config, full_masks
 from umec_torchrec.export.program import export_program
@@ -248,8 +254,6 @@ def run_latency_quality(cfg: LatencyQualityConfig, out_dir: str, table: Optional
                 opts = dataclasses.replace(cfg.calibration, batch=cfg.batch, threads=cfg.threads, clock=cfg.clock)
                 table = calibrate(s.model_cfg, opts, model_like=f"bench latency-quality seed 0 ({cfg.quality.data})",
                                   log=log)
-                from umec_torchrec.export.calibrate import save_latency_table
-
                 save_latency_table(os.path.join(out_dir, "LATENCY.json"), table)
             seed_rows, programs = [], []
             with using_latency_table(table):
