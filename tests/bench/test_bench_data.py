@@ -31,12 +31,13 @@ def test_bench_data_measures_prepare_and_training(tmp_path):
     for per in rec["train"].values():
         for x in per:
             assert x["samples_per_s"] > 0 and x["ceiling_samples_per_s"] > 0 and x["peak_rss"] > 50 * 2**20
-            assert x["train_rows"] == 201
+            assert x["train_rows"] == 201 and x["data_peak"] >= 0
     q = r["ratios"]
     assert q["prepare_peak_rss_growth"] == 1.0
     one = rec["train"]["1"][0]
     assert q["train_vs_ceiling_1"] == pytest.approx(one["samples_per_s"] / one["ceiling_samples_per_s"])
     assert q == ratios(r["rows"])
+    assert q["train_data_peak_growth_1"] == (1.0 if one["data_peak"] else None)  # one row count: no growth
     two = rec["train"]["2"]
     assert q["data_pss_2_vs_1"] == (pytest.approx(max(x["data_pss"] for x in two) / one["data_pss"])
                                     if one["data_pss"] else None)

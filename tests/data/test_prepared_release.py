@@ -1,4 +1,4 @@
-"""The touched file pages of a prepared split's memory maps are released every few batches."""
+"""The touched file pages of a prepared split's memory maps are released batch by batch."""
 import os
 
 import numpy as np
@@ -20,31 +20,43 @@ def _resident_kib(path: str) -> int:
     return total
 
 
-def test_gathers_release_the_maps_pages(tmp_path):
-    """Generated data: a 32 MiB mapped column read in random batches keeps its RSS bounded.
+def _maps(tmp_path, rows: int):
+    ids_path, dense_path = str(tmp_path / "ids.npy"), str(tmp_path / "dense.npy")
+    np.save(ids_path, np.arange(rows, dtype=np.int64))
+    np.save(dense_path, np.arange(rows, dtype=np.float64))
+    return (os.path.realpath(ids_path), np.load(ids_path, mmap_mode="c"),
+            os.path.realpath(dense_path), np.load(dense_path, mmap_mode="c"))
 
-    Without the release every page a batch touched stays resident (the whole file after a
-    few passes); with it, at most ``release_every`` batches' pages are resident
-    (2 x 1 row; a fault may map a 2 MiB folio around it on tmpfs: <= 4 MiB).
+
+def test_gathers_release_the_maps_pages(tmp_path):
+    """Generated data: two 32 MiB maps (an id column and a dense one the batch reads after the
+    ids) read in random batches keep their RSS bounded by one batch.
+
+    The id column is released right after its gather, the dense map at the next gather; a
+    fault may map a 2 MiB folio (tmpfs) or 16 pages (fault-around) per touched row: 8 rows
+    a batch stay well under 20 MiB, where the whole 64 MiB is resident without the release.
     """
-    path = str(tmp_path / "ids.npy")
-    np.save(path, np.arange(4 << 20, dtype=np.int64))
-    col = np.load(path, mmap_mode="c")
-    ids = ColumnIds([col], release_every=2)
+    ids_file, col, dense_file, dense = _maps(tmp_path, 4 << 20)
+    ids = ColumnIds([col], [dense])
     g = torch.Generator().manual_seed(0)
+    worst_ids = worst_dense = 0
     for _ in range(64):
-        rows = torch.randint(0, col.shape[0], (1,), generator=g)
+        rows = torch.randint(0, col.shape[0], (8,), generator=g)
         got = ids[rows]
+        worst_ids = max(worst_ids, _resident_kib(ids_file))
         assert torch.equal(got[:, 0], rows)  # values survive the releases (pages re-read)
-    assert ids.releases == 64 // 2 and len(ids.maps) == 1
-    assert _resident_kib(os.path.realpath(path)) < 8 << 10  # ~28 MiB without the release
+        assert torch.equal(torch.from_numpy(dense[rows.numpy()]), rows.double())  # the batch's dense read
+        worst_dense = max(worst_dense, _resident_kib(dense_file))
+    assert ids.releases == 64 and len(ids.maps) == 2
+    assert worst_ids < 4 << 10 and worst_dense < 20 << 10
 
 
 def test_release_can_be_turned_off(tmp_path):
-    """Generated data: release_every=0 never releases."""
-    path = str(tmp_path / "ids.npy")
-    np.save(path, np.arange(1000, dtype=np.int64))
-    ids = ColumnIds([np.load(path, mmap_mode="c")], release_every=0)
-    for _ in range(8):
-        ids[torch.arange(10)]
+    """Generated data: release=False never releases: the pages stay resident (the control)."""
+    ids_file, col, _, dense = _maps(tmp_path, 4 << 20)
+    ids = ColumnIds([col], [dense], release=False)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(64):
+        ids[torch.randint(0, col.shape[0], (64,), generator=g)]
     assert ids.releases == 0
+    assert _resident_kib(ids_file) > 12 << 10  # a 32 MiB column read at random rows

@@ -6,14 +6,17 @@ train on the prepared directory on each number of ranks (a child per run, ``torc
 more than one rank) and report per rank: samples/s of ``--steps`` training steps drawing
 batches from the memory-mapped data, samples/s of as many steps on batches generated in
 memory (the ``umec bench train`` method: the compute ceiling) with the same model and batch
-size, the peak RSS, and the data memory: the growth of the rank's resident memory from
-before the data was first read to the end of the steps, anonymous and file-backed pages
-apart (file-backed pages are the page cache of the maps: reclaimable, and shared by the
+size, the peak RSS, the data's peak (the most resident memory, anonymous plus file-backed,
+seen between two of the data's batches, less the resident memory before the data was first
+read: what the data adds to the model and optimizer), and the data memory: the growth of
+the rank's resident memory from before the data was first read to the end of the steps,
+anonymous and file-backed pages apart (file-backed pages are the page cache of the maps: reclaimable, and shared by the
 ranks), and the growth of its proportional set size (PSS: a page the ranks share counts
 1/k in each of k ranks), the rank's share of the machine's memory.
 
 Ratios printed: prepare's and training's peak RSS from the smallest to the largest row
-count (target: at most 1.2x, flat in rows), each rank's data memory on 2 ranks against 1
+count (target: at most 1.2x, flat in rows; with a vocabulary that grows with the rows the
+model grows too, so the data's peak is printed beside it), each rank's data memory on 2 ranks against 1
 rank (target: at most 0.6x; resident and PSS), training samples/s on the prepared data against the ceiling
 (target: at least 0.8x).
 """
@@ -155,12 +158,15 @@ def rank_worker(data_dir: str, steps: int, batch_size: int, warmup: int, out_jso
     train_steps(dmp, opt, (pool[i % 4] for i in range(max(warmup, 1))), progress=False, log_every=0)
     ctx.barrier()
     before = _mem()
+    resident = [0]  # the most resident memory (anon + file) seen between two batches of the data
 
     def data_batches():
         epoch = 0
         while True:
             for b in bundle.train.batches(batch_size, shuffle=True, epoch=epoch, rank=ctx.rank,
                                           world_size=ctx.world_size, drop_last=True):
+                now = _mem()
+                resident[0] = max(resident[0], now["rss_anon"] + now["rss_file"])
                 yield b
             epoch += 1
 
@@ -179,6 +185,7 @@ def rank_worker(data_dir: str, steps: int, batch_size: int, warmup: int, out_jso
         "peak_rss": after["hwm"], "data_anon": max(0, after["rss_anon"] - before["rss_anon"]),
         "data_file": max(0, after["rss_file"] - before["rss_file"]),
         "data_pss": max(0, after["pss_anon"] + after["pss_file"] - before["pss_anon"] - before["pss_file"]),
+        "data_peak": max(0, resident[0] - before["rss_anon"] - before["rss_file"]),
         "threads": torch.get_num_threads(),
     }
     with open(f"{out_json}.{ctx.rank}", "w") as f:
@@ -263,7 +270,7 @@ def run_data_bench(rows: Sequence[int] = DEFAULT_ROWS, ranks: Sequence[int] = (1
                     f"rank {x['rank']}: {x['samples_per_s']:,.0f} samples/s "
                     f"(ceiling {x['ceiling_samples_per_s']:,.0f}), peak RSS {x['peak_rss'] / 2**20:.0f} MiB, "
                     f"data {x['data_anon'] / 2**20:.1f} MiB anon + {x['data_file'] / 2**20:.1f} MiB file, "
-                    f"PSS {x['data_pss'] / 2**20:.1f} MiB"
+                    f"PSS {x['data_pss'] / 2**20:.1f} MiB, data peak {x['data_peak'] / 2**20:.1f} MiB"
                     for x in per))
             out.append(rec)
     finally:
@@ -283,6 +290,8 @@ def ratios(recs: List[Dict[str, Any]]) -> Dict[str, Any]:
     for k in lo["train"]:
         r[f"train_peak_rss_growth_{k}"] = (max(x["peak_rss"] for x in hi["train"][k])
                                            / max(x["peak_rss"] for x in lo["train"][k]))
+        lo_d, hi_d = (max(x.get("data_peak", 0) for x in rec["train"][k]) for rec in (lo, hi))
+        r[f"train_data_peak_growth_{k}"] = hi_d / lo_d if lo_d else None
         r[f"train_vs_ceiling_{k}"] = min(x["samples_per_s"] / x["ceiling_samples_per_s"] for x in hi["train"][k])
     if "1" in hi["train"] and "2" in hi["train"]:
         one = hi["train"]["1"][0]

@@ -83,16 +83,20 @@ FIXED_OPTIONS = ("test_fraction", "valid_fraction", "split_seed", "time_ordered"
                  "skip_bad_lines", "max_rows")
 
 
-#: gathers (batches) between two releases of the maps' touched pages (:meth:`ColumnIds.release`)
-RELEASE_EVERY = 16
-
-
 class ColumnIds:
     """The ids of a split as one memory-mapped column per feature, each in its own dtype.
 
     Stands in for ``CTRData.sparse`` (an ``int64 [N, F]`` tensor): ``shape`` is ``(N, F)``
     and ``ids[index]`` (a LongTensor, a bool mask, a slice or an int array) is the
     ``int64 [len(index), F]`` tensor of those rows; only those rows are read.
+
+    With ``release`` (the default) a gather keeps the maps' resident pages bounded by one
+    batch, whatever the number of rows: each id column's touched pages are dropped from the
+    process's RSS (``madvise(MADV_DONTNEED)``) right after its gather, and the other maps'
+    (``maps``: dense, labels, multi-hot values and offsets, read by the batch after the ids)
+    at the start of the next gather. A read fault maps up to 16 pages around the row
+    (fault-around), so a batch of random rows touches a 4M-row column nearly whole: without
+    the release every map becomes resident within a batch or two.
 
     Example::
 
@@ -101,13 +105,12 @@ class ColumnIds:
     """
 
     def __init__(self, columns: Sequence[np.ndarray], maps: Sequence[np.ndarray] = (),
-                 release_every: int = RELEASE_EVERY) -> None:
+                 release: bool = True) -> None:
         self.columns = list(columns)
-        # every memory map of the split (ids, dense, labels, jagged): their touched file
-        # pages are dropped from this process's RSS every ``release_every`` gathers
+        self._col_maps = [getattr(c, "_mmap", None) for c in self.columns]
         self.maps = [a for a in list(columns) + list(maps) if getattr(a, "_mmap", None) is not None]
-        self.release_every = int(release_every)
-        self.gathers = 0
+        self._other_maps = [a._mmap for a in maps if getattr(a, "_mmap", None) is not None]
+        self.release_pages = bool(release)
         self.releases = 0
         if not self.columns:
             raise ValueError("ColumnIds needs at least one column")
@@ -117,7 +120,7 @@ class ColumnIds:
         self._n = n.pop()
 
     def release(self) -> None:
-        """Drop the maps' touched pages from this process's RSS (``madvise(MADV_DONTNEED)``).
+        """Drop every map's touched pages from this process's RSS (``madvise(MADV_DONTNEED)``).
 
         The maps are read-only, so the pages are clean: they stay in the page cache and
         touching them again is a minor fault, not a read from disk.
@@ -152,12 +155,16 @@ class ColumnIds:
             if index.dtype == np.bool_:
                 index = np.flatnonzero(index)
             rows = int(index.shape[0])
-        self.gathers += 1
-        if self.release_every > 0 and self.gathers % self.release_every == 0:
-            self.release()
+        release = self.release_pages
+        if release:
+            for m in self._other_maps:  # the previous batch's dense, labels, multi-hot ids
+                m.madvise(mmap.MADV_DONTNEED)
+            self.releases += 1
         out = np.empty((rows, len(self.columns)), dtype=np.int64)
         for j, c in enumerate(self.columns):  # one vectorised gather per feature
             out[:, j] = c[index]
+            if release and self._col_maps[j] is not None:
+                self._col_maps[j].madvise(mmap.MADV_DONTNEED)
         return torch.from_numpy(out)
 
 
