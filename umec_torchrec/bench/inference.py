@@ -31,6 +31,11 @@ at most ``F``) or ``latency=abs:T``; every row at the table's batch size then sh
 predicted speed-up and the compact program's measured time (best round) over its predicted time,
 and the per-call p50 / p99 latency is reported for every row. The latency targets (measured
 within 10% of predicted, speed-up at least 0.9 / budget) are printed, not asserted.
+
+With ``--dtypes fp32,int8`` every budget also gets a row of programs with int8 tables (the
+dense model's tables quantized by TorchRec as ``umec export --dtype int8`` does, served as the
+export serves them): the dense and compact programs with those tables, timed beside the fp32
+dense program; a latency budget's masks for that row are chosen with int8 lookups priced.
 """
 
 from __future__ import annotations
@@ -111,21 +116,23 @@ def budget_masks(
     return best
 
 
-def served_latency(table: LatencyTable, cfg: ModelConfig, align: int = DEFAULT_ALIGN) -> float:
-    """Predicted seconds per call of ``cfg``'s exported program (hidden widths padded to
-    ``align``, as :func:`export_program` serves them)."""
+def served_latency(table: LatencyTable, cfg: ModelConfig, align: int = DEFAULT_ALIGN, dtype: str = "fp32") -> float:
+    """Predicted seconds per call of ``cfg``'s exported program with ``dtype`` tables (hidden
+    widths padded to ``align``, as :func:`export_program` serves them)."""
     def served(widths: List[int]) -> List[int]:
         return [aligned_width(w, align) for w in widths[:-1]] + [widths[-1]]
 
     return predict_program(table, cfg.kind, cfg.embedding_dim, cfg.dense_in_features, served(cfg.bottom),
-                           served(cfg.top), cfg.table_sizes, served=False)["total"]
+                           served(cfg.top), cfg.table_sizes, served=False,
+                           dtypes=[dtype] * len(cfg.table_sizes))["total"]
 
 
 def latency_masks(
-    cfg: ModelConfig, table: LatencyTable, budget: float, seed: int = 0, feature_share: Optional[float] = None
+    cfg: ModelConfig, table: LatencyTable, budget: float, seed: int = 0, feature_share: Optional[float] = None,
+    dtype: str = "fp32",
 ) -> Tuple[PruningMasks, float]:
-    """Masks whose exported program has a predicted latency ratio (compact / dense, from
-    ``table``) close to (at most) ``budget``: the same family as :func:`budget_masks` (a seeded
+    """Masks whose exported program has a predicted latency ratio (compact / dense, both with
+    ``dtype`` tables, from ``table``) close to (at most) ``budget``: the same family as :func:`budget_masks` (a seeded
     random share of the features, default ``sqrt(budget)``, then one common width factor); when
     even the narrowest widths miss the budget, fewer features are kept.
 
@@ -139,11 +146,11 @@ def latency_masks(
     n = len(cfg.feature_names)
     share = math.sqrt(budget) if feature_share is None else feature_share
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    full = served_latency(table, cfg)
+    full = served_latency(table, cfg, dtype=dtype)
 
     def ratio(kept: List[str], scale: float) -> Tuple[PruningMasks, float]:
         m = _width_masks(cfg, kept, scale, seed + 1)
-        return m, served_latency(table, compact_config(cfg, m)) / full
+        return m, served_latency(table, compact_config(cfg, m), dtype=dtype) / full
 
     for n_keep in range(max(1, min(n, int(round(n * share)))), 0, -1):  # a few tries at most
         kept = [cfg.feature_names[i] for i in sorted(order[:n_keep])]
@@ -283,7 +290,33 @@ def time_alternating(
     return times, calls
 
 
-@torch.inference_mode()
+def _quantized_tables(dense: nn.Module, cfg: ModelConfig, dtypes: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """``{dtype: {table: TableData}}``: the dense model's tables quantized as ``umec export
+    --dtype`` does (:func:`~umec_torchrec.export.quantize.quantize_tables`), once per dtype
+    other than fp32 (a compact program's kept tables are these rows: row-wise codes)."""
+    from umec_torchrec.export.compact import tag_config
+    from umec_torchrec.export.quantize import quantize_tables
+
+    names = [c.name for c in layout.embedding_configs(dense)]
+    tagged = tag_config(dense, cfg)
+    out = {}
+    for d in dtypes:  # a loop over the (few) dtypes
+        if d != "fp32":
+            out[d] = {t.name: t for t in quantize_tables(tagged, {n: d for n in names})[1]}
+    return out
+
+
+def _program(model: nn.Module, cfg: ModelConfig, dtype: str, quantized: Dict[str, Dict[str, Any]]) -> nn.Module:
+    """The exported program of ``model`` (a DLRM of ``cfg``'s tables or a compact one) with
+    ``dtype`` tables, as ``umec export --dtype`` builds it."""
+    if dtype == "fp32":
+        return export_program(model, cfg.dense_in_features).module()
+    from umec_torchrec.export.served_tables import ServedTables
+
+    served = ServedTables([quantized[dtype][c.name] for c in layout.embedding_configs(model)])
+    return export_program(model, cfg.dense_in_features, served=served).module()
+
+
 def run_inference_bench(
     batch_sizes: Sequence[int] = (128, 4096),
     budgets: Sequence[float] = (0.5, 0.3, 0.1),
@@ -296,24 +329,42 @@ def run_inference_bench(
     feature_share: Optional[float] = None,
     latency_table: Optional[LatencyTable] = None,
     clock: str = "wall",
+    dtypes: Sequence[str] = ("fp32",),
 ) -> List[Dict[str, Any]]:
     """Time dense, compact, dense-eager and masked-eager models alternating; one result row per
-    (batch size, budget). ``table_sizes`` shrinks the tables (tests); default Kaggle size.
+    (batch size, budget, table dtype). ``table_sizes`` shrinks the tables (tests); default Kaggle size.
 
     ``budgets``: numbers (FLOPs fractions) or ``flops=F`` / ``latency=F`` / ``latency=abs:T``
     strings; latency budgets need ``latency_table`` (a calibration at every batch size given).
     With a table, rows at its batch size carry the predicted times next to the measured ones.
     ``clock="cpu"`` times the calling thread's CPU time (one intra-op thread only).
 
+    ``dtypes``: the table dtypes of the programs (``umec export --dtype`` names). A row of
+    dtype ``d`` other than fp32 times the dense and the compact program with ``d`` tables
+    (TorchRec's quantized rows, served as the export serves them) beside the fp32 dense
+    program: ``speedup`` is dense-``d`` over compact-``d`` (what a latency budget with ``d``
+    tables means: its masks are chosen with ``d`` lookups), ``speedup_vs_fp32_dense`` the fp32
+    dense program over compact-``d``; the eager models are timed in the fp32 rows only.
+
     Each round times a block of 4 consecutive calls per model (its steady state, as in serving),
     the blocks alternating between models. ``rounds`` default: ``50000 // batch`` clipped to
     [10, 50] (about 2 x 10^5 samples per model at batch 4096).
+
+    Example::
+
+        rows = run_inference_bench((4096,), ["latency=0.3"], latency_table=table, dtypes=("fp32", "int8"))
     """
+    from umec_torchrec.umec.latency import DTYPES
+
     torch.manual_seed(seed)
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
     if clock == "cpu" and torch.get_num_threads() != 1:
         raise ValueError(f"clock 'cpu' times one thread: it needs --threads 1, got {torch.get_num_threads()}")
+    dtypes = list(dtypes)
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad or not dtypes or len(set(dtypes)) != len(dtypes):
+        raise ValueError(f"--dtypes must be distinct names among {', '.join(DTYPES)}, got {dtypes}")
     tick = CLOCKS[clock]
     parsed = parse_bench_budgets(budgets)
     if any(b.resource == "latency" for _, b in parsed):
@@ -323,57 +374,83 @@ def run_inference_bench(
         if other:
             raise ValueError(f"the latency model was calibrated at batch {latency_table.batch}; latency budgets "
                              f"cannot be benched at batch {other[0]} (calibrate there with umec calibrate --batch)")
+    if latency_table is not None:
+        latency_table.lookup_seconds([1] * len(dtypes), dtypes=dtypes)  # a dtype it lacks: named, with the file
     cfg = kaggle_model_config(kind=kind, table_sizes=table_sizes)
     log(f"building the dense {kind} model ({sum(cfg.table_sizes):,} table rows, D={cfg.embedding_dim})...")
-    dense = build_dlrm(cfg).eval()
+    with torch.no_grad():  # TorchRec's int4 quantization cannot run on inference tensors
+        dense = build_dlrm(cfg).eval()
+        quantized = _quantized_tables(dense, cfg, dtypes)
+    with torch.inference_mode():
+        return _run(cfg, dense, quantized, batch_sizes, parsed, dtypes, rounds, warmup, seed, log, feature_share,
+                    latency_table, tick)
+
+
+def _run(cfg: ModelConfig, dense: nn.Module, quantized: Dict[str, Dict[str, Any]], batch_sizes: Sequence[int],
+         parsed: List[Tuple[str, Budget]], dtypes: List[str], rounds: Optional[int], warmup: int, seed: int,
+         log: Callable[[str], None], feature_share: Optional[float], latency_table: Optional[LatencyTable],
+         tick: Callable[[], float]) -> List[Dict[str, Any]]:
+    """The body of :func:`run_inference_bench` (under ``torch.inference_mode``)."""
     dense_bytes = _param_bytes(dense)
-    dense_prog = export_program(dense, cfg.dense_in_features).module()
+    dense_progs = {d: _program(dense, cfg, d, quantized) for d in dtypes}
+    dense_progs.setdefault("fp32", _program(dense, cfg, "fp32", quantized))
     full_flops = dense_path_flops(cfg)
     setups = []
     for label, bud in parsed:
-        if bud.resource == "latency":
-            assert latency_table is not None
-            b = bud.fraction(served_latency(latency_table, cfg))
-            try:
-                masks, _ = latency_masks(cfg, latency_table, b, seed=seed, feature_share=feature_share)
-            except ValueError as e:  # e.g. the per-call overhead alone is above the budget at a small batch
-                log(f"budget {label}: skipped, {e}")
-                continue
-            ratio = dense_path_flops(compact_config(cfg, masks)) / full_flops
-        else:
-            b = bud.value
-            masks, ratio = budget_masks(cfg, b, seed=seed, feature_share=feature_share)
-        compact = build_compact(dense.state_dict(), cfg, masks)
-        ccfg = compact_config(cfg, masks)
-        setups.append({
-            "budget": b, "label": label, "resource": bud.resource, "masks": masks, "flops_ratio": ratio,
-            "ccfg": ccfg,
-            "compact_prog": export_program(compact, cfg.dense_in_features).module(),
-            "compact_bytes": _param_bytes(compact),
-            "masked": _masked_model(dense, cfg, masks),
-            "fmask": FeatureMask(masks.pruned_features),
-            "kept_idx": [cfg.feature_names.index(f) for f in ccfg.feature_names],
-            "lookup_ratio": len(ccfg.feature_names) / len(cfg.feature_names),
-        })
-        log(f"budget {label}: {len(ccfg.feature_names)} features "
-            f"(lookup bytes ratio {setups[-1]['lookup_ratio']:.3f}), "
-            f"bottom {ccfg.bottom}, top {ccfg.top}, FLOPs ratio {ratio:.3f}")
+        flops_masks = None
+        for dt in dtypes:  # masks per dtype for latency budgets (its lookups priced), shared for FLOPs ones
+            tag = "" if dt == "fp32" else f" ({dt} tables)"
+            if bud.resource == "latency":
+                assert latency_table is not None
+                b = bud.fraction(served_latency(latency_table, cfg, dtype=dt))
+                try:
+                    masks, _ = latency_masks(cfg, latency_table, b, seed=seed, feature_share=feature_share, dtype=dt)
+                except ValueError as e:  # e.g. the per-call overhead alone is above the budget at a small batch
+                    log(f"budget {label}{tag}: skipped, {e}")
+                    continue
+                ratio = dense_path_flops(compact_config(cfg, masks)) / full_flops
+            else:
+                b = bud.value
+                if flops_masks is None:
+                    flops_masks = budget_masks(cfg, b, seed=seed, feature_share=feature_share)
+                masks, ratio = flops_masks
+            compact = build_compact(dense.state_dict(), cfg, masks)
+            ccfg = compact_config(cfg, masks)
+            prog = _program(compact, cfg, dt, quantized)
+            setups.append({
+                "budget": b, "label": label, "resource": bud.resource, "masks": masks, "flops_ratio": ratio,
+                "ccfg": ccfg, "dtype": dt, "compact_prog": prog,
+                "compact_bytes": _param_bytes(compact if dt == "fp32" else prog),
+                "masked": _masked_model(dense, cfg, masks) if dt == "fp32" else None,
+                "fmask": FeatureMask(masks.pruned_features),
+                "kept_idx": [cfg.feature_names.index(f) for f in ccfg.feature_names],
+                "lookup_ratio": len(ccfg.feature_names) / len(cfg.feature_names),
+            })
+            log(f"budget {label}{tag}: {len(ccfg.feature_names)} features "
+                f"(lookup bytes ratio {setups[-1]['lookup_ratio']:.3f}), "
+                f"bottom {ccfg.bottom}, top {ccfg.top}, FLOPs ratio {ratio:.3f}")
 
     results = []
     for bs in batch_sizes:
         inputs = random_inputs(cfg, bs, 4, seed + bs)
         kjts = [one_id_kjt(ids, cfg.feature_names) for _, ids in inputs]
         n_rounds = rounds or max(10, min(50, 50_000 // bs))
-        dense_split = time_split(lambda i: dense_prog(inputs[i][0], inputs[i][1]), len(inputs))
+        dense_split = {d: time_split(lambda i, p=p: p(inputs[i][0], inputs[i][1]), len(inputs))
+                       for d, p in dense_progs.items()}
+        fp32_prog = dense_progs["fp32"]
         for s in setups:
             kept_ids = [ids[:, s["kept_idx"]].contiguous() for _, ids in inputs]
-            masked, fmask, cprog = s["masked"], s["fmask"], s["compact_prog"]
+            masked, fmask, cprog, dt = s["masked"], s["fmask"], s["compact_prog"], s["dtype"]
+            dprog = dense_progs[dt]
             variants = {
-                "dense": lambda i: dense_prog(inputs[i][0], inputs[i][1]),
+                "dense": lambda i: dprog(inputs[i][0], inputs[i][1]),
                 "compact": lambda i: cprog(inputs[i][0], kept_ids[i]),
-                "dense_eager": lambda i: dense(inputs[i][0], kjts[i]),
-                "masked_eager": lambda i: masked(inputs[i][0], fmask(kjts[i])),
             }
+            if dt == "fp32":
+                variants["dense_eager"] = lambda i: dense(inputs[i][0], kjts[i])
+                variants["masked_eager"] = lambda i: masked(inputs[i][0], fmask(kjts[i]))
+            else:
+                variants["dense_fp32"] = lambda i: fp32_prog(inputs[i][0], inputs[i][1])
             times, calls = time_alternating(variants, len(inputs), n_rounds, warmup, tick)
             compact_split = time_split(lambda i: cprog(inputs[i][0], kept_ids[i]), len(inputs))
             # best of the rounds: the usual estimate of uncontended time on a shared machine
@@ -381,16 +458,18 @@ def run_inference_bench(
             med = {k: statistics.median(v) for k, v in times.items()}
             ideal = 1.0 / s["flops_ratio"]
             speedup = best["dense"] / best["compact"]
+            dsplit = dense_split[dt]
             row = {
-                "batch": bs, "budget": s["budget"], "flops_ratio": s["flops_ratio"],
+                "batch": bs, "budget": s["budget"], "dtype": dt, "flops_ratio": s["flops_ratio"],
                 "ideal_speedup": ideal, "speedup": speedup, "share_of_ideal": speedup / ideal,
-                "masked_speedup": best["dense_eager"] / best["masked_eager"],
+                "speedup_vs_fp32_dense": best.get("dense_fp32", best["dense"]) / best["compact"],
+                "masked_speedup": best["dense_eager"] / best["masked_eager"] if dt == "fp32" else None,
                 "median_speedup": med["dense"] / med["compact"],
                 "memory_ratio": s["compact_bytes"] / dense_bytes,
-                "gemm_speedup": dense_split["gemm"] / compact_split["gemm"],
-                "lookup_share": {"dense": dense_split["lookup"] / dense_split["total"],
+                "gemm_speedup": dsplit["gemm"] / compact_split["gemm"],
+                "lookup_share": {"dense": dsplit["lookup"] / dsplit["total"],
                                  "compact": compact_split["lookup"] / compact_split["total"]},
-                "time_split_s": {"dense": dense_split, "compact": compact_split},
+                "time_split_s": {"dense": dsplit, "compact": compact_split},
                 "samples_per_s": {k: bs / v for k, v in best.items()},
                 "median_samples_per_s": {k: bs / v for k, v in med.items()},
                 "kept_features": len(s["ccfg"].feature_names),
@@ -402,7 +481,8 @@ def run_inference_bench(
                 "predicted": None,
             }
             if latency_table is not None and latency_table.batch == bs:
-                pd, pc = served_latency(latency_table, cfg), served_latency(latency_table, s["ccfg"])
+                pd = served_latency(latency_table, cfg, dtype=dt)
+                pc = served_latency(latency_table, s["ccfg"], dtype=dt)
                 # measured = the best round, the same estimate as the calibration's fastest block
                 row["predicted"] = {
                     "dense_s": pd, "compact_s": pc, "speedup": pd / pc,
@@ -411,6 +491,10 @@ def run_inference_bench(
                     "compact_measured_over_predicted": best["compact"] / pc,
                     "median_compact_over_predicted": med["compact"] / pc,
                 }
+                if dt != "fp32":
+                    pf = served_latency(latency_table, cfg)
+                    row["predicted"].update({"dense_fp32_s": pf, "speedup_vs_fp32_dense": pf / pc,
+                                             "measured_dense_fp32_s": best["dense_fp32"]})
             results.append(row)
             log(format_row(row))
     return results
@@ -421,8 +505,8 @@ def _quantile(values: List[float], q: float) -> float:
     return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
 
 
-HEADER = (f"{'batch':>6s} {'budget':>13s} {'ideal':>7s} {'compact':>8s} {'% ideal':>8s} {'gemm':>7s} "
-          f"{'lookup':>7s} {'masked':>7s} {'memory':>7s} {'dense/s':>10s} {'compact/s':>10s} "
+HEADER = (f"{'batch':>6s} {'budget':>13s} {'dtype':>5s} {'ideal':>7s} {'compact':>8s} {'vs32':>7s} {'% ideal':>8s} "
+          f"{'gemm':>7s} {'lookup':>7s} {'masked':>7s} {'memory':>7s} {'dense/s':>10s} {'compact/s':>10s} "
           f"{'pred':>7s} {'meas/pred':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
 
 
@@ -433,19 +517,24 @@ def format_row(r: Dict[str, Any]) -> str:
     pred = (f"{p['speedup']:6.2f}x {p['compact_measured_over_predicted']:9.3f}" if p else f"{'n/a':>7s} {'n/a':>9s}")
     lat = r.get("call_latency_s", {}).get("compact")
     calls = f"{1e3 * lat['p50']:8.3f} {1e3 * lat['p99']:8.3f}" if lat else f"{'':8s} {'':8s}"
-    return (f"{r['batch']:6d} {label:>13s} {r['ideal_speedup']:6.2f}x {r['speedup']:7.2f}x "
+    masked = f"{r['masked_speedup']:6.2f}x" if r.get("masked_speedup") is not None else f"{'n/a':>7s}"
+    vs32 = r.get("speedup_vs_fp32_dense", r["speedup"])
+    return (f"{r['batch']:6d} {label:>13s} {r.get('dtype', 'fp32'):>5s} {r['ideal_speedup']:6.2f}x "
+            f"{r['speedup']:7.2f}x {vs32:6.2f}x "
             f"{100 * r['share_of_ideal']:7.1f}% {r['gemm_speedup']:6.2f}x {100 * r['lookup_share']['compact']:6.1f}% "
-            f"{r['masked_speedup']:6.2f}x {r['memory_ratio']:7.3f} "
+            f"{masked} {r['memory_ratio']:7.3f} "
             f"{sps['dense']:10,.0f} {sps['compact']:10,.0f} {pred} {calls}")
 
 
 def format_table(results: List[Dict[str, Any]]) -> str:
-    """The result table (ideal = 1 / dense-path FLOPs ratio; compact = measured speed-up of the
-    exported compact program over the dense program; gemm = the same for the GEMM time alone;
-    lookup = share of the compact program's time in embedding lookups; masked = masked eager
-    over dense eager; memory = parameter bytes compact / dense; pred = predicted speed-up from
-    the latency model; meas/pred = the compact program's measured time (best round) over its
-    predicted time; p50 / p99 = per-call latency of the compact program)."""
+    """The result table (dtype = the programs' table dtype; ideal = 1 / dense-path FLOPs ratio;
+    compact = measured speed-up of the exported compact program over the dense program, both
+    with tables of the row's dtype; vs32 = the fp32 dense program over the compact one; gemm =
+    the same for the GEMM time alone; lookup = share of the compact program's time in embedding
+    lookups; masked = masked eager over dense eager (fp32 rows); memory = parameter bytes compact
+    / dense; pred = predicted speed-up from the latency model; meas/pred = the compact
+    program's measured time (best round) over its predicted time; p50 / p99 = per-call latency
+    of the compact program)."""
     return "\n".join([HEADER] + [format_row(r) for r in results])
 
 
@@ -460,7 +549,8 @@ def latency_target_lines(results: List[Dict[str, Any]]) -> List[str]:
         err = p["compact_measured_over_predicted"] - 1.0
         need = 0.9 / r["budget"]
         med = r["median_speedup"]
-        out.append(f"target batch {r['batch']} {r['label']}: measured/predicted {1 + err:.3f} "
+        tables = "" if r.get("dtype", "fp32") == "fp32" else f" ({r['dtype']} tables)"
+        out.append(f"target batch {r['batch']} {r['label']}{tables}: measured/predicted {1 + err:.3f} "
                    f"({'within' if abs(err) <= 0.1 else 'NOT within'} 10%); speed-up {r['speedup']:.2f}x best, "
                    f"{med:.2f}x median vs >= {need:.2f}x ({'met' if min(r['speedup'], med) >= need else 'NOT met'})")
     return out
@@ -492,6 +582,11 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-share", type=float, default=None, metavar="F",
                    help="share of the features the masks keep (default sqrt(budget)); the widths make up the "
                         "rest of the FLOPs budget. Fewer features = fewer lookups at the same FLOPs")
+    p.add_argument("--dtypes", default=",".join(inspect.signature(run_inference_bench).parameters["dtypes"].default),
+                   metavar="LIST",
+                   help="comma-separated table dtypes of the programs (umec export --dtype names): a row per budget "
+                        "and dtype, the dense and compact programs with those tables (a latency budget's masks "
+                        "priced with them), beside the fp32 dense program (default %(default)s)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.set_defaults(func=cmd_bench_inference)
 
@@ -523,11 +618,12 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
           "program vs dense program, gemm = the same for GEMM time only, lookup = compact time share in embedding "
           "lookups, masked = masked eager vs dense eager, memory = param bytes compact/dense, pred = predicted "
           "speed-up, meas/pred = compact best-round time / predicted, p50/p99 = compact per-call ms", flush=True)
+    dtypes = [x.strip() for x in args.dtypes.split(",") if x.strip()]
     res = run_inference_bench(batch_sizes, budgets, kind=args.model, rounds=args.rounds,
                               feature_share=args.feature_share, latency_table=table, clock=args.clock,
-                              log=lambda s: print(s, flush=True))
+                              dtypes=dtypes, log=lambda s: print(s, flush=True))
     print(format_table(res))
-    big = [r for r in res if r["batch"] == max(batch_sizes) and r["resource"] == "flops"]
+    big = [r for r in res if r["batch"] == max(batch_sizes) and r["resource"] == "flops" and r["dtype"] == "fp32"]
     if big:
         worst = min(r["share_of_ideal"] for r in big)
         print(f"target (FLOPs budgets, batch {max(batch_sizes)}: measured >= 80% of ideal): "

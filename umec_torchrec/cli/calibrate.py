@@ -1,4 +1,4 @@
-"""Command ``calibrate --out LATENCY.json [--batch B] [--threads N] [--model-like RUN] [--quick]``
+"""Command ``calibrate --out LATENCY.json [--batch B] [--threads N] [--model-like RUN] [--dtypes LIST] [--quick]``
 (thin layer over :func:`umec_torchrec.export.calibrate.calibrate`)."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "calibrate", help="measure this machine's serving costs for latency budgets (writes LATENCY.json)",
         description="Time the pieces of the exported serving program on this machine: each Linear over a grid of "
-                    "aligned (in, out) widths, one field's lookup per table size class, the interaction per number of "
-                    "kept fields, and the fixed per-call overhead (from whole exported programs). The JSON table is "
-                    "the latency model of --budget latency=... (--latency-model) and records its conditions "
+                    "aligned (in, out) widths, one field's lookup per table size class and dtype, the interaction per "
+                    "number of kept fields, and the fixed per-call overhead (from whole exported programs). The JSON "
+                    "table is the latency model of --budget latency=... (--latency-model) and records its conditions "
                     "(threads, batch, library versions, CPU).")
     p.add_argument("--out", required=True, metavar="LATENCY.json", help="the table to write")
     p.add_argument("--batch", type=int, default=d("batch"),
@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default=d("clock"),
                    help="wall time, or the thread's CPU time (with --threads 1: not inflated by other processes on "
                         "a loaded machine; bench with --clock cpu) (default %(default)s)")
+    p.add_argument("--dtypes", default=",".join(d("dtypes")), metavar="LIST",
+                   help="comma-separated table dtypes whose lookups are timed, each with the lookup code the "
+                        "exported program runs for it (umec export --dtype names; fp32 always) (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing LATENCY.json")
     p.set_defaults(func=cmd_calibrate)
 
@@ -52,9 +55,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if os.path.exists(args.out) and not args.force:
         raise FileExistsError(f"{args.out}: exists; pass --force to replace it")
+    dtypes = tuple(x.strip() for x in args.dtypes.split(",") if x.strip())
     opts = CalibrationOptions(batch=args.batch, threads=args.threads, reps=args.reps, quick=args.quick,
-                              align=args.align, clock=args.clock)
-    opts.validate()
+                              align=args.align, clock=args.clock, dtypes=dtypes)
+    try:
+        opts.validate()
+    except ValueError as e:
+        raise ValueError(f"--{str(e)}" if str(e).startswith("dtypes") else str(e)) from None
     if args.model_like:
         from umec_torchrec.runs import Run
 
@@ -72,4 +79,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"{1e3 * pred['total']:.3f} ms per batch of {table.batch} (linear {1e3 * pred['linear']:.3f}, lookups "
           f"{1e3 * pred['lookup']:.3f}, interaction {1e3 * pred['interaction']:.3f}, overhead "
           f"{1e3 * pred['overhead']:.3f} ms)")
+    for dt in dtypes:
+        if dt != "fp32":
+            q = config_prediction(table, cfg, dt)
+            print(f"  with {dt} tables: {1e3 * q['total']:.3f} ms (lookups {1e3 * q['lookup']:.3f} ms)")
     return 0

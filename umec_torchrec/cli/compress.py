@@ -8,7 +8,29 @@ import inspect
 from umec_torchrec.cli import flags
 from umec_torchrec.cli.running import run_guarded
 
-__all__ = ["add_parser", "add_budget_args", "add_stage_args", "cmd_compress", "cmd_finetune"]
+__all__ = ["add_parser", "add_budget_args", "add_serving_dtype_args", "add_stage_args", "cmd_compress",
+           "cmd_finetune", "serving_dtypes_from_args"]
+
+
+def add_serving_dtype_args(p: argparse.ArgumentParser) -> None:
+    """``--serve-dtype`` / ``--serve-table-dtype``: the table dtypes the latency resource prices
+    (:class:`~umec_torchrec.umec.latency.ServingDtypes`, the rules of ``umec export``)."""
+    from umec_torchrec.umec.latency import DTYPES, ServingDtypes
+
+    p.add_argument("--serve-dtype", choices=list(DTYPES), default=flags.field_default(ServingDtypes, "dtype"),
+                   help="the dtype the tables will be served in (umec export --dtype): latency budgets and the "
+                        "reported latency price each table's lookups at it (default %(default)s)")
+    p.add_argument("--serve-table-dtype", metavar="RULES", default=flags.field_default(ServingDtypes, "table_dtypes"),
+                   help="per-table dtypes over --serve-dtype, as umec export --table-dtype: NAME=DTYPE or "
+                        "largest:K=DTYPE (here K ranks all the model's tables), comma-separated")
+
+
+def serving_dtypes_from_args(args: argparse.Namespace) -> None:
+    """Make ``--serve-dtype`` / ``--serve-table-dtype`` the dtypes the latency resource prices
+    (validated: a bad rule is refused naming it)."""
+    from umec_torchrec.umec.latency import ServingDtypes, set_serving_dtypes
+
+    set_serving_dtypes(ServingDtypes(args.serve_dtype, args.serve_table_dtype))
 
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
@@ -44,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_stage_args(p)
     add_budget_args(p)
     flags.add_umec_args(p)
+    add_serving_dtype_args(p)
     p.set_defaults(func=cmd_compress)
     p = sub.add_parser("finetune", help="train a compressed run on with its masks fixed",
                        description="By default the physically smaller model of the masks is trained (pruned tables "
@@ -62,6 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "then holds that model); masked: the full model with the pruned weights held at zero "
                         "(default %(default)s)")
     flags.add_latency_model_arg(p)
+    add_serving_dtype_args(p)
     p.set_defaults(func=cmd_finetune)
 
 
@@ -72,6 +96,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     only = args.features_only
     policy = flags.checkpoint_policy_from_args(args)
     ucfg = flags.umec_config_from_args(args)
+    serving_dtypes_from_args(args)  # the latency resource prices the tables at their serving dtypes
     from umec_torchrec.io import trusting
 
     with session(args.backend) as ctx, trusting(args.trust_checkpoint):
@@ -90,6 +115,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     policy = flags.checkpoint_policy_from_args(args)
     flags.use_latency_model_from_args(args)  # metrics.json reports the predicted latency too
+    serving_dtypes_from_args(args)
     with session(args.backend) as ctx, trusting(args.trust_checkpoint):
         return run_guarded(ctx, lambda: finetune_run(args.from_run, args.out, ctx, epochs=args.epochs,
                                                      steps=args.steps, force=args.force,

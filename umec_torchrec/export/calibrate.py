@@ -7,15 +7,24 @@ size and thread count:
 * every Linear: ``addmm`` then in-place ReLU (as :class:`~umec_torchrec.export.aligned.AlignedMLP`)
   on a grid of ``(in, out)`` widths: multiples of the alignment up to the model's widest
   layer, plus the model's own fixed widths (dense input, D, the logit, the full interaction);
-* one field's row lookup (``F.embedding`` on a column of the transposed id matrix) per table
-  size class (10, 10^3, 10^5, 10^6, 10^7 rows up to the model's largest table) and dtype;
+* one field's row lookup per table size class (10, 10^3, 10^5, 10^6, 10^7 rows up to the
+  model's largest table) and table dtype (``dtypes``: fp32, fp16, int8, int4), with the code the
+  exported program runs for that dtype: ``fp32`` as ``F.embedding`` on a column of the
+  transposed id matrix (:class:`~umec_torchrec.export.program.CompactPredictor`'s fp32 path);
+  ``fp16`` / ``int8`` / ``int4`` as
+  :meth:`~umec_torchrec.export.served_tables.ServedTables.lookup` of a table of that dtype
+  (gather of codes, scale and bias, dequantization) read by as many fields as the model has,
+  per field;
 * the interaction on ``m`` inputs (``torch.cat`` for ``cat``; the model's own interaction on
   the stacked embeddings for ``dot`` and ``dcn``);
 * the fixed per-call overhead and the program factor: the exported programs of the model and
   of compact ones with a half and a quarter of its features and widths, built with
   :func:`~umec_torchrec.export.program.export_program` exactly as ``umec export`` builds them
   (tables capped at 1000 rows), timed whole; ``measured = overhead + factor * pieces`` is
-  fitted by least squares (``quick``: the dense program only, factor 1).
+  fitted by least squares, together with the dense program served in each other calibrated
+  dtype (its tables in :class:`~umec_torchrec.export.served_tables.ServedTables` of that dtype,
+  as ``umec export --dtype`` serves them); ``quick``: the dense programs only (fp32 alone:
+  factor 1).
 
 Each measurement is the fastest of ``reps`` blocks of calls (a block lasts about 2 ms or at
 least one call): on a shared machine the fastest block is the uncontended time, as the
@@ -42,10 +51,11 @@ from torch.nn import functional as F
 from umec_torchrec.export.aligned import aligned_width, check_align
 from umec_torchrec.export.compact import build_compact
 from umec_torchrec.export.program import DEFAULT_ALIGN, export_program
+from umec_torchrec.export.served_tables import ServedTables, TableData
 from umec_torchrec.io import read_json, write_json
 from umec_torchrec.models import ModelConfig, build_dlrm
 from umec_torchrec.umec import layout
-from umec_torchrec.umec.latency import LatencyTable, monotone, predict_program
+from umec_torchrec.umec.latency import DTYPES, LatencyTable, monotone, predict_program
 from umec_torchrec.umec.masks import PruningMasks
 
 __all__ = [
@@ -86,6 +96,8 @@ class CalibrationOptions:
         seed: seed of the random inputs.
         clock: ``"wall"`` (default) or ``"cpu"``: the thread's CPU time, which a loaded machine
             does not inflate (needs ``threads=1``; compare with ``umec bench inference --clock cpu``).
+        dtypes: the table dtypes whose lookups are timed (``umec export --dtype`` names; a
+            latency budget or prediction for tables of another dtype is refused); fp32 always.
     """
 
     batch: int = 4096
@@ -95,6 +107,7 @@ class CalibrationOptions:
     align: int = DEFAULT_ALIGN
     seed: int = 0
     clock: str = "wall"
+    dtypes: Tuple[str, ...] = DTYPES
 
     def validate(self) -> None:
         """``ValueError`` naming the field on a bad value."""
@@ -106,6 +119,10 @@ class CalibrationOptions:
             raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {self.clock!r}")
         if self.clock == "cpu" and self.threads != 1:
             raise ValueError(f"clock 'cpu' times one thread: it needs threads 1, got {self.threads}")
+        bad = [d for d in self.dtypes if d not in DTYPES]
+        if bad or len(set(self.dtypes)) != len(self.dtypes) or "fp32" not in self.dtypes:
+            raise ValueError(f"dtypes must be distinct names among {', '.join(DTYPES)}, fp32 among them (the dense "
+                             f"program's), got {list(self.dtypes)}")
 
     @property
     def repetitions(self) -> int:
@@ -279,6 +296,39 @@ def _time_lookups(classes: List[int], cfg: ModelConfig, batch: int, reps: int, g
     return out
 
 
+def random_table_data(name: str, features: List[str], dtype: str, rows: int, dim: int, g: torch.Generator,
+                      pooling: str = "SUM") -> TableData:
+    """A random ``rows x dim`` table of ``dtype`` as the exported program stores it (``int8`` /
+    ``int4``: random codes with an fp16 scale and bias per row; the lookup's cost does not
+    depend on the values)."""
+    if dtype in ("fp32", "fp16"):
+        w = torch.rand(rows, dim, generator=g)
+        return TableData(name, features, dtype, pooling, w if dtype == "fp32" else w.half(), dim)
+    width = dim if dtype == "int8" else (dim + 1) // 2
+    codes = torch.randint(256, (rows, width), generator=g, dtype=torch.uint8)
+    scale, bias = (torch.rand(rows, generator=g) * 0.01).half(), (torch.rand(rows, generator=g) - 0.5).half()
+    return TableData(name, features, dtype, pooling, codes, dim, scale=scale, bias=bias)
+
+
+def served_lookup_table(dtype: str, rows: int, dim: int, fields: int, g: torch.Generator) -> ServedTables:
+    """A :class:`ServedTables` of one random ``rows x dim`` table of ``dtype`` read by ``fields``
+    features (:func:`random_table_data`)."""
+    return ServedTables([random_table_data("t", [f"f{k}" for k in range(fields)], dtype, rows, dim, g)])
+
+
+def _time_served_lookups(dtype: str, classes: List[int], cfg: ModelConfig, batch: int, reps: int,
+                         g: torch.Generator) -> List[float]:
+    """Seconds per field of ``ServedTables.lookup`` (the quantized program's lookup) on one
+    table of each size class read by all the model's fields."""
+    out = []
+    n_f = len(cfg.feature_names)
+    for rows in classes:  # the calibration grid (not a hot path)
+        st = served_lookup_table(dtype, rows, cfg.embedding_dim, n_f, g)
+        ids = [torch.randint(rows, (batch, n_f), generator=g) for _ in range(4)]  # [B, F] as the program's input
+        out.append(_seconds(lambda i: st.lookup(ids[i]), reps, n_inputs=len(ids)) / n_f)
+    return out
+
+
 def _time_interactions(inputs: List[int], cfg: ModelConfig, batch: int, reps: int, g: torch.Generator) -> List[float]:
     out = []
     d = cfg.embedding_dim
@@ -304,29 +354,38 @@ def _share_masks(cfg: ModelConfig, share: float) -> PruningMasks:
 
 
 def _time_programs(table: LatencyTable, cfg: ModelConfig, batch: int, reps: int, quick: bool,
-                   g: torch.Generator) -> List[Dict[str, Any]]:
-    """The reference programs (tables capped at :data:`REFERENCE_ROWS` rows): measured against
-    the sum of their predicted pieces (``table`` without overhead, factor 1)."""
+                   g: torch.Generator, dtypes: Tuple[str, ...] = ("fp32",)) -> List[Dict[str, Any]]:
+    """The reference programs (tables capped at :data:`REFERENCE_ROWS` rows): the dense, half
+    and quarter fp32 programs (``quick``: the dense one) and the dense program in each other
+    dtype of ``dtypes``, measured against the sum of their predicted pieces (``table`` without
+    overhead, factor 1)."""
     from umec_torchrec.export.compact import compact_config
 
     ref = dataclasses.replace(cfg, table_sizes=[min(REFERENCE_ROWS, r) for r in cfg.table_sizes])
     dense = build_dlrm(ref).eval()
-    models = [("dense", dense, ref)]
-    for name, share in ([] if quick else [("half", 0.5), ("quarter", 0.25)]):
+    models = [("dense", dense, ref, "fp32")] if "fp32" in dtypes else []
+    for name, share in ([] if quick or "fp32" not in dtypes else [("half", 0.5), ("quarter", 0.25)]):
         masks = _share_masks(ref, share)
-        models.append((name, build_compact(dense.state_dict(), ref, masks), compact_config(ref, masks)))
+        models.append((name, build_compact(dense.state_dict(), ref, masks), compact_config(ref, masks), "fp32"))
+    models += [(f"dense {d}", dense, ref, d) for d in dtypes if d != "fp32"]
     out = []
-    for name, model, mcfg in models:
-        prog = export_program(model, ref.dense_in_features, align=table.align).module()
+    for name, model, mcfg, dt in models:
+        served = None
+        if dt != "fp32":  # as umec export --dtype dt serves them: rows of that dtype in ServedTables
+            served = ServedTables([random_table_data(c.name, list(c.feature_names or [c.name]), dt,
+                                                     int(c.num_embeddings), int(c.embedding_dim), g, c.pooling.name)
+                                   for c in layout.embedding_configs(model)])
+        prog = export_program(model, ref.dense_in_features, align=table.align, served=served).module()
         sizes = torch.tensor(mcfg.table_sizes, dtype=torch.float64)
         inputs = [(torch.rand(batch, ref.dense_in_features, generator=g) * 3.0,
                    (torch.rand(batch, len(sizes), generator=g, dtype=torch.float64) * sizes).long())
                   for _ in range(4)]
         measured = _seconds(lambda i: prog(*inputs[i]), reps, n_inputs=len(inputs))
         pieces = predict_program(table, mcfg.kind, mcfg.embedding_dim, mcfg.dense_in_features, mcfg.bottom, mcfg.top,
-                                 mcfg.table_sizes, served=True)
-        out.append({"program": name, "measured_s": measured, "pieces_s": pieces["total"] - pieces["overhead"],
-                    "bottom": list(mcfg.bottom), "top": list(mcfg.top), "features": len(mcfg.feature_names)})
+                                 mcfg.table_sizes, served=True, dtypes=[dt] * len(mcfg.table_sizes))
+        out.append({"program": name, "dtype": dt, "measured_s": measured,
+                    "pieces_s": pieces["total"] - pieces["overhead"], "bottom": list(mcfg.bottom),
+                    "top": list(mcfg.top), "features": len(mcfg.feature_names)})
     return out
 
 
@@ -365,30 +424,33 @@ def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, mo
             f"Linear grid {len(ins)} x {len(outs)} (in {ins[0]}..{ins[-1]}, out {outs[0]}..{outs[-1]})")
         lin_raw = _time_linears(ins, outs, B, reps, g)
         classes = _row_classes(cfg, opts.quick)
-        log(f"calibrate: lookups, table classes {classes} rows")
-        look_raw = _time_lookups(classes, cfg, B, reps, g)
+        look_raw: Dict[str, List[float]] = {}
+        for dt in opts.dtypes:  # a loop over the (few) dtypes
+            log(f"calibrate: {dt} lookups, table classes {classes} rows")
+            look_raw[dt] = (_time_lookups(classes, cfg, B, reps, g) if dt == "fp32"
+                            else _time_served_lookups(dt, classes, cfg, B, reps, g))
         inputs = _interaction_inputs(cfg, opts.quick)
         log(f"calibrate: {cfg.kind} interaction at {inputs} inputs")
         inter_raw = _time_interactions(inputs, cfg, B, reps, g)
         table = LatencyTable(
             batch=B, align=opts.align, embedding_dim=cfg.embedding_dim, kind=cfg.kind, linear_in=ins, linear_out=outs,
             linear_s=monotone(torch.tensor(lin_raw, dtype=torch.float64)).tolist(),
-            lookup={"float32": {"rows": classes,
-                                "seconds": monotone(torch.tensor(look_raw, dtype=torch.float64)).tolist()}},
+            lookup={dt: {"rows": classes, "seconds": monotone(torch.tensor(v, dtype=torch.float64)).tolist()}
+                    for dt, v in look_raw.items()},
             interaction_inputs=inputs,
             interaction_s=monotone(torch.tensor(inter_raw, dtype=torch.float64)).tolist(),
             overhead_s=0.0,
         )
         log("calibrate: whole exported programs, for the fixed overhead")
-        progs = _time_programs(table, cfg, B, reps, opts.quick, g)
+        progs = _time_programs(table, cfg, B, reps, opts.quick, g, tuple(opts.dtypes))
         table.overhead_s, table.program_factor = fit_overhead([p["pieces_s"] for p in progs],
                                                               [p["measured_s"] for p in progs])
         table.conditions = current_conditions(batch=B)
         table.conditions.update({"align": opts.align, "reps": reps, "quick": opts.quick, "model_like": model_like,
-                                 "clock": opts.clock,
+                                 "clock": opts.clock, "dtypes": list(opts.dtypes),
                                  "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "seconds_taken": round(time.perf_counter() - start, 1)})
-        table.raw = {"linear_s": lin_raw, "lookup": {"float32": look_raw}, "interaction_s": inter_raw,
+        table.raw = {"linear_s": lin_raw, "lookup": look_raw, "interaction_s": inter_raw,
                      "programs": progs}
         table.validate()
         return table
@@ -427,9 +489,9 @@ def predicted_speedup(table: LatencyTable, dense: ModelConfig, compact: ModelCon
     return {"dense_s": d, "compact_s": c, "speedup": d / c if c else float("inf")}
 
 
-def config_prediction(table: LatencyTable, cfg: ModelConfig) -> Dict[str, float]:
-    """Predicted seconds per call of ``cfg``'s served program, by piece (see
-    :func:`~umec_torchrec.umec.latency.predict_program`)."""
+def config_prediction(table: LatencyTable, cfg: ModelConfig, dtype: str = "fp32") -> Dict[str, float]:
+    """Predicted seconds per call of ``cfg``'s served program with ``dtype`` tables, by piece
+    (see :func:`~umec_torchrec.umec.latency.predict_program`)."""
     return predict_program(table, cfg.kind, cfg.embedding_dim, cfg.dense_in_features, cfg.bottom, cfg.top,
-                           cfg.table_sizes, served=True)
+                           cfg.table_sizes, served=True, dtypes=[dtype] * len(cfg.table_sizes))
 

@@ -122,7 +122,12 @@ def latency_entry(cfg: ModelConfig, ccfg: ModelConfig, pred: CompactPredictor) -
     """The manifest's ``latency`` section: predicted seconds per call of the dense and of the
     exported program (at their served widths) from the active latency table
     (:mod:`umec_torchrec.umec.latency`, ``--latency-model``); ``None`` without one, and
-    ``{"unavailable": why}`` when the table does not fit the model."""
+    ``{"unavailable": why}`` when the table does not fit the model or lacks a dtype the
+    program serves (naming it and the file).
+
+    The exported program is priced at the dtypes it serves its tables in (``pred.served``:
+    ``--dtype`` / ``--table-dtype``), the dense one with fp32 tables (the trained model as
+    served without quantization); ``ratio`` is compact over that."""
     from umec_torchrec.export.aligned import aligned_width
     from umec_torchrec.umec.latency import active_latency_table, predict_program
 
@@ -133,17 +138,25 @@ def latency_entry(cfg: ModelConfig, ccfg: ModelConfig, pred: CompactPredictor) -
     def served(widths: List[int]) -> List[int]:
         return [aligned_width(w, pred.align) for w in widths[:-1]] + [widths[-1]]
 
+    st = pred.served
+    if st is None:
+        dtypes = ["fp32"] * len(ccfg.table_sizes)
+    else:  # each kept feature's table dtype, as the program serves it
+        dtypes = [st.groups[g] for g in st.feature_group.tolist()]
     try:
         dense = predict_program(table, cfg.kind, cfg.embedding_dim, cfg.dense_in_features, served(cfg.bottom),
-                                served(cfg.top), cfg.table_sizes, served=False)
+                                served(cfg.top), cfg.table_sizes, served=False, dtypes=["fp32"] * len(cfg.table_sizes))
         compact = predict_program(table, ccfg.kind, ccfg.embedding_dim, ccfg.dense_in_features, pred.bottom.widths,
-                                  pred.top.widths, ccfg.table_sizes, served=False)
+                                  pred.top.widths, ccfg.table_sizes, served=False, dtypes=dtypes)
     except ValueError as e:
         return {"unavailable": str(e)}
     return {"batch": table.batch, "unit": "seconds per call of the calibrated batch",
             "dense_s": dense["total"], "compact_s": compact["total"],
             "ratio": _ratio(compact["total"], dense["total"]), "compact_pieces_s": compact,
-            "calibration": {k: table.conditions.get(k) for k in ("threads", "batch", "cpu", "torch", "calibrated_at")}}
+            "dense_dtype": "fp32", "compact_dtypes": dict(zip(ccfg.feature_names, dtypes)),
+            "calibration": {"file": table.source,
+                            **{k: table.conditions.get(k) for k in ("threads", "batch", "cpu", "torch", "clock",
+                                                                    "calibrated_at")}}}
 
 
 def int8_entry(max_abs_logit_diff: float, check_rows: int, embedding_bytes: int, method: str) -> Dict[str, Any]:
@@ -239,6 +252,8 @@ def summary_lines(manifest: Dict[str, Any], out_dir: str) -> List[str]:
     if lat and "compact_s" in lat:
         lines.append(f"  predicted latency per batch of {lat['batch']}: {1e3 * lat['dense_s']:.3f} ms -> "
                      f"{1e3 * lat['compact_s']:.3f} ms ({lat['ratio']:.3f})")
+    elif lat and "unavailable" in lat:
+        lines.append(f"  predicted latency unavailable: {lat['unavailable']}")
     dt = m.get("dtypes")
     if dt and any(t["dtype"] != "fp32" for t in dt["tables"].values()):
         kinds = sorted({t["dtype"] for t in dt["tables"].values()})

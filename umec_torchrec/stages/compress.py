@@ -42,7 +42,7 @@ from umec_torchrec.train.metrics import evaluate
 from umec_torchrec.umec.allocation import resources_of_masks
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
 from umec_torchrec.umec.importance import ScoreKind
-from umec_torchrec.umec.latency import reported_resources
+from umec_torchrec.umec.latency import latency_report, reported_resources
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.optimizer import SStep, UMECConfig, UMECOptimizer
@@ -61,14 +61,19 @@ REPAIR_WARN_FRACTION = 0.01
 
 def compression_report(spec: GroupSpec, masks: PruningMasks) -> Dict[str, Any]:
     """What ``metrics.json`` reports about an architecture: resources (absolute and relative
-    to dense), kept features, kept units per layer."""
-    return {
+    to dense), kept features, kept units per layer; with a latency table, its calibration and the
+    dtype each table's lookups were priced at (``latency_model``)."""
+    out = {
         "resources": resources_of_masks(spec, masks, reported_resources(spec)),  # latency: with a latency table
         "kept_features": list(masks.kept_features),
         "pruned_features": masks.pruned_features,
         "kept_units": masks.kept_units(),
         "layer_widths": dict(masks.layer_widths),
     }
+    lat = latency_report(spec)
+    if lat is not None:
+        out["latency_model"] = lat
+    return out
 
 
 def format_report(rep: Dict[str, Any]) -> str:

@@ -15,8 +15,11 @@ writes a :class:`LatencyTable`. The predicted time of one call on a batch of ``B
   whole exported programs;
 * ``L(in, out)``: one Linear of the program (``addmm`` then in-place ReLU), bilinear in the
   calibrated ``(in, out)`` grid;
-* ``E(rows)``: one kept field's row lookup, piecewise linear in ``log10(rows)`` of its table
-  (a 10M-row table misses the cache, a 10-row table does not), per element type;
+* ``E_d(rows)``: one kept field's row lookup, piecewise linear in ``log10(rows)`` of its table
+  (a 10M-row table misses the cache, a 10-row table does not), per table dtype ``d`` (``fp32``,
+  ``fp16``, ``int8``, ``int4``: the names of ``umec export --dtype``; each is timed with the
+  lookup code the exported program runs for it), each table priced at the dtype it will be
+  served in (:class:`ServingDtypes`, ``umec compress --serve-dtype / --serve-table-dtype``);
 * ``I(m)``: the interaction (``cat``: one concatenation; ``dot`` / ``dcn``: the model's
   interaction on the stacked embeddings), piecewise linear in ``m``, the number of its
   inputs (kept fields plus the dense vector).
@@ -37,41 +40,51 @@ of the alignment, :func:`predict_program` with ``served=True`` predicts that exa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 
 from umec_torchrec.umec.groups import FEATURE_SET, DLRMStructure, GroupSpec
 
 __all__ = [
+    "DTYPES",
     "FORMAT",
     "LatencyTable",
     "LatencyPredictor",
+    "ServingDtypes",
     "active_latency_table",
+    "active_serving_dtypes",
     "dtype_of_element_size",
+    "latency_report",
     "interp1",
     "interp2",
     "monotone",
     "predict_program",
     "reported_resources",
     "set_latency_table",
+    "set_serving_dtypes",
     "using_latency_table",
 ]
 
 FORMAT = "umec-latency/1"
 
+#: table dtypes a lookup section can be calibrated for (``umec export --dtype`` names)
+DTYPES = ("fp32", "fp16", "int8", "int4")
 #: element size in bytes -> the dtype name a lookup class is calibrated for
-_DTYPES = {4.0: "float32", 2.0: "float16", 1.0: "int8", 0.5: "int4"}
+_DTYPES = {4.0: "fp32", 2.0: "fp16", 1.0: "int8", 0.5: "int4"}
+#: names of the first file format's lookup sections, read as the export names
+_LEGACY = {"float32": "fp32", "float16": "fp16"}
 
 Number = Union[int, float]
 
 
 def dtype_of_element_size(size: float) -> str:
-    """``"float32"`` for 4 bytes, ``"float16"`` for 2, ``"int8"`` for 1, ``"int4"`` for 0.5."""
+    """``"fp32"`` for 4 bytes, ``"fp16"`` for 2, ``"int8"`` for 1, ``"int4"`` for 0.5."""
     try:
         return _DTYPES[float(size)]
     except KeyError:
@@ -156,7 +169,8 @@ class LatencyTable:
         linear_in / linear_out: ``[I]`` / ``[O]`` increasing Linear widths.
         linear_s: ``[I][O]`` seconds of ``addmm`` + ReLU at each width pair (monotone).
         lookup: ``{dtype: {"rows": [C] increasing, "seconds": [C]}}``, one kept field's
-            lookup per table size class (monotone in rows).
+            lookup per table size class (monotone in rows), per table dtype (:data:`DTYPES`;
+            the first format's ``float32`` / ``float16`` are read as ``fp32`` / ``fp16``).
         interaction_inputs: ``[K]`` increasing ``m`` (kept fields + the dense vector).
         interaction_s: ``[K]`` seconds of the interaction (monotone).
         overhead_s: fixed seconds per call.
@@ -185,9 +199,16 @@ class LatencyTable:
     program_factor: float = 1.0
     conditions: Dict[str, Any] = field(default_factory=dict)
     raw: Dict[str, Any] = field(default_factory=dict)
+    #: where the table came from (its file, set by :meth:`from_dict`), named in errors
+    source: ClassVar[str] = "the latency table"
 
     def __post_init__(self) -> None:
+        self._normalize()
         self.validate()
+
+    def _normalize(self) -> None:
+        if isinstance(self.lookup, dict):
+            self.lookup = {_LEGACY.get(k, k): v for k, v in self.lookup.items()}
 
     # ------------------------------------------------------------------ checks and I/O form
     def validate(self, source: str = "latency table") -> None:
@@ -241,7 +262,7 @@ class LatencyTable:
         if d.get("format") != FORMAT:
             raise ValueError(f"{source}: field 'format' is {d.get('format')!r}, expected {FORMAT!r} "
                              "(write one with umec calibrate)")
-        names = [f for f in cls.__dataclass_fields__]
+        names = [f.name for f in dataclasses.fields(cls)]
         missing = [n for n in names if n not in d and n not in ("conditions", "raw")]
         if missing:
             raise ValueError(f"{source}: missing field {missing[0]!r}")
@@ -251,7 +272,9 @@ class LatencyTable:
         t = cls.__new__(cls)
         for n in names:
             setattr(t, n, d.get(n, {}) if n in ("conditions", "raw") else d[n])
+        t.source = source
         try:
+            t._normalize()
             t.validate(source)
         except (TypeError, ValueError) as e:
             raise ValueError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
@@ -273,16 +296,38 @@ class LatencyTable:
         return interp2(n_in, n_out, self._grid("linear_in", n_in), self._grid("linear_out", n_in),
                        self._grid("linear_s", n_in))
 
-    def lookup_seconds(self, rows: Sequence[Number], element_size: Sequence[float]) -> torch.Tensor:
-        """``[F]`` seconds of one kept field's lookup for tables of ``rows`` rows and
-        ``element_size`` bytes per element (interpolated in ``log10(rows)``)."""
+    def lookup_seconds(self, rows: Sequence[Number], element_size: Optional[Sequence[float]] = None,
+                       dtypes: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """``[F]`` seconds of one kept field's lookup for tables of ``rows`` rows, served in
+        ``dtypes`` (:data:`DTYPES`, one per table) or, without them, in the dtype of
+        ``element_size`` bytes per element (interpolated in ``log10(rows)``).
+
+        A dtype the table has no section for is a ``ValueError`` naming it and the file.
+
+        Example::
+
+            table.lookup_seconds([10**6, 10**3], dtypes=["int8", "fp32"])
+        """
+        if dtypes is None:
+            if element_size is None:
+                raise ValueError("lookup_seconds needs dtypes or element sizes")
+            dtypes = [dtype_of_element_size(s) for s in element_size]
+        dtypes = [_LEGACY.get(d, d) for d in dtypes]
+        unknown = sorted(set(dtypes) - set(DTYPES))
+        if unknown:
+            raise ValueError(f"table dtype {unknown[0]!r}: expected one of {', '.join(DTYPES)}")
+        if len(dtypes) != len(rows):
+            raise ValueError(f"{len(rows)} tables, {len(dtypes)} dtypes")
+        missing = sorted(set(dtypes) - set(self.lookup), key=lambda d: DTYPES.index(d) if d in DTYPES else 99)
+        if missing:
+            raise ValueError(f"{self.source}: has no {missing[0]} lookups (calibrated: "
+                             f"{', '.join(sorted(self.lookup, key=DTYPES.index))}); calibrate with umec calibrate "
+                             f"--dtypes {','.join(sorted(set(self.lookup) | set(missing), key=DTYPES.index))}")
         out = torch.zeros(len(rows), dtype=torch.float64)
-        for dt in sorted({dtype_of_element_size(s) for s in element_size}):  # a loop over dtypes
-            if dt not in self.lookup:
-                raise ValueError(f"the latency table has no {dt} lookups (calibrated: {sorted(self.lookup)})")
-            sel = torch.tensor([dtype_of_element_size(s) == dt for s in element_size])
+        r = torch.tensor([float(x) for x in rows], dtype=torch.float64).clamp(min=1.0).log10()
+        for dt in sorted(set(dtypes)):  # a loop over the (few) dtypes
+            sel = torch.tensor([d == dt for d in dtypes], dtype=torch.bool)
             body = self.lookup[dt]
-            r = torch.tensor([float(x) for x in rows], dtype=torch.float64).clamp(min=1.0).log10()
             v = interp1(r, torch.tensor(body["rows"], dtype=torch.float64).log10(),
                         torch.tensor(body["seconds"], dtype=torch.float64))
             out = torch.where(sel, v, out)
@@ -317,6 +362,68 @@ def _monotone_values(t: torch.Tensor, name: str, bad: Any) -> None:
         raise bad(name, "must be non-decreasing along every axis (umec calibrate writes it so)")
 
 
+# ---------------------------------------------------------------------- serving dtypes
+@dataclass
+class ServingDtypes:
+    """The dtypes the tables will be served in, as ``umec export --dtype`` / ``--table-dtype``
+    take them (:mod:`umec_torchrec.export.table_dtypes`): the latency resource prices each
+    table's lookups at its dtype (``umec compress --serve-dtype / --serve-table-dtype``).
+
+    ``largest:K`` ranks all the model's tables (rows x dim) here, the kept ones at export: the
+    same tables while the K largest are kept.
+
+    Args:
+        dtype: the dtype of tables no rule names (``fp32``, ``fp16``, ``int8``, ``int4``).
+        table_dtypes: rules over ``dtype``: ``NAME=DTYPE`` or ``largest:K=DTYPE``, comma-separated.
+
+    Example::
+
+        with using_latency_table(table, ServingDtypes("int8", "largest:3=int4")):
+            umec = UMECOptimizer(opt, model, ["latency=0.3"])
+    """
+
+    dtype: str = "fp32"
+    table_dtypes: Optional[str] = None
+
+    def validate(self) -> None:
+        """``ValueError`` naming the flag on a bad dtype or rule."""
+        from umec_torchrec.export.table_dtypes import parse_rules
+
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--serve-dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        try:
+            parse_rules(self.table_dtypes)
+        except ValueError as e:
+            raise ValueError(str(e).replace("--table-dtype", "--serve-table-dtype")) from None
+
+    def resolve(self, table_sizes: Mapping[str, float]) -> Dict[str, str]:
+        """``{table: dtype}`` of tables of ``table_sizes`` (``{table: rows x dim}``, model order)."""
+        from umec_torchrec.export.table_dtypes import resolve
+
+        self.validate()
+        try:
+            return resolve(table_sizes, self.dtype, self.table_dtypes)[0]
+        except ValueError as e:
+            raise ValueError(str(e).replace("--table-dtype", "--serve-table-dtype")) from None
+
+
+_SERVING: ContextVar[Optional[ServingDtypes]] = ContextVar("umec_serving_dtypes", default=None)
+
+
+def set_serving_dtypes(serving: Optional[ServingDtypes]) -> None:
+    """Make ``serving`` the table dtypes latency budgets and reports price in this context
+    (``umec compress --serve-dtype / --serve-table-dtype``); ``None``: each table's own
+    element type (fp32 for a trained DLRM)."""
+    if serving is not None:
+        serving.validate()
+    _SERVING.set(serving)
+
+
+def active_serving_dtypes() -> Optional[ServingDtypes]:
+    """The dtypes set by :func:`set_serving_dtypes` / :func:`using_latency_table`, or ``None``."""
+    return _SERVING.get()
+
+
 # ---------------------------------------------------------------------- the active table
 _ACTIVE: ContextVar[Optional[LatencyTable]] = ContextVar("umec_latency_table", default=None)
 
@@ -328,18 +435,23 @@ def set_latency_table(table: Optional[LatencyTable]) -> None:
 
 
 @contextlib.contextmanager
-def using_latency_table(table: LatencyTable) -> Iterator[LatencyTable]:
-    """``with using_latency_table(t):`` latency budgets and reports use ``t`` inside the block.
+def using_latency_table(table: LatencyTable, serving: Optional[ServingDtypes] = None) -> Iterator[LatencyTable]:
+    """``with using_latency_table(t):`` latency budgets and reports use ``t`` inside the block,
+    pricing the tables at ``serving``'s dtypes (default: their own element type).
 
     Example::
 
         with using_latency_table(load_latency_table("LATENCY.json")):
             umec = UMECOptimizer(opt, model, ["latency=0.2"])   # the resource keeps the table
     """
+    if serving is not None:
+        serving.validate()
     token = _ACTIVE.set(table)
+    stoken = _SERVING.set(serving)
     try:
         yield table
     finally:
+        _SERVING.reset(stoken)
         _ACTIVE.reset(token)
 
 
@@ -373,6 +485,30 @@ def reported_resources(spec: Optional[GroupSpec] = None) -> tuple:
             warnings.warn(f"predicted latency not reported: {e}", stacklevel=2)
             ok = False
     return tuple(n for n in RESOURCES if n != "latency" or ok)
+
+
+def latency_report(spec: GroupSpec) -> Optional[Dict[str, Any]]:
+    """What ``metrics.json`` records about the latency resource next to its value: the
+    calibration (file, batch, threads, clock) and the dtype each table was priced at; ``None``
+    without an active table (or one that does not cover the model).
+
+    Example::
+
+        latency_report(spec)  # {"calibration": {...}, "serving": {"dtype": "int8", ..., "tables": {...}}}
+    """
+    table = active_latency_table(required=False)
+    if table is None:
+        return None
+    try:
+        pred = LatencyPredictor(spec, table)
+    except ValueError:
+        return None
+    serving = active_serving_dtypes()
+    return {"calibration": {"file": table.source, "batch": table.batch,
+                            **{k: table.conditions.get(k) for k in ("threads", "clock", "cpu", "calibrated_at")}},
+            "serving": {"dtype": serving.dtype if serving else None,
+                        "table_dtypes": serving.table_dtypes if serving else None,
+                        "tables": dict(pred.table_dtypes)}}
 
 
 # ---------------------------------------------------------------------- predictions
@@ -409,6 +545,7 @@ def predict_program(
     table_rows: Sequence[Number],
     element_size: Union[float, Sequence[float]] = 4.0,
     served: bool = True,
+    dtypes: Optional[Sequence[str]] = None,
 ) -> Dict[str, float]:
     """Predicted seconds of one call of the serving program of a DLRM, by piece.
 
@@ -419,6 +556,8 @@ def predict_program(
         table_rows: rows of each kept table (one lookup each).
         element_size: bytes per table element (one for all, or one per table).
         served: pad hidden widths to ``table.align`` as the program does.
+        dtypes: the dtype each kept table is served in (:data:`DTYPES`; one per entry of
+            ``table_rows``), over ``element_size``.
 
     Returns:
         ``{"total", "overhead", "linear", "lookup", "interaction"}`` in seconds (the pieces as
@@ -427,6 +566,8 @@ def predict_program(
     Example::
 
         predict_program(table, "cat", 16, 13, [512, 256, 64, 16], [512, 256, 1], [1000] * 26)["total"]
+        predict_program(table, "cat", 16, 13, [512, 256, 64, 16], [512, 256, 1], [1000] * 26,
+                        dtypes=["int8"] * 26)["total"]   # the same program with int8 tables
     """
     _check_kind(table, kind, embedding_dim)
     dt = torch.float64
@@ -436,7 +577,7 @@ def predict_program(
     lin = (_chain_time(table, torch.tensor(float(dense_in), dtype=dt), outs_b, served)
            + _chain_time(table, _top_input(kind, owners, embedding_dim), outs_t, served))
     sizes = [float(element_size)] * len(table_rows) if isinstance(element_size, (int, float)) else list(element_size)
-    look = table.lookup_seconds(list(table_rows), sizes).sum()
+    look = table.lookup_seconds(list(table_rows), sizes, dtypes=dtypes).sum()
     inter = table.interaction(owners)
     f = float(table.program_factor)
     parts = {"overhead": float(table.overhead_s), "linear": f * float(lin), "lookup": f * float(look),
@@ -464,14 +605,19 @@ class LatencyPredictor:
     Args:
         spec: the groups.
         table: the calibration.
+        serving: the dtype each table is served in (default: the active
+            :class:`ServingDtypes`, else each table's own element type): its lookups are
+            priced at that dtype's section of the table (one it lacks: ``ValueError`` naming
+            the dtype and the file).
 
     Example::
 
         pred = LatencyPredictor(discover_groups(model), load_latency_table("LATENCY.json"))
         pred(kept, alive)  # seconds per batch
+        LatencyPredictor(spec, table, ServingDtypes("int8"))  # the same model with int8 tables
     """
 
-    def __init__(self, spec: GroupSpec, table: LatencyTable) -> None:
+    def __init__(self, spec: GroupSpec, table: LatencyTable, serving: Optional[ServingDtypes] = None) -> None:
         st = spec.structure
         if not isinstance(st, DLRMStructure):
             raise ValueError("a latency budget needs a discovered DLRM (the serving program is a DLRM's); "
@@ -496,8 +642,19 @@ class LatencyPredictor:
             raise ValueError(f"a latency budget needs the table sizes of all {n} features in the group spec")
         d = float(st.embedding_dim)
         rows = [t / lb_f if lb_f else 1.0 for t, lb_f in zip(tb, lb)]
-        esize = [lb_f / d for lb_f in lb]
-        costs = table.lookup_seconds(rows, esize)  # float64; cast to the counts' dtype when used
+        names = list(spec.feature_names) or [f"f{i}" for i in range(n)]
+        tables = [t or f for t, f in zip(list(spec.feature_tables) or [""] * n, names)]
+        serving = serving if serving is not None else active_serving_dtypes()
+        if serving is None:
+            dtypes = [dtype_of_element_size(lb_f / d) for lb_f in lb]
+        else:  # rank the tables by rows x dim as export does (fp32 bytes: the same order)
+            by_table = serving.resolve({t: float(b) for t, b in zip(tables, tb)})
+            dtypes = [by_table[t] for t in tables]
+        self.dtypes: List[str] = dtypes
+        """The dtype each feature's lookups are priced at (feature order)."""
+        self.table_dtypes: Dict[str, str] = dict(zip(tables, dtypes))
+        """``{table: dtype}`` (model order)."""
+        costs = table.lookup_seconds(rows, dtypes=dtypes)  # float64; cast to the counts' dtype when used
         self.all_lookups = float(costs.sum())
         self.lookup_costs = torch.cat([costs.new_zeros(1), costs]) if self.dense_group else costs  # feature-set order
         top_in_full = float(_top_input(st.kind, torch.tensor(float(n + 1)), st.embedding_dim))
