@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from typing import List, Optional
 
 import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from helpers.programs import run_in_fresh_process
 from umec_torchrec.export import build_compact, export_model, export_run, load_compact, load_program
 from umec_torchrec.export.aligned import AlignedMLP
 from umec_torchrec.export.checkpoint_reader import load_dlrm_state, read_metadata
@@ -387,20 +386,9 @@ def test_program_round_trip_in_fresh_process(tmp_path):
         dense, ids = sample_inputs(cfg, n=b, seed=b)
         ids = ids[:, [0, 3, 5]]
         with torch.no_grad():
-            cases[b] = (dense, ids, CompactPredictor(compact)(dense, ids))
-    torch.save(cases, tmp_path / "cases.pt")
-    code = (
-        "import sys, torch\n"
-        f"prog = torch.export.load({str(out / 'program.pt2')!r}).module()\n"
-        f"cases = torch.load({str(tmp_path / 'cases.pt')!r})\n"
-        "worst = max(float((prog(d, i) - ref).abs().max()) for d, i, ref in cases.values())\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torchrec', 'fbgemm_gpu', 'umec_torchrec')]\n"
-        "print(worst, torch.distributed.is_initialized(), bad)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    worst, initialised, bad = r.stdout.strip().splitlines()[-1].split(" ", 2)
-    assert float(worst) <= 1e-5 and initialised == "False" and bad == "[]"
+            cases[b] = ((dense, ids), CompactPredictor(compact)(dense, ids))
+    worst, initialised, bad = run_in_fresh_process(str(out / "program.pt2"), cases, str(tmp_path))
+    assert worst <= 1e-5 and not initialised and bad == []
 
 
 def test_int8_export(tmp_path):

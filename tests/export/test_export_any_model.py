@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from helpers.programs import run_in_fresh_process
 from umec_torchrec.export import export_model, load_compact, load_program
 from umec_torchrec.export.module_config import module_config
 from umec_torchrec.export.program import JaggedPredictor, jagged_of
@@ -143,20 +142,10 @@ def test_per_table_dtypes_program_matches_torchrec_quant_and_runs_in_fresh_proce
     kept = man["features"]["kept"]
     cases = {n: (d, *jagged_of(k, kept)) for n, (d, k) in ((n, multi_hot(n, seed=n)) for n in (1, 50))}
     with torch.no_grad():
-        refs = {n: load_program(str(out))(*c) for n, c in cases.items()}
-    torch.save({"cases": cases, "refs": refs}, tmp_path / "cases.pt")
-    code = (
-        "import sys, torch\n"
-        f"prog = torch.export.load({str(out / 'program.pt2')!r}).module()\n"
-        f"blob = torch.load({str(tmp_path / 'cases.pt')!r})\n"
-        "worst = max(float((prog(*c) - blob['refs'][n]).abs().max()) for n, c in blob['cases'].items())\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torchrec', 'fbgemm_gpu', 'umec_torchrec')]\n"
-        "print(worst, bad)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    worst, bad = r.stdout.strip().splitlines()[-1].split(" ", 1)
-    assert float(worst) == 0.0 and bad == "[]"
+        prog = load_program(str(out))
+        expected = {n: (c, prog(*c)) for n, c in cases.items()}
+    worst, _, bad = run_in_fresh_process(str(out / "program.pt2"), expected, str(tmp_path))
+    assert worst == 0.0 and bad == []
 
 
 def test_uniform_int8_ids_program_keeps_the_int8_state_dict(tmp_path):

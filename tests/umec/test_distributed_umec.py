@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from helpers.mp import run_multiprocess
+from helpers.umec_steps import masked_logits, umec_steps
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.data.testing import planted_ctr
 from umec_torchrec.distributed import init_distributed
@@ -71,22 +72,12 @@ def _batches(ctx, first: int, last: int) -> List[Any]:
     return [b for _, b in zip(range(last - first), it)]
 
 
-def _steps(dmp, umec, batches) -> None:
-    dmp.train()
-    for b in batches:
-        loss, _ = dmp(umec.feature_mask(b))
-        loss.backward()
-        umec.step()
-        umec.zero_grad()
+_steps = umec_steps
 
 
 def _logits(dmp, umec) -> torch.Tensor:
     """Logits of the first 256 rows (every rank feeds the whole batch: full logits on each)."""
-    dmp.eval()
-    with torch.no_grad():
-        _, (_, logits, _) = dmp(umec.feature_mask(_data().make_batch(torch.arange(256))))
-    dmp.train()
-    return logits.detach().clone()
+    return masked_logits(dmp, umec, _data().make_batch(torch.arange(256)))
 
 
 def _finish(ctx, dmp, umec, start: int) -> Dict[str, Any]:

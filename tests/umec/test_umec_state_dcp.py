@@ -21,6 +21,7 @@ import torch.distributed.checkpoint as dcp
 from helpers.data import random_data
 from helpers.models import small_model
 from helpers.mp import run_multiprocess
+from helpers.umec_steps import masked_logits, umec_steps
 from umec_torchrec.data.testing import planted_ctr
 from umec_torchrec.distributed import init_distributed
 from umec_torchrec.models import ModelConfig
@@ -75,20 +76,11 @@ def _build(ctx, seed: int):
 
 def _steps(ctx, dmp, umec, first: int, last: int) -> None:
     it = _data().batches(BATCH, shuffle=True, seed=0, rank=ctx.rank, world_size=ctx.world_size, start=first)
-    dmp.train()
-    for _, b in zip(range(last - first), it):
-        loss, _ = dmp(umec.feature_mask(b))
-        loss.backward()
-        umec.step()
-        umec.zero_grad()
+    umec_steps(dmp, umec, (b for _, b in zip(range(last - first), it)))
 
 
 def _logits(dmp, umec) -> torch.Tensor:
-    dmp.eval()
-    with torch.no_grad():
-        _, (_, logits, _) = dmp(umec.feature_mask(_data().make_batch(torch.arange(128))))
-    dmp.train()
-    return logits
+    return masked_logits(dmp, umec, _data().make_batch(torch.arange(128)))
 
 
 def _save_load_continue(ctx, dmp, umec, ckpt: str, step: int) -> Dict[str, Any]:
