@@ -6,7 +6,8 @@ train on the prepared directory on each number of ranks (a child per run, ``torc
 more than one rank) and report per rank: samples/s of ``--steps`` training steps drawing
 batches from the memory-mapped data, samples/s of as many steps on batches generated in
 memory (the ``umec bench train`` method: the compute ceiling) with the same model and batch
-size, the peak RSS, the data's peak (the most resident memory, anonymous plus file-backed,
+size, in alternating blocks of :data:`ALTERNATE_STEPS` steps (drift in the machine's load hits
+both alike), the peak RSS, the data's peak (the most resident memory, anonymous plus file-backed,
 seen between two of the data's batches, less the resident memory before the data was first
 read: what the data adds to the model and optimizer), and the data memory: the growth of
 the rank's resident memory from before the data was first read to the end of the steps,
@@ -171,13 +172,22 @@ def rank_worker(data_dir: str, steps: int, batch_size: int, warmup: int, out_jso
             epoch += 1
 
     it = data_batches()
-    got = train_steps(dmp, opt, (next(it) for _ in range(steps)), progress=False, log_every=0)
+    # blocks of data steps and ceiling steps alternate, so drift in the machine's load hits both alike
+    blocks = [min(ALTERNATE_STEPS, steps - i) for i in range(0, steps, ALTERNATE_STEPS)]
+    got = {"samples": 0, "seconds": 0.0}
+    ceil = {"samples": 0, "seconds": 0.0}
+    for k in blocks:
+        for acc, batches in ((got, (next(it) for _ in range(k))), (ceil, (pool[i % 4] for i in range(k)))):
+            r = train_steps(dmp, opt, batches, progress=False, log_every=0)
+            acc["samples"] += r["samples"]
+            acc["seconds"] += r["seconds"]
+            ctx.barrier()
     it.close()
     ctx.barrier()  # every rank has read its rows: the shared pages are mapped by all
     after = _mem()
     ctx.barrier()
-    ceil = train_steps(dmp, opt, (pool[i % 4] for i in range(steps)), progress=False, log_every=0)
-    ctx.barrier()
+    for acc in (got, ceil):
+        acc["samples_per_s"] = acc["samples"] / acc["seconds"]  # global samples, as train_steps counts them
     res = {
         "rank": ctx.rank, "world_size": ctx.world_size, "train_rows": len(bundle.train),
         "table_rows": int(sum(bundle.train.table_sizes)),
@@ -191,6 +201,9 @@ def rank_worker(data_dir: str, steps: int, batch_size: int, warmup: int, out_jso
     with open(f"{out_json}.{ctx.rank}", "w") as f:
         json.dump(res, f)
 
+
+#: training steps per block; blocks of data steps and of ceiling steps alternate
+ALTERNATE_STEPS = 5
 
 #: the row counts of the issue's targets
 DEFAULT_ROWS = (1_000_000, 4_000_000)
