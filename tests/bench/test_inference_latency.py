@@ -73,3 +73,35 @@ def test_bench_refuses_what_the_latency_model_cannot_predict(table):
         parse_bench_budgets(["lookup_bytes=0.5"])
     assert [str(b) for _, b in parse_bench_budgets([0.5, "0.3", "flops=0.2", "latency=abs:2ms"])] == [
         "flops=0.5", "flops=0.3", "flops=0.2", "latency=abs:0.002"]
+
+
+def test_int8_rows_sit_beside_the_fp32_rows_with_predictions(table):
+    """--dtypes fp32,int8: every budget gets an fp32 and an int8 row; the int8 row's masks meet
+    the budget with int8 lookups priced (a generated int8 section 3x the fp32 one), its
+    predictions use that section, and it carries the fp32 dense program's time beside its own
+    dense and compact programs; a dtype the latency model lacks is refused naming it."""
+    t8 = LatencyTable.from_dict(dict(table.to_dict(), lookup={
+        "fp32": {"rows": [10, 10**7], "seconds": [1e-6, 1e-6]},
+        "int8": {"rows": [10, 10**7], "seconds": [3e-6, 3e-6]}}), source="LAT8.json")
+    res = run_inference_bench((512,), ["latency=0.4", "flops=0.5"], rounds=1, warmup=0, table_sizes=SIZES,
+                              latency_table=t8, dtypes=("fp32", "int8"))
+    assert [(r["label"], r["dtype"]) for r in res] == [("latency=0.4", "fp32"), ("latency=0.4", "int8"),
+                                                       ("flops=0.5", "fp32"), ("flops=0.5", "int8")]
+    cfg = kaggle_model_config(table_sizes=SIZES)
+    for r in res:
+        p = r["predicted"]
+        assert p["dense_s"] == pytest.approx(served_latency(t8, cfg, dtype=r["dtype"]))
+        assert p["compact_measured_over_predicted"] == pytest.approx(p["measured_compact_s"] / p["compact_s"])
+        assert 0 < r["call_latency_s"]["compact"]["p50"] <= r["call_latency_s"]["compact"]["p99"]
+        if r["resource"] == "latency":
+            assert p["compact_s"] / p["dense_s"] <= 0.4 + 1e-9
+        if r["dtype"] == "int8":
+            assert r["masked_speedup"] is None and p["dense_fp32_s"] == pytest.approx(served_latency(t8, cfg))
+            assert r["speedup_vs_fp32_dense"] == pytest.approx(p["measured_dense_fp32_s"] / p["measured_compact_s"])
+    assert res[2]["kept_features"] == res[3]["kept_features"]  # a FLOPs budget's masks do not depend on the dtype
+    assert res[3]["memory_ratio"] < res[2]["memory_ratio"]  # the same model with int8 rows
+    assert " int8 " in format_table(res).splitlines()[2]
+    assert any("(int8 tables): measured/predicted" in line for line in latency_target_lines(res))
+    with pytest.raises(ValueError, match="LAT8.json: has no int4 lookups"):
+        run_inference_bench((512,), ["flops=0.5"], rounds=1, warmup=0, table_sizes=SIZES, latency_table=t8,
+                            dtypes=("fp32", "int4"))

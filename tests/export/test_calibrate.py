@@ -27,7 +27,7 @@ from umec_torchrec.export.calibrate import (
 from umec_torchrec.export.compact import compact_config
 from umec_torchrec.io import write_json
 from umec_torchrec.models import ModelConfig
-from umec_torchrec.umec.latency import LatencyPredictor, using_latency_table
+from umec_torchrec.umec.latency import DTYPES, LatencyPredictor, ServingDtypes, using_latency_table
 from umec_torchrec.umec.masks import PruningMasks
 
 CFG = ModelConfig(kind="cat", feature_names=[f"f{i}" for i in range(4)], table_sizes=[5, 50, 500, 2000],
@@ -46,8 +46,8 @@ def test_small_calibration_covers_the_model_and_round_trips(table, tmp_path):
     assert table.linear_in == ins and table.linear_out == outs
     assert 3 in ins and 5 * 8 in ins  # dense input; full interaction width (4 fields + dense) x D
     assert {1, 8} <= set(outs) and 32 in outs  # logit, D, the aligned hidden width 24 -> 32
-    assert table.lookup["float32"]["rows"][-1] == 2000 and table.interaction_inputs[-1] == 5
-    flat = [v for row in table.linear_s for v in row] + table.interaction_s + table.lookup["float32"]["seconds"]
+    assert table.lookup["fp32"]["rows"][-1] == 2000 and table.interaction_inputs[-1] == 5
+    flat = [v for row in table.linear_s for v in row] + table.interaction_s + table.lookup["fp32"]["seconds"]
     assert all(math.isfinite(v) and v > 0 for v in flat) and table.overhead_s >= 0
     assert table.raw["programs"] and table.raw["programs"][0]["measured_s"] > 0
     path = str(tmp_path / "LAT.json")
@@ -56,9 +56,23 @@ def test_small_calibration_covers_the_model_and_round_trips(table, tmp_path):
     assert again == table
     pred = config_prediction(again, CFG)
     assert pred["total"] == pytest.approx(sum(pred[k] for k in ("overhead", "linear", "lookup", "interaction")))
-    # the dense program (tables capped at 1000 rows) measured whole is what the overhead was fitted on
-    ref = config_prediction(again, dataclasses.replace(CFG, table_sizes=[5, 50, 500, 1000]))
-    assert ref["total"] == pytest.approx(table.raw["programs"][0]["measured_s"], rel=1e-6) or table.overhead_s == 0
+    # least squares over the reference programs (dense fp32 and the dense program per other
+    # dtype, tables capped at 1000 rows): with a positive intercept and slope (not the noisy
+    # cases refitted through the origin or with factor 1) the residuals sum to zero
+    progs = table.raw["programs"]
+    assert [p["dtype"] for p in progs] == list(DTYPES)
+    ref = dataclasses.replace(CFG, table_sizes=[5, 50, 500, 1000])
+    resid = [p["measured_s"] - config_prediction(again, ref, p["dtype"])["total"] for p in progs]
+    assert (sum(resid) == pytest.approx(0.0, abs=1e-6 * sum(p["measured_s"] for p in progs))
+            or table.overhead_s == 0 or table.program_factor == 1.0)
+
+
+def test_fp32_only_calibration_fits_its_one_program():
+    """With --dtypes fp32 (quick), the overhead is the dense program's residual, factor 1."""
+    t = calibrate(CFG, CalibrationOptions(batch=16, quick=True, threads=1, reps=1, dtypes=("fp32",)))
+    assert set(t.lookup) == {"fp32"} and t.program_factor == 1.0 and len(t.raw["programs"]) == 1
+    ref = config_prediction(t, dataclasses.replace(CFG, table_sizes=[5, 50, 500, 1000]))
+    assert ref["total"] == pytest.approx(t.raw["programs"][0]["measured_s"], rel=1e-6) or t.overhead_s == 0
 
 
 def test_calibration_drives_the_resource_and_compact_programs_are_cheaper(table):

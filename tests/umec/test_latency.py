@@ -6,6 +6,8 @@ and bad tables / missing tables give one-line errors. Generated tables and gener
 
 from __future__ import annotations
 
+from typing import Dict, Optional
+
 import pytest
 import torch
 
@@ -15,8 +17,10 @@ from umec_torchrec.umec.allocation import kept_of_masks
 from umec_torchrec.umec.budgets import Budget
 from umec_torchrec.umec.groups import discover_groups
 from umec_torchrec.umec.latency import (
+    DTYPES,
     LatencyPredictor,
     LatencyTable,
+    ServingDtypes,
     interp1,
     interp2,
     monotone,
@@ -38,14 +42,17 @@ def _grid(top: int) -> list:
 
 
 def bilinear_table(max_in: int = 256, max_out: int = 64, fields: int = 8, lookup_s: float = 2e-6,
-                   overhead_s: float = 1e-5, kind: str = "cat", dim: int = 8) -> LatencyTable:
+                   overhead_s: float = 1e-5, kind: str = "cat", dim: int = 8,
+                   other_dtypes: Optional[Dict[str, float]] = None) -> LatencyTable:
     """A generated table whose Linear time is exactly ``K * in * out`` (bilinear, so the
-    interpolation is exact everywhere), a constant lookup per field and no interaction cost."""
+    interpolation is exact everywhere), a constant lookup per field (fp32 ``lookup_s``, and
+    one section per entry of ``other_dtypes``) and no interaction cost."""
     ins, outs = _grid(max_in), _grid(max_out)
+    costs = {"fp32": lookup_s, **(other_dtypes or {})}
     return LatencyTable(
         batch=64, align=1, embedding_dim=dim, kind=kind, linear_in=ins, linear_out=outs,
         linear_s=[[K * i * o for o in outs] for i in ins],
-        lookup={"float32": {"rows": [1, 10**6], "seconds": [lookup_s, lookup_s]}},
+        lookup={d: {"rows": [1, 10**6], "seconds": [c, c]} for d, c in costs.items()},
         interaction_inputs=[1, fields + 1], interaction_s=[0.0, 0.0], overhead_s=overhead_s,
         conditions={"threads": 1, "torch": torch.__version__})
 
@@ -59,7 +66,7 @@ def random_table(seed: int = 0) -> LatencyTable:
     look = monotone(torch.rand(len(rows), generator=g, dtype=torch.float64) * 1e-5)
     inter = monotone(torch.rand(4, generator=g, dtype=torch.float64) * 1e-5)
     return LatencyTable(batch=64, align=16, embedding_dim=8, kind="cat", linear_in=ins, linear_out=outs,
-                        linear_s=lin.tolist(), lookup={"float32": {"rows": rows, "seconds": look.tolist()}},
+                        linear_s=lin.tolist(), lookup={"fp32": {"rows": rows, "seconds": look.tolist()}},
                         interaction_inputs=[2, 3, 5, 9], interaction_s=inter.tolist(), overhead_s=3e-5)
 
 
@@ -71,7 +78,7 @@ def test_predictor_equals_the_table_at_grid_points_and_is_monotone_between():
     assert torch.allclose(t.linear(gi, go), torch.tensor(t.linear_s, dtype=torch.float64), rtol=0, atol=1e-15)
     m = torch.tensor(t.interaction_inputs, dtype=torch.float64)
     assert torch.allclose(t.interaction(m), torch.tensor(t.interaction_s, dtype=torch.float64), rtol=0, atol=1e-15)
-    body = t.lookup["float32"]
+    body = t.lookup["fp32"]
     assert torch.allclose(t.lookup_seconds(body["rows"], [4.0] * len(body["rows"])),
                           torch.tensor(body["seconds"], dtype=torch.float64), rtol=0, atol=1e-15)
     # a fine mesh over and beyond the grid: non-decreasing along both axes
@@ -229,3 +236,137 @@ def test_bad_tables_name_the_field(change, message):
 def test_table_round_trips_through_its_dict():
     t = random_table(3)
     assert LatencyTable.from_dict(t.to_dict()) == t
+
+
+def dtype_table(seed: int = 0) -> LatencyTable:
+    """:func:`random_table` with a lookup section per dtype (random, monotone, distinct)."""
+    g = torch.Generator().manual_seed(seed + 100)
+    t = random_table(seed)
+    rows = t.lookup["fp32"]["rows"]
+    t.lookup = {d: {"rows": rows, "seconds": monotone(torch.rand(len(rows), generator=g, dtype=torch.float64)
+                                                      * 1e-5).tolist()} for d in DTYPES}
+    t.validate()
+    return t
+
+
+def test_per_dtype_lookup_sections_round_trip_and_are_interpolated_per_dtype(tmp_path):
+    """Each dtype's section comes back from the file unchanged; the predictor equals it at its
+    grid points and is monotone in rows for each dtype; a list of mixed dtypes picks each
+    table's own section; the first format's ``float32`` name is read as ``fp32``."""
+    from umec_torchrec.export.calibrate import load_latency_table, save_latency_table
+
+    t = dtype_table()
+    path = str(tmp_path / "LAT.json")
+    save_latency_table(path, t)
+    again = load_latency_table(path)
+    assert again == t and set(again.lookup) == set(DTYPES) and again.source == path
+    r = torch.logspace(0, 8, 100, dtype=torch.float64).tolist()
+    for d in DTYPES:
+        body = again.lookup[d]
+        at_grid = again.lookup_seconds(body["rows"], dtypes=[d] * len(body["rows"]))
+        assert torch.allclose(at_grid, torch.tensor(body["seconds"], dtype=torch.float64), rtol=0, atol=1e-15)
+        assert (again.lookup_seconds(r, dtypes=[d] * len(r)).diff() >= -1e-18).all()
+    rows = again.lookup["int8"]["rows"]
+    mixed = again.lookup_seconds(rows[:4], dtypes=list(DTYPES))
+    assert mixed.tolist() == [again.lookup[d]["seconds"][i] for i, d in enumerate(DTYPES)]
+    # element sizes name the same sections: 4 bytes fp32, 2 fp16, 1 int8, 0.5 int4
+    assert again.lookup_seconds(rows[:4], [4.0, 2.0, 1.0, 0.5]).tolist() == mixed.tolist()
+    legacy = dict(t.to_dict(), lookup={"float32": t.lookup["fp32"], "int8": t.lookup["int8"]})
+    assert set(LatencyTable.from_dict(legacy).lookup) == {"fp32", "int8"}
+
+
+def test_a_latency_budget_with_int8_tables_is_met_by_finalize():
+    """Generated data and a generated table whose int8 lookups cost a third of the fp32 ones:
+    with the tables served in int8 (ServingDtypes) every feature is priced at the int8 section,
+    the dense model is predicted faster than with fp32 tables, and after finalize() the masks'
+    predicted latency (recomputed with int8 tables) is within latency=0.5."""
+    data = random_data(n=512, features=6, dense=3)
+    table = bilinear_table(max_in=64, max_out=16, fields=6, lookup_s=6e-6, overhead_s=5e-6,
+                           other_dtypes={"int8": 2e-6})
+    model, _ = small_model("cat", data, dim=8, bottom=(16, 12), top=(16, 8, 1))
+    int8 = ServingDtypes("int8")
+    spec = discover_groups(model)
+    full = torch.tensor([[float(s.size) for s in spec.sets]], dtype=torch.float64)
+    alive = torch.ones(1, spec.feature_set.size, dtype=torch.float64)
+    p8, p32 = LatencyPredictor(spec, table, int8), LatencyPredictor(spec, table)
+    assert p8.dtypes == ["int8"] * 6 and p32.dtypes == ["fp32"] * 6
+    assert float(p32(full, alive) - p8(full, alive)) == pytest.approx(6 * 4e-6, rel=1e-9)
+    with using_latency_table(table, int8):
+        umec = UMECOptimizer(torch.optim.Adagrad(model.parameters(), lr=0.05), model, ["latency=0.5"],
+                             UMECConfig(score="weight"))
+        assert umec_resource_dtypes(umec) == ["int8"] * 6
+    for b in data.batches(64, shuffle=True, seed=0):
+        loss, _ = model(umec.feature_mask(b))
+        loss.backward()
+        umec.step()
+        umec.zero_grad()
+    masks = umec.finalize()
+    frac = umec.resource_fractions()["latency"]
+    kept, alive_m = kept_of_masks(spec, masks)
+    again = float(p8(kept.double(), alive_m.double())[0]) / float(p8(full, alive)[0])
+    assert frac <= 0.5 + 1e-6 and again == pytest.approx(frac, rel=1e-5)
+
+
+def umec_resource_dtypes(umec: UMECOptimizer) -> list:
+    """The dtypes the latency resource of ``umec`` prices (found among its resource models)."""
+    from umec_torchrec.umec.resources import Latency
+
+    found = [v for v in _walk(umec) if isinstance(v, Latency)]
+    assert found, "no latency resource"
+    return found[0].predictor.dtypes
+
+
+def _walk(obj, depth: int = 0):
+    if depth > 4:
+        return
+    for v in vars(obj).values() if hasattr(obj, "__dict__") else []:
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else [v]
+        for x in items:
+            yield x
+            if hasattr(x, "__dict__") and not isinstance(x, (torch.Tensor, torch.nn.Module)):
+                yield from _walk(x, depth + 1)
+
+
+def test_a_dtype_the_calibration_lacks_is_refused_naming_it_and_the_file(tmp_path):
+    """A table served in int4 priced with a calibration of fp32 and int8 lookups: the predictor,
+    a latency budget and the resource refuse, naming int4 and the file; reports leave latency
+    out with a warning instead of failing."""
+    from umec_torchrec.export.calibrate import load_latency_table, save_latency_table
+
+    data = random_data(n=64, features=5, dense=3)
+    model, _ = small_model("cat", data, dim=8, bottom=(16, 12), top=(16, 8, 1))
+    spec = discover_groups(model)
+    path = str(tmp_path / "LAT.json")
+    save_latency_table(path, bilinear_table(max_in=64, max_out=16, fields=5, other_dtypes={"int8": 1e-6}))
+    table = load_latency_table(path)
+    msg = (f"{path}: has no int4 lookups \\(calibrated: fp32, int8\\); "
+           "calibrate with umec calibrate --dtypes fp32,int8,int4")
+    with pytest.raises(ValueError, match=msg):
+        LatencyPredictor(spec, table, ServingDtypes("int8", f"{spec.feature_tables[0]}=int4"))
+    with using_latency_table(table, ServingDtypes("int4")):
+        with pytest.raises(ValueError, match=f"{path}: has no int4 lookups"):
+            UMECOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, ["latency=0.5"],
+                          UMECConfig(score="weight"))
+        with pytest.warns(UserWarning, match="predicted latency not reported: .*no int4 lookups"):
+            assert "latency" not in reported_resources(spec)
+
+
+def test_serving_dtype_rules_are_export_rules():
+    """``largest:K`` picks the largest tables (rows x dim), a name picks its table, a name the
+    model lacks or a bad dtype is refused naming the flag."""
+    data = random_data(n=64, features=4, dense=3)
+    model, _ = small_model("cat", data, dim=8, bottom=(16, 12), top=(16, 8, 1))
+    spec = discover_groups(model)
+    table = bilinear_table(max_in=64, max_out=16, fields=4, other_dtypes={"int8": 1e-6, "int4": 5e-7})
+    tb = list(spec.feature_table_bytes)
+    largest = spec.feature_tables[tb.index(max(tb))]
+    named = next(t for t in spec.feature_tables if t != largest)
+    pred = LatencyPredictor(spec, table, ServingDtypes("int8", f"largest:1=int4,{named}=fp32"))
+    want = {t: "int4" if t == largest else "fp32" if t == named else "int8" for t in spec.feature_tables}
+    assert pred.table_dtypes == want
+    with pytest.raises(ValueError, match="--serve-table-dtype names tables \\['nope'\\]"):
+        LatencyPredictor(spec, table, ServingDtypes("int8", "nope=int4"))
+    with pytest.raises(ValueError, match="--serve-dtype must be one of fp32, fp16, int8, int4, got 'int3'"):
+        ServingDtypes("int3").validate()
+    with pytest.raises(ValueError, match="--serve-table-dtype: x=int3: dtype must be one of"):
+        ServingDtypes("int8", "x=int3").validate()

@@ -306,6 +306,12 @@ def _quantized_tables(dense: nn.Module, cfg: ModelConfig, dtypes: Sequence[str])
     return out
 
 
+def _table_bytes(model: nn.Module, served: Dict[str, Any]) -> int:
+    """Bytes ``model``'s fp32 tables take minus those of their ``served`` rows (``{table: TableData}``)."""
+    fp32 = sum(w.numel() * w.element_size() for w in layout.table_weights(model))
+    return int(fp32 - sum(served[c.name].nbytes for c in layout.embedding_configs(model)))
+
+
 def _program(model: nn.Module, cfg: ModelConfig, dtype: str, quantized: Dict[str, Dict[str, Any]]) -> nn.Module:
     """The exported program of ``model`` (a DLRM of ``cfg``'s tables or a compact one) with
     ``dtype`` tables, as ``umec export --dtype`` builds it."""
@@ -420,7 +426,7 @@ def _run(cfg: ModelConfig, dense: nn.Module, quantized: Dict[str, Dict[str, Any]
             setups.append({
                 "budget": b, "label": label, "resource": bud.resource, "masks": masks, "flops_ratio": ratio,
                 "ccfg": ccfg, "dtype": dt, "compact_prog": prog,
-                "compact_bytes": _param_bytes(compact if dt == "fp32" else prog),
+                "compact_bytes": _param_bytes(compact) - (0 if dt == "fp32" else _table_bytes(compact, quantized[dt])),
                 "masked": _masked_model(dense, cfg, masks) if dt == "fp32" else None,
                 "fmask": FeatureMask(masks.pruned_features),
                 "kept_idx": [cfg.feature_names.index(f) for f in ccfg.feature_names],
