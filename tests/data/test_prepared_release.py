@@ -4,20 +4,8 @@ import os
 import numpy as np
 import torch
 
+from helpers.files import resident_kib
 from umec_torchrec.data.prepared import ColumnIds
-
-
-def _resident_kib(path: str) -> int:
-    """Rss (KiB) of this process's mappings of ``path``, from /proc/self/smaps."""
-    total, cur = 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            parts = line.split()
-            if parts and not parts[0].endswith(":"):  # a mapping's header line
-                cur = len(parts) >= 6 and parts[-1] == path
-            elif cur and parts[0] == "Rss:":
-                total += int(parts[1])
-    return total
 
 
 def _maps(tmp_path, rows: int):
@@ -43,10 +31,10 @@ def test_gathers_release_the_maps_pages(tmp_path):
     for _ in range(64):
         rows = torch.randint(0, col.shape[0], (8,), generator=g)
         got = ids[rows]
-        worst_ids = max(worst_ids, _resident_kib(ids_file))
+        worst_ids = max(worst_ids, resident_kib(ids_file))
         assert torch.equal(got[:, 0], rows)  # values survive the releases (pages re-read)
         assert torch.equal(torch.from_numpy(dense[rows.numpy()]), rows.double())  # the batch's dense read
-        worst_dense = max(worst_dense, _resident_kib(dense_file))
+        worst_dense = max(worst_dense, resident_kib(dense_file))
     assert ids.releases == 64 and len(ids.maps) == 2
     assert worst_ids < 4 << 10 and worst_dense < 20 << 10
 
@@ -59,4 +47,4 @@ def test_release_can_be_turned_off(tmp_path):
     for _ in range(64):
         ids[torch.randint(0, col.shape[0], (64,), generator=g)]
     assert ids.releases == 0
-    assert _resident_kib(ids_file) > 12 << 10  # a 32 MiB column read at random rows
+    assert resident_kib(ids_file) > 12 << 10  # a 32 MiB column read at random rows

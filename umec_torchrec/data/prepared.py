@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import mmap
 import os
 import shutil
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
@@ -57,6 +56,7 @@ from umec_torchrec.data.bundle import DataBundle
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.data.errors import DataError
 from umec_torchrec.data.jagged import JaggedIds
+from umec_torchrec.data.mapped import PageRelease, torch_view
 from umec_torchrec.data.options import DataOptions
 from umec_torchrec.data.prefetch import PREFETCH_DEPTH
 from umec_torchrec.data.raw import CHUNK_ROWS, dense_transform
@@ -107,17 +107,21 @@ class ColumnIds:
     def __init__(self, columns: Sequence[np.ndarray], maps: Sequence[np.ndarray] = (),
                  release: bool = True) -> None:
         self.columns = list(columns)
-        self._col_maps = [getattr(c, "_mmap", None) for c in self.columns]
-        self.maps = [a for a in list(columns) + list(maps) if getattr(a, "_mmap", None) is not None]
-        self._other_maps = [a._mmap for a in maps if getattr(a, "_mmap", None) is not None]
-        self.release_pages = bool(release)
-        self.releases = 0
         if not self.columns:
             raise ValueError("ColumnIds needs at least one column")
         n = {int(c.shape[0]) for c in self.columns}
         if len(n) != 1:
             raise ValueError(f"columns of different lengths {sorted(n)}")
         self._n = n.pop()
+        # a mapped column is read by torch (index_select releases the GIL: the step's thread
+        # runs while the prefetch thread gathers); another (a multi-hot feature's zero-stride
+        # column) by numpy
+        self._views = [torch_view(c) if getattr(c, "_mmap", None) is not None else None for c in self.columns]
+        self._col_release = [PageRelease([c]) for c in self.columns]
+        self._other_release = PageRelease(list(maps))
+        self.maps = [a for a in list(columns) + list(maps) if getattr(a, "_mmap", None) is not None]
+        self.release_pages = bool(release)
+        self.releases = 0
 
     def release(self) -> None:
         """Drop every map's touched pages from this process's RSS (``madvise(MADV_DONTNEED)``).
@@ -125,8 +129,9 @@ class ColumnIds:
         The maps are read-only, so the pages are clean: they stay in the page cache and
         touching them again is a minor fault, not a read from disk.
         """
-        for a in self.maps:
-            a._mmap.madvise(mmap.MADV_DONTNEED)
+        for r in self._col_release:
+            r.release()
+        self._other_release.release()
         self.releases += 1
 
     @property
@@ -149,23 +154,33 @@ class ColumnIds:
         if isinstance(index, (int, np.integer)):
             raise TypeError("ColumnIds takes an array of rows or a slice, not a single row")
         if isinstance(index, slice):
-            rows = len(range(*index.indices(self._n)))
+            start, stop, step = index.indices(self._n)
+            rows_t = torch.arange(start, stop, step, dtype=torch.int64)
         else:
-            index = index.numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
-            if index.dtype == np.bool_:
-                index = np.flatnonzero(index)
-            rows = int(index.shape[0])
+            rows_t = index if isinstance(index, torch.Tensor) else torch.from_numpy(np.asarray(index))
+            if rows_t.dtype == torch.bool:
+                rows_t = rows_t.nonzero().flatten()
+            rows_t = rows_t.to(torch.int64)
         release = self.release_pages
-        if release:
-            for m in self._other_maps:  # the previous batch's dense, labels, multi-hot ids
-                m.madvise(mmap.MADV_DONTNEED)
+        if release:  # the previous batch's dense, labels, multi-hot ids
+            self._other_release.release()
             self.releases += 1
-        out = np.empty((rows, len(self.columns)), dtype=np.int64)
-        for j, c in enumerate(self.columns):  # one vectorised gather per feature
-            out[:, j] = c[index]
-            if release and self._col_maps[j] is not None:
-                self._col_maps[j].madvise(mmap.MADV_DONTNEED)
-        return torch.from_numpy(out)
+        out = torch.empty((rows_t.shape[0], len(self.columns)), dtype=torch.int64)
+        for j in range(len(self.columns)):  # one vectorised gather per feature
+            self.gather(j, rows_t, out[:, j])
+            if release:
+                self._col_release[j].release()
+        return out
+
+    def gather(self, j: int, rows: torch.Tensor, out: torch.Tensor) -> None:
+        """Column ``j``'s ids at ``rows`` (``int64 [B]``) into ``out`` (``int64 [B]``)."""
+        view = self._views[j]
+        if view is None:
+            out.copy_(torch.from_numpy(np.asarray(self.columns[j][rows.numpy()], dtype=np.int64)))
+            return
+        out.copy_(view[0].index_select(0, rows))
+        if view[1] is not None:
+            out.bitwise_and_(view[1])
 
 
 # --- preparing ----------------------------------------------------------------------------------
