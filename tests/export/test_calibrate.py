@@ -27,7 +27,7 @@ from umec_torchrec.export.calibrate import (
 from umec_torchrec.export.compact import compact_config
 from umec_torchrec.io import write_json
 from umec_torchrec.models import ModelConfig
-from umec_torchrec.umec.latency import DTYPES, LatencyPredictor, ServingDtypes, using_latency_table
+from umec_torchrec.umec.latency import DTYPES, LatencyPredictor, using_latency_table
 from umec_torchrec.umec.masks import PruningMasks
 
 CFG = ModelConfig(kind="cat", feature_names=[f"f{i}" for i in range(4)], table_sizes=[5, 50, 500, 2000],
@@ -56,6 +56,15 @@ def test_small_calibration_covers_the_model_and_round_trips(table, tmp_path):
     assert again == table
     pred = config_prediction(again, CFG)
     assert pred["total"] == pytest.approx(sum(pred[k] for k in ("overhead", "linear", "lookup", "interaction")))
+    # each dtype's classes are scaled to add up to the model's whole lookup step timed at once
+    from umec_torchrec.umec.latency import monotone
+
+    for d in DTYPES:
+        scale = table.raw["lookup_scale"][d]
+        raw = monotone(torch.tensor(table.raw["lookup"][d], dtype=torch.float64))
+        assert torch.allclose(torch.tensor(table.lookup[d]["seconds"], dtype=torch.float64), scale * raw)
+        whole = table.lookup_seconds(CFG.table_sizes, dtypes=[d] * 4).sum()
+        assert float(whole) == pytest.approx(table.raw["model_lookup_s"][d], rel=1e-9)
     # least squares over the reference programs (dense fp32 and the dense program per other
     # dtype, tables capped at 1000 rows): with a positive intercept and slope (not the noisy
     # cases refitted through the origin or with factor 1) the residuals sum to zero
@@ -132,6 +141,62 @@ def test_calibrate_command_writes_and_refuses_to_overwrite(tmp_path, capsys):
         load_latency_table(out)
 
 
+def test_quick_calibration_with_dtypes_writes_those_sections(tmp_path, capsys):
+    """``umec calibrate --quick --dtypes fp32,int8`` (CI-sized): exactly those lookup sections,
+    each timed per size class, the dense int8 program among the fitted ones, and the dense
+    program's prediction with int8 tables printed; bad --dtypes are refused naming the flag."""
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(str(run / "config.json"), {"model": CFG.to_dict(), "data": {}})
+    out = str(tmp_path / "LAT.json")
+    assert main(["calibrate", "--out", out, "--quick", "--batch", "16", "--threads", "1", "--reps", "1",
+                 "--dtypes", "fp32,int8", "--model-like", str(run)]) == 0
+    assert "with int8 tables:" in capsys.readouterr().out
+    t = load_latency_table(out)
+    assert set(t.lookup) == {"fp32", "int8"} and t.conditions["dtypes"] == ["fp32", "int8"]
+    assert t.lookup["int8"]["rows"] == t.lookup["fp32"]["rows"] and all(v > 0 for v in t.lookup["int8"]["seconds"])
+    assert [p["program"] for p in t.raw["programs"]] == ["dense", "dense int8"]
+    for bad in ("int8", "fp32,fp8", "fp32,fp32"):
+        assert main(["calibrate", "--out", str(tmp_path / "B.json"), "--quick", "--dtypes", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--dtypes must be distinct names among fp32, fp16, int8, int4, fp32 among them" in err
+
+
+def test_manifest_prices_the_exported_dtypes(table, tmp_path):
+    """Generated weights: an export with int8 tables (one int4) is predicted with those
+    sections; with a calibration that lacks int4 the latency entry says so, naming int4 and
+    the file, and the export itself succeeds."""
+    from umec_torchrec.export import export_model
+    from umec_torchrec.export.manifest import summary_lines
+    from umec_torchrec.models import build_dlrm
+
+    dense = build_dlrm(CFG).eval()
+    masks = PruningMasks(list(CFG.feature_names), ["f0", "f2", "f3"], {"dense_arch.model._mlp.0": list(range(16)),
+                                                                       "over_arch.model.0._mlp.0": list(range(16))},
+                         {"dense_arch.model._mlp.0": 32, "over_arch.model.0._mlp.0": 24})
+    with using_latency_table(table):
+        man = export_model(dense, CFG, masks, str(tmp_path / "q"), dtype="int8", table_dtypes="largest:1=int4")
+    lat = man["latency"]
+    assert lat["compact_dtypes"] == {"f0": "int8", "f2": "int8", "f3": "int4"} and lat["dense_dtype"] == "fp32"
+    served = dataclasses.replace(compact_config(CFG, masks), bottom=[16, 8], top=[16, 1])
+    want = predict_program_of(table, served, ["int8", "int8", "int4"])
+    assert lat["compact_s"] == pytest.approx(want)
+    assert lat["dense_s"] == pytest.approx(config_prediction(table, CFG)["total"])
+    path = str(tmp_path / "LAT8.json")
+    save_latency_table(path, dataclasses.replace(table, lookup={d: table.lookup[d] for d in ("fp32", "int8")}))
+    with using_latency_table(load_latency_table(path)):
+        man = export_model(dense, CFG, masks, str(tmp_path / "q4"), dtype="int8", table_dtypes="largest:1=int4")
+    assert man["latency"]["unavailable"].startswith(f"{path}: has no int4 lookups")
+    assert any("predicted latency unavailable" in line for line in summary_lines(man, "q4"))
+
+
+def predict_program_of(table, cfg: ModelConfig, dtypes) -> float:
+    from umec_torchrec.umec.latency import predict_program
+
+    return predict_program(table, cfg.kind, cfg.embedding_dim, cfg.dense_in_features, cfg.bottom, cfg.top,
+                           cfg.table_sizes, served=False, dtypes=dtypes)["total"]
+
+
 def test_overhead_fit():
     """Known answers: two programs on a line give its intercept and slope; a negative intercept
     is refitted through the origin; one program gives its residual with factor 1."""
@@ -186,11 +251,13 @@ def test_manifest_reports_predicted_latency_with_a_table(table, tmp_path):
 
 @pytest.fixture
 def no_latency_table():
-    """The CLI's --latency-model sets a process-wide table: cleared after the test."""
-    from umec_torchrec.umec.latency import set_latency_table
+    """The CLI's --latency-model and --serve-dtype set a process-wide table and dtypes: cleared
+    after the test."""
+    from umec_torchrec.umec.latency import set_latency_table, set_serving_dtypes
 
     yield
     set_latency_table(None)
+    set_serving_dtypes(None)
 
 
 def test_latency_budget_end_to_end_on_the_command_line(tmp_path, capsys, no_latency_table):
@@ -199,11 +266,12 @@ def test_latency_budget_end_to_end_on_the_command_line(tmp_path, capsys, no_late
     predicted latency within the budget, the manifest the predicted dense and exported program times; without
     --latency-model a latency budget is a one-line error."""
     dense, lat, c, e = (str(tmp_path / n) for n in ("dense", "LAT.json", "c", "e"))
+    c8, e8 = str(tmp_path / "c8"), str(tmp_path / "e8")
     # wide enough layers and a large enough batch that the GEMMs, not the per-call overhead, dominate
     assert main(["train", "--data", "synthetic:rows=2000,seed=1,min_count=2", "--bottom", "256,16",
                  "--top", "256,64,1", "--batch-size", "256", "--epochs", "1", "--out", dense, "--no-progress"]) == 0
     assert main(["calibrate", "--out", lat, "--quick", "--batch", "2048", "--threads", "1", "--reps", "2",
-                 "--model-like", dense]) == 0
+                 "--dtypes", "fp32,int8", "--model-like", dense]) == 0
     capsys.readouterr()
     assert main(["compress", "--from", dense, "--budget", "latency=0.6", "--out", c, "--no-progress",
                  "--score", "weight"]) == 2
@@ -221,3 +289,19 @@ def test_latency_budget_end_to_end_on_the_command_line(tmp_path, capsys, no_late
     assert "predicted latency per batch of 2048" in capsys.readouterr().out
     man = json.load(open(os.path.join(e, "manifest.json")))
     assert man["latency"]["batch"] == 2048 and 0 < man["latency"]["compact_s"] < man["latency"]["dense_s"]
+    # served in int8: the budget is priced with int8 lookups, metrics.json says so, export too
+    assert main(["compress", "--from", dense, "--budget", "latency=0.6", "--latency-model", lat, "--out", c8,
+                 "--no-progress", "--score", "weight", "--serve-dtype", "int8"]) == 0
+    m8 = json.load(open(os.path.join(c8, "metrics.json")))
+    assert m8["resources"]["latency"]["fraction"] <= 0.6 + 1e-6
+    serving = m8["latency_model"]["serving"]
+    assert serving["dtype"] == "int8" and set(serving["tables"].values()) == {"int8"}
+    assert m8["latency_model"]["calibration"]["file"] == lat
+    assert m["latency_model"]["serving"]["dtype"] == "fp32"
+    assert main(["export", "--from", c8, "--out", e8, "--latency-model", lat, "--dtype", "int8"]) == 0
+    man8 = json.load(open(os.path.join(e8, "manifest.json")))
+    assert set(man8["latency"]["compact_dtypes"].values()) == {"int8"}
+    capsys.readouterr()
+    assert main(["compress", "--from", dense, "--budget", "latency=0.6", "--latency-model", lat, "--out",
+                 str(tmp_path / "c4"), "--no-progress", "--score", "weight", "--serve-dtype", "int4"]) == 2
+    assert f"{lat}: has no int4 lookups" in capsys.readouterr().err

@@ -14,7 +14,10 @@ size and thread count:
   ``fp16`` / ``int8`` / ``int4`` as
   :meth:`~umec_torchrec.export.served_tables.ServedTables.lookup` of a table of that dtype
   (gather of codes, scale and bias, dequantization) read by as many fields as the model has,
-  per field;
+  per field; each dtype's classes are then scaled so that they add up to the model's whole
+  lookup step timed with all its tables at their own sizes (one table alone does not see the
+  others' rows competing for the cache: with int8 tables on this machine the step took about
+  twice the sum of the classes);
 * the interaction on ``m`` inputs (``torch.cat`` for ``cat``; the model's own interaction on
   the stacked embeddings for ``dot`` and ``dcn``);
 * the fixed per-call overhead and the program factor: the exported programs of the model and
@@ -329,6 +332,23 @@ def _time_served_lookups(dtype: str, classes: List[int], cfg: ModelConfig, batch
     return out
 
 
+def _time_model_lookups(dtype: str, cfg: ModelConfig, batch: int, reps: int, g: torch.Generator) -> float:
+    """Seconds of the dense program's whole lookup step with ``dtype`` tables of ``cfg``'s own
+    sizes (random rows): ``F.embedding`` per field for fp32 (``CompactPredictor.forward``),
+    ``ServedTables.lookup`` of all fields otherwise (the tables in one buffer, as served)."""
+    n_f, d = len(cfg.feature_names), cfg.embedding_dim
+    sizes = torch.tensor(cfg.table_sizes, dtype=torch.float64)
+    ids = [(torch.rand(batch, n_f, generator=g, dtype=torch.float64) * sizes).long() for _ in range(4)]
+    if dtype == "fp32":
+        weights = [torch.rand(int(r), d, generator=g) for r in cfg.table_sizes]
+        cols = [x.t() for x in ids]
+        return _seconds(lambda i: [F.embedding(cols[i][k], w) for k, w in enumerate(weights)], reps,
+                        n_inputs=len(ids))
+    st = ServedTables([random_table_data(f"t{k}", [f"f{k}"], dtype, int(r), d, g)
+                       for k, r in enumerate(cfg.table_sizes)])
+    return _seconds(lambda i: st.lookup(ids[i]), reps, n_inputs=len(ids))
+
+
 def _time_interactions(inputs: List[int], cfg: ModelConfig, batch: int, reps: int, g: torch.Generator) -> List[float]:
     out = []
     d = cfg.embedding_dim
@@ -429,13 +449,23 @@ def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, mo
             log(f"calibrate: {dt} lookups, table classes {classes} rows")
             look_raw[dt] = (_time_lookups(classes, cfg, B, reps, g) if dt == "fp32"
                             else _time_served_lookups(dt, classes, cfg, B, reps, g))
+        look_scale: Dict[str, float] = {}
+        model_look: Dict[str, float] = {}
+        for dt in opts.dtypes:  # the model's whole lookup step: the classes alone miss how its tables share the cache
+            model_look[dt] = _time_model_lookups(dt, cfg, B, reps, g)
+            per_class = LatencyTable.lookup_interp(classes, monotone(torch.tensor(look_raw[dt], dtype=torch.float64)),
+                                                   cfg.table_sizes)
+            look_scale[dt] = model_look[dt] / float(per_class.sum()) if float(per_class.sum()) > 0 else 1.0
+            log(f"calibrate: {dt} lookups of the model's {len(cfg.table_sizes)} tables together: "
+                f"{1e3 * model_look[dt]:.3f} ms, {look_scale[dt]:.3f} x the size classes alone")
         inputs = _interaction_inputs(cfg, opts.quick)
         log(f"calibrate: {cfg.kind} interaction at {inputs} inputs")
         inter_raw = _time_interactions(inputs, cfg, B, reps, g)
         table = LatencyTable(
             batch=B, align=opts.align, embedding_dim=cfg.embedding_dim, kind=cfg.kind, linear_in=ins, linear_out=outs,
             linear_s=monotone(torch.tensor(lin_raw, dtype=torch.float64)).tolist(),
-            lookup={dt: {"rows": classes, "seconds": monotone(torch.tensor(v, dtype=torch.float64)).tolist()}
+            lookup={dt: {"rows": classes,
+                         "seconds": (look_scale[dt] * monotone(torch.tensor(v, dtype=torch.float64))).tolist()}
                     for dt, v in look_raw.items()},
             interaction_inputs=inputs,
             interaction_s=monotone(torch.tensor(inter_raw, dtype=torch.float64)).tolist(),
@@ -450,8 +480,8 @@ def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, mo
                                  "clock": opts.clock, "dtypes": list(opts.dtypes),
                                  "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "seconds_taken": round(time.perf_counter() - start, 1)})
-        table.raw = {"linear_s": lin_raw, "lookup": look_raw, "interaction_s": inter_raw,
-                     "programs": progs}
+        table.raw = {"linear_s": lin_raw, "lookup": look_raw, "lookup_scale": look_scale,
+                     "model_lookup_s": model_look, "interaction_s": inter_raw, "programs": progs}
         table.validate()
         return table
     finally:

@@ -324,14 +324,20 @@ class LatencyTable:
                              f"{', '.join(sorted(self.lookup, key=DTYPES.index))}); calibrate with umec calibrate "
                              f"--dtypes {','.join(sorted(set(self.lookup) | set(missing), key=DTYPES.index))}")
         out = torch.zeros(len(rows), dtype=torch.float64)
-        r = torch.tensor([float(x) for x in rows], dtype=torch.float64).clamp(min=1.0).log10()
         for dt in sorted(set(dtypes)):  # a loop over the (few) dtypes
             sel = torch.tensor([d == dt for d in dtypes], dtype=torch.bool)
             body = self.lookup[dt]
-            v = interp1(r, torch.tensor(body["rows"], dtype=torch.float64).log10(),
-                        torch.tensor(body["seconds"], dtype=torch.float64))
+            v = self.lookup_interp(body["rows"], torch.tensor(body["seconds"], dtype=torch.float64), rows)
             out = torch.where(sel, v, out)
         return out
+
+    @staticmethod
+    def lookup_interp(classes: Sequence[Number], seconds: torch.Tensor, rows: Sequence[Number]) -> torch.Tensor:
+        """``[F]`` seconds of lookups in tables of ``rows`` rows from one section's ``classes`` /
+        ``seconds`` (piecewise linear in ``log10(rows)``, constant outside)."""
+        r = torch.tensor([float(x) for x in rows], dtype=torch.float64).clamp(min=1.0).log10()
+        return interp1(r, torch.tensor([float(c) for c in classes], dtype=torch.float64).log10(),
+                       seconds.to(torch.float64))
 
     def interaction(self, inputs: torch.Tensor) -> torch.Tensor:
         """``[...]`` seconds of the interaction with ``inputs`` inputs (kept fields + dense)."""
