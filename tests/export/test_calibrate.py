@@ -207,6 +207,21 @@ def test_overhead_fit():
     assert fit_overhead([1.0], [1.4]) == pytest.approx((0.4, 1.0))
 
 
+def test_per_field_term_fit():
+    """Known answers: programs on an exact plane give its intercept, slope and per-field term;
+    too few programs, one number of fields, or a term that would make a kept field cost less
+    than nothing fall back to the two-term fit with no per-field term."""
+    from umec_torchrec.export.calibrate import fit_overhead, fit_program_terms
+
+    pieces, fields = [1.0, 2.0, 4.0, 3.0, 2.5], [2, 4, 4, 2, 3]
+    measured = [0.3 + 1.2 * p - 0.05 * n for p, n in zip(pieces, fields)]
+    assert fit_program_terms(pieces, fields, measured, 0.5) == pytest.approx((0.3, 1.2, -0.05))
+    assert fit_program_terms(pieces[:3], fields[:3], measured[:3], 0.5) == pytest.approx(
+        (*fit_overhead(pieces[:3], measured[:3]), 0.0))
+    assert fit_program_terms(pieces, [4] * 5, measured, 0.5)[2] == 0.0
+    assert fit_program_terms(pieces, fields, measured, 0.01)[2] == 0.0  # -0.05 < -1.2 x 0.01
+
+
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="batch must be a positive integer, got 0"):
         CalibrationOptions(batch=0).validate()

@@ -24,6 +24,7 @@ from umec_torchrec.umec.latency import (
     interp1,
     interp2,
     monotone,
+    predict_program,
     reported_resources,
     using_latency_table,
 )
@@ -130,6 +131,32 @@ def test_bilinear_table_gives_the_flops_formula_at_any_kept_counts():
     table.program_factor = 1.5  # the pieces inside the program: scaled, the overhead not
     got = LatencyPredictor(spec, table)(kept.double(), alive.double())
     assert torch.allclose(got, table.overhead_s + 1.5 * (want - table.overhead_s), rtol=1e-9, atol=1e-15)
+
+
+def test_per_field_term_adds_to_every_kept_field():
+    """``field_s`` (the per-kept-field term) adds ``field_s`` per kept feature to the resource
+    and to predict_program (outside the program factor); a file without it reads as 0; one
+    that would make a field cost less than nothing is refused."""
+    data = random_data(n=64, features=5, dense=3)
+    model, _ = small_model("cat", data, dim=8, bottom=(16, 12), top=(16, 8, 1))
+    spec = discover_groups(model)
+    table = bilinear_table(max_in=64, max_out=16, fields=5)
+    table.program_factor = 1.5
+    g = torch.Generator().manual_seed(1)
+    full = torch.tensor([float(s.size) for s in spec.sets])
+    kept = torch.floor(torch.rand(10, len(full), generator=g) * full).double() + 1.0
+    alive = (torch.rand(10, spec.feature_set.size, generator=g) < 0.6).double()
+    base = LatencyPredictor(spec, table)(kept, alive)
+    with_term = LatencyTable.from_dict(dict(table.to_dict(), field_s=-1e-6))
+    got = LatencyPredictor(spec, with_term)(kept, alive)
+    assert torch.allclose(got, base - 1e-6 * alive.sum(1), rtol=1e-9, atol=1e-15)
+    args = ("cat", 8, 3, [16, 8], [16, 8, 1], [10, 100, 1000])
+    assert predict_program(with_term, *args)["total"] == pytest.approx(predict_program(table, *args)["total"] - 3e-6)
+    old = table.to_dict()
+    old.pop("field_s")
+    assert LatencyTable.from_dict(old).field_s == 0.0
+    with pytest.raises(ValueError, match="LAT.json: field 'field_s' must be >= -program_factor x the cheapest"):
+        LatencyTable.from_dict(dict(table.to_dict(), field_s=-1e-5), source="LAT.json")
 
 
 def test_predicted_latency_falls_with_every_pruned_group():

@@ -24,7 +24,8 @@ size and thread count:
   of compact ones with a half and a quarter of its features and widths, built with
   :func:`~umec_torchrec.export.program.export_program` exactly as ``umec export`` builds them
   (tables capped at 1000 rows), timed whole; ``measured = overhead + factor * pieces`` is
-  fitted by least squares, together with the dense program served in each other calibrated
+  fitted by least squares (with a per-kept-field term ``delta`` when the programs determine it:
+  :func:`fit_program_terms`), together with the dense program served in each other calibrated
   dtype (its tables in :class:`~umec_torchrec.export.served_tables.ServedTables` of that dtype,
   as ``umec export --dtype`` serves them); ``quick``: the dense programs only (fp32 alone:
   factor 1).
@@ -68,6 +69,7 @@ __all__ = [
     "config_prediction",
     "current_conditions",
     "fit_overhead",
+    "fit_program_terms",
     "linear_grid",
     "load_latency_table",
     "predicted_speedup",
@@ -473,8 +475,11 @@ def calibrate(cfg: ModelConfig, options: Optional[CalibrationOptions] = None, mo
         )
         log("calibrate: whole exported programs, for the fixed overhead")
         progs = _time_programs(table, cfg, B, reps, opts.quick, g, tuple(opts.dtypes))
-        table.overhead_s, table.program_factor = fit_overhead([p["pieces_s"] for p in progs],
-                                                              [p["measured_s"] for p in progs])
+        cheapest = min(min(b["seconds"]) for b in table.lookup.values())
+        table.overhead_s, table.program_factor, table.field_s = fit_program_terms(
+            [p["pieces_s"] for p in progs], [p["features"] for p in progs], [p["measured_s"] for p in progs], cheapest)
+        log(f"calibrate: overhead {1e3 * table.overhead_s:.3f} ms, program factor {table.program_factor:.3f}, "
+            f"per kept field {1e6 * table.field_s:+.2f} us ({len(progs)} programs)")
         table.conditions = current_conditions(batch=B)
         table.conditions.update({"align": opts.align, "reps": reps, "quick": opts.quick, "model_like": model_like,
                                  "clock": opts.clock, "dtypes": list(opts.dtypes),
@@ -507,6 +512,30 @@ def fit_overhead(pieces: List[float], measured: List[float]) -> Tuple[float, flo
         if f > 0:
             return o, f
     return max(0.0, statistics.median((m - p).tolist())), 1.0
+
+
+def fit_program_terms(pieces: List[float], fields: List[int], measured: List[float],
+                      cheapest_lookup_s: float) -> Tuple[float, float, float]:
+    """``(overhead >= 0, factor > 0, per-field seconds)`` of ``measured ~ overhead + factor *
+    pieces + delta * fields`` (least squares over the reference programs), ``delta >= -factor *
+    cheapest_lookup_s`` so that a kept field never lowers the time. With fewer than four
+    programs, one number of fields, or a fit outside those bounds: :func:`fit_overhead` and
+    ``delta = 0``.
+
+    Example::
+
+        fit_program_terms([1.0, 2.0, 4.0, 3.0], [2, 4, 4, 2], [1.4, 2.5, 4.9, 3.8], 0.5)  # (0.3, 1.2, -0.05)
+    """
+    o, f = fit_overhead(pieces, measured)
+    if len(pieces) < 4 or len(set(fields)) < 2:
+        return o, f, 0.0
+    a = torch.tensor([[1.0, p, float(n)] for p, n in zip(pieces, fields)], dtype=torch.float64)
+    m = torch.tensor(measured, dtype=torch.float64).unsqueeze(1)
+    sol = torch.linalg.lstsq(a, m).solution.squeeze(1).tolist()
+    o3, f3, d3 = sol
+    if o3 >= 0 and f3 > 0 and d3 >= -f3 * cheapest_lookup_s:
+        return o3, f3, d3
+    return o, f, 0.0
 
 
 def predicted_speedup(table: LatencyTable, dense: ModelConfig, compact: ModelConfig) -> Dict[str, float]:

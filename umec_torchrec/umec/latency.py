@@ -7,12 +7,13 @@ writes a :class:`LatencyTable`. The predicted time of one call on a batch of ``B
 
 .. math::
     T = T_0 + \phi \Big( \sum_{\text{Linear } i} L(\mathrm{in}_i, \mathrm{out}_i)
-        + \sum_{f\ \text{kept}} E(\mathrm{rows}_f) + I(m) \Big),
+        + \sum_{f\ \text{kept}} E_{d_f}(\mathrm{rows}_f) + I(m) \Big) + \delta \cdot n_{\text{kept}},
 
 * ``T_0``: the fixed per-call overhead (input checks, dispatch, the id transpose, the squeeze);
 * ``phi``: the program factor, how much slower the pieces run inside the whole program than
-  alone (activations that left the cache, allocation); ``T_0`` and ``phi`` are fitted on
-  whole exported programs;
+  alone (activations that left the cache, allocation); ``delta``: a per-kept-field term (the
+  dispatch a lookup pays alone and not inside the program, or the reverse); ``T_0``, ``phi``
+  and ``delta`` are fitted on whole exported programs;
 * ``L(in, out)``: one Linear of the program (``addmm`` then in-place ReLU), bilinear in the
   calibrated ``(in, out)`` grid;
 * ``E_d(rows)``: one kept field's row lookup, piecewise linear in ``log10(rows)`` of its table
@@ -175,6 +176,11 @@ class LatencyTable:
         interaction_s: ``[K]`` seconds of the interaction (monotone).
         overhead_s: fixed seconds per call.
         program_factor: the pieces' time inside the whole program over their time alone.
+        field_s: seconds per kept field the whole program pays beyond ``program_factor`` times
+            its lookup (a per-op dispatch term, fitted like the overhead; negative when a lookup
+            timed alone pays more dispatch than inside the program; never below minus the
+            factor times the cheapest lookup, so every kept field still costs time; 0 in files
+            written before it).
         conditions: where and how it was measured: ``threads``, ``batch``, ``torch``,
             ``torchrec``, ``fbgemm_gpu``, ``cpu``, ...
         raw: the measurements before they were made monotone, and the overhead fit.
@@ -197,6 +203,7 @@ class LatencyTable:
     interaction_s: List[float]
     overhead_s: float
     program_factor: float = 1.0
+    field_s: float = 0.0
     conditions: Dict[str, Any] = field(default_factory=dict)
     raw: Dict[str, Any] = field(default_factory=dict)
     #: where the table came from (its file, set by :meth:`from_dict`), named in errors
@@ -249,6 +256,12 @@ class LatencyTable:
         f = self.program_factor
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
             raise bad("program_factor", f"must be a finite number > 0, got {f!r}")
+        fs = self.field_s
+        if isinstance(fs, bool) or not isinstance(fs, (int, float)) or not math.isfinite(fs):
+            raise bad("field_s", f"must be a finite number, got {fs!r}")
+        cheapest = min(min(b["seconds"]) for b in self.lookup.values())
+        if fs < -f * cheapest * (1 + 1e-9):
+            raise bad("field_s", f"must be >= -program_factor x the cheapest lookup ({-f * cheapest:.3g}), got {fs!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form (``{"format": FORMAT, ...fields}``)."""
@@ -263,7 +276,7 @@ class LatencyTable:
             raise ValueError(f"{source}: field 'format' is {d.get('format')!r}, expected {FORMAT!r} "
                              "(write one with umec calibrate)")
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in d and n not in ("conditions", "raw")]
+        missing = [n for n in names if n not in d and n not in ("conditions", "raw", "field_s")]
         if missing:
             raise ValueError(f"{source}: missing field {missing[0]!r}")
         unknown = sorted(set(d) - set(names) - {"format"})
@@ -271,7 +284,7 @@ class LatencyTable:
             raise ValueError(f"{source}: unknown field {unknown[0]!r}")
         t = cls.__new__(cls)
         for n in names:
-            setattr(t, n, d.get(n, {}) if n in ("conditions", "raw") else d[n])
+            setattr(t, n, d.get(n, {}) if n in ("conditions", "raw") else d.get(n, 0.0) if n == "field_s" else d[n])
         t.source = source
         try:
             t._normalize()
@@ -583,9 +596,9 @@ def predict_program(
     lin = (_chain_time(table, torch.tensor(float(dense_in), dtype=dt), outs_b, served)
            + _chain_time(table, _top_input(kind, owners, embedding_dim), outs_t, served))
     sizes = [float(element_size)] * len(table_rows) if isinstance(element_size, (int, float)) else list(element_size)
-    look = table.lookup_seconds(list(table_rows), sizes, dtypes=dtypes).sum()
-    inter = table.interaction(owners)
     f = float(table.program_factor)
+    look = table.lookup_seconds(list(table_rows), sizes, dtypes=dtypes).sum() + len(table_rows) * table.field_s / f
+    inter = table.interaction(owners)
     parts = {"overhead": float(table.overhead_s), "linear": f * float(lin), "lookup": f * float(look),
              "interaction": f * float(inter)}
     parts["total"] = sum(parts.values())
@@ -660,7 +673,9 @@ class LatencyPredictor:
         """The dtype each feature's lookups are priced at (feature order)."""
         self.table_dtypes: Dict[str, str] = dict(zip(tables, dtypes))
         """``{table: dtype}`` (model order)."""
-        costs = table.lookup_seconds(rows, dtypes=dtypes)  # float64; cast to the counts' dtype when used
+        # float64; cast to the counts' dtype when used. A field's share of the per-field term is
+        # added to its lookup (never below 0: LatencyTable.validate)
+        costs = table.lookup_seconds(rows, dtypes=dtypes) + float(table.field_s) / float(table.program_factor)
         self.all_lookups = float(costs.sum())
         self.lookup_costs = torch.cat([costs.new_zeros(1), costs]) if self.dense_group else costs  # feature-set order
         top_in_full = float(_top_input(st.kind, torch.tensor(float(n + 1)), st.embedding_dim))
