@@ -83,6 +83,18 @@ FIXED_OPTIONS = ("test_fraction", "valid_fraction", "split_seed", "time_ordered"
                  "skip_bad_lines", "max_rows")
 
 
+#: default bound (bytes) on the resident pages of one split's maps (:class:`ColumnIds`)
+RESIDENT_CAP = 256 << 20
+#: the most bytes one read fault may map around a row: a whole 2 MiB folio where the page
+#: cache holds large folios (tmpfs, ext4 on recent kernels), else 16 pages of fault-around
+FAULT_AROUND = 2 << 20
+
+
+def _map_bytes(a: np.ndarray) -> int:
+    """Bytes of ``a``'s map (0 without one: nothing to release)."""
+    return int(a.nbytes) if getattr(a, "_mmap", None) is not None else 0
+
+
 class ColumnIds:
     """The ids of a split as one memory-mapped column per feature, each in its own dtype.
 
@@ -90,14 +102,16 @@ class ColumnIds:
     and ``ids[index]`` (a LongTensor, a bool mask, a slice or an int array) is the
     ``int64 [len(index), F]`` tensor of those rows; only those rows are read.
 
-    With ``release`` (the default) a gather keeps the maps' resident pages bounded by one
-    batch, whatever the number of rows: each id column's touched pages are dropped from the
-    process's RSS (``madvise(MADV_DONTNEED)``) right after its gather, and the other maps'
-    (``maps``: dense, labels, multi-hot values and offsets, read by the batch after the ids)
-    at the start of the next gather. A read fault maps up to 16 pages around the row
-    (fault-around), so a batch of random rows touches a 4M-row column nearly whole: without
-    the release every map becomes resident within a batch or two.
-
+    The maps' resident pages are bounded by ``resident_cap`` bytes (default
+    :data:`RESIDENT_CAP`) whatever the number of rows: a read fault maps the pages around
+    the row (a 2 MiB folio or 16 pages, at most :data:`FAULT_AROUND` bytes), so a batch of
+    shuffled rows touches up to that much of every map for each row, and over a few batches
+    every page of every map.
+    Each gather adds that bound to what the maps may hold (at most each map's size); when the
+    sum would pass the cap, every map's pages are dropped from the process's RSS
+    (``madvise(MADV_DONTNEED)``) first, and if one batch alone can pass it, each id column's
+    pages are dropped right after its gather too. Small data stays mapped (no refaults);
+    large data pays a minor fault per touched folio per batch. ``None``: never released.
     Example::
 
         ids = ColumnIds([np.load("train_ids_0.npy", mmap_mode="c"), ...])
@@ -105,7 +119,7 @@ class ColumnIds:
     """
 
     def __init__(self, columns: Sequence[np.ndarray], maps: Sequence[np.ndarray] = (),
-                 release: bool = True) -> None:
+                 resident_cap: Optional[int] = RESIDENT_CAP) -> None:
         self.columns = list(columns)
         if not self.columns:
             raise ValueError("ColumnIds needs at least one column")
@@ -120,7 +134,11 @@ class ColumnIds:
         self._col_release = [PageRelease([c]) for c in self.columns]
         self._other_release = PageRelease(list(maps))
         self.maps = [a for a in list(columns) + list(maps) if getattr(a, "_mmap", None) is not None]
-        self.release_pages = bool(release)
+        self.resident_cap = resident_cap
+        # bytes of each map (id columns, then the others) and how much of it may be resident
+        self._sizes = np.array([_map_bytes(c) for c in self.columns] + [_map_bytes(a) for a in maps],
+                               dtype=np.float64)
+        self._held = np.zeros_like(self._sizes)
         self.releases = 0
 
     def release(self) -> None:
@@ -132,6 +150,7 @@ class ColumnIds:
         for r in self._col_release:
             r.release()
         self._other_release.release()
+        self._held[:] = 0.0
         self.releases += 1
 
     @property
@@ -161,15 +180,21 @@ class ColumnIds:
             if rows_t.dtype == torch.bool:
                 rows_t = rows_t.nonzero().flatten()
             rows_t = rows_t.to(torch.int64)
-        release = self.release_pages
-        if release:  # the previous batch's dense, labels, multi-hot ids
-            self._other_release.release()
-            self.releases += 1
+        per_column = False
+        if self.resident_cap is not None:
+            touch = np.minimum(self._sizes, float(rows_t.shape[0]) * FAULT_AROUND)
+            held = np.minimum(self._sizes, self._held + touch)
+            if held.sum() > self.resident_cap:
+                self.release()
+                held = touch
+                per_column = touch.sum() > self.resident_cap
+            self._held = held
         out = torch.empty((rows_t.shape[0], len(self.columns)), dtype=torch.int64)
         for j in range(len(self.columns)):  # one vectorised gather per feature
             self.gather(j, rows_t, out[:, j])
-            if release:
+            if per_column:
                 self._col_release[j].release()
+                self._held[j] = 0.0
         return out
 
     def gather(self, j: int, rows: torch.Tensor, out: torch.Tensor) -> None:
