@@ -205,6 +205,8 @@ def test_overhead_fit():
     assert fit_overhead([1.0, 2.0, 4.0], [1.5, 2.7, 5.1]) == pytest.approx((0.3, 1.2))
     assert fit_overhead([1.0, 2.0], [0.5, 2.5]) == pytest.approx((0.0, 1.1))
     assert fit_overhead([1.0], [1.4]) == pytest.approx((0.4, 1.0))
+    # programs of nearly the same pieces (quick: dense programs in several dtypes): no slope
+    assert fit_overhead([1.0, 1.05], [1.3, 1.9]) == pytest.approx((0.575, 1.0))
 
 
 def test_per_field_term_fit():
