@@ -13,6 +13,7 @@ import torch
 
 from helpers.data import random_data
 from helpers.models import small_model
+from helpers.umec_steps import umec_steps
 from umec_torchrec.umec.allocation import kept_of_masks
 from umec_torchrec.umec.budgets import Budget
 from umec_torchrec.umec.groups import discover_groups
@@ -197,11 +198,7 @@ def test_a_latency_budget_is_met_by_finalize():
             text = budget if budget != "abs" else f"latency=abs:{1e6 * 0.4 * float(dense_s):.6f}us"
             umec = UMECOptimizer(torch.optim.Adagrad(model.parameters(), lr=0.05), model, [text],
                                  UMECConfig(score="weight"))
-        for b in data.batches(64, shuffle=True, seed=0):
-            loss, _ = model(umec.feature_mask(b))
-            loss.backward()
-            umec.step()
-            umec.zero_grad()
+        umec_steps(model, umec, data.batches(64, shuffle=True, seed=0))
         masks = umec.finalize()
         frac = umec.resource_fractions()["latency"]
         limit = 0.5 if budget != "abs" else 0.4
@@ -322,11 +319,7 @@ def test_a_latency_budget_with_int8_tables_is_met_by_finalize():
         umec = UMECOptimizer(torch.optim.Adagrad(model.parameters(), lr=0.05), model, ["latency=0.5"],
                              UMECConfig(score="weight"))
         assert umec_resource_dtypes(umec) == ["int8"] * 6
-    for b in data.batches(64, shuffle=True, seed=0):
-        loss, _ = model(umec.feature_mask(b))
-        loss.backward()
-        umec.step()
-        umec.zero_grad()
+    umec_steps(model, umec, data.batches(64, shuffle=True, seed=0))
     masks = umec.finalize()
     frac = umec.resource_fractions()["latency"]
     kept, alive_m = kept_of_masks(spec, masks)
