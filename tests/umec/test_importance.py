@@ -179,7 +179,7 @@ def _umec_run(kind, score, budget="flops=0.4"):
     model, cfg = small_model(kind, data, seed=0)
     opt = UMECOptimizer(torch.optim.Adam(model.parameters(), lr=0.01), model, [budget],
                         UMECConfig(score=score, s_lr=0.05))
-    if score == "holdout":
+    if ScoreKind(score).needs_holdout:
         valid = random_data(n=256, features=5, rows=30, dense=6, seed=2)
         opt.attach_holdout(lambda: valid.batches(128))
     for ep in range(3):
@@ -245,7 +245,7 @@ def discover_like(model, spec):
     return discover_groups(model, prune_features=fi is not None, prune_dense=spec.dense_is_group).sets
 
 
-@pytest.mark.parametrize("score", ["centered", "fisher", "holdout"])
+@pytest.mark.parametrize("score", ["centered", "fisher", "holdout", "mixed"])
 def test_loss_scores_meet_the_budget(score):
     """Generated data: every score kind runs inside UMEC and the budget holds after finalize."""
     model, cfg, opt, data = _umec_run("cat", score)
@@ -254,6 +254,22 @@ def test_loss_scores_meet_the_budget(score):
     assert opt.penalty_scale is not None
     if ScoreKind(score).loss_scale:  # one scale for every set
         assert torch.allclose(opt.penalty_scale, opt.penalty_scale[0].expand_as(opt.penalty_scale))
+
+
+def test_mixed_scores_are_holdout_for_features_and_fisher_for_units():
+    """Generated data: ``mixed`` gives the feature set the measured validation scores of
+    ``holdout`` and every unit set the training-batch Fisher of ``fisher``, from the same
+    statistics and held-out scores."""
+    from umec_torchrec.umec.groups import FEATURES
+
+    _, _, opt, _ = _umec_run("cat", "mixed")
+    got = opt._scores()
+    kinds = [gs.kind for gs in opt.spec.sets]
+    assert FEATURES in kinds and len(kinds) > 1
+    for gs, sc, st, held in zip(opt.spec.sets, got, opt.importance.stats, opt._holdout_scores):
+        assert torch.equal(sc, held if gs.kind == FEATURES else st.fisher)
+    assert ScoreKind.MIXED.needs_holdout and ScoreKind.MIXED.fisher and ScoreKind.MIXED.folds_mean
+    assert not ScoreKind.FISHER.needs_holdout and not ScoreKind.HOLDOUT.fisher
 
 
 @pytest.mark.parametrize("kind, blocks", [("cat", True), ("dcn", True), ("dot", False)])

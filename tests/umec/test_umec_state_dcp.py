@@ -125,7 +125,8 @@ def test_dcp_round_trip_into_fresh_optimizer_on_two_ranks(tmp_path):
 
 
 @pytest.mark.parametrize("cfg", [dict(score="fisher"), dict(score="activation"), dict(score="centered"),
-                                 dict(score="holdout"), dict(score="weight", s_step="gradient")])
+                                 dict(score="holdout"), dict(score="mixed"),
+                                 dict(score="weight", s_step="gradient")])
 def test_state_layout_is_fixed_for_every_score_and_loads_with_dcp(tmp_path, cfg):
     """One process, every score kind: the state of a fresh optimizer, one mid-search and one
     after finalize have the same keys, shapes and dtypes, all plain tensors; each saved with
@@ -135,7 +136,7 @@ def test_state_layout_is_fixed_for_every_score_and_loads_with_dcp(tmp_path, cfg)
     def build(seed):
         model, _ = small_model("dcn" if cfg["score"] == "activation" else "cat", data, seed=seed)
         inner = torch.optim.Adagrad(model.parameters(), lr=0.05)
-        holdout = (lambda: data.batches(128)) if cfg["score"] == "holdout" else None
+        holdout = (lambda: data.batches(128)) if cfg["score"] in ("holdout", "mixed") else None
         return model, UMECOptimizer(inner, model, ["flops=0.4"], UMECConfig(check_every=0, **cfg), holdout=holdout)
 
     model, umec = build(0)

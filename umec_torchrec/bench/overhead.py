@@ -91,7 +91,7 @@ def run_overhead_bench(
                 k += 1
     med = {n: statistics.median(v) for n, v in times.items()}
     refresh_ms = float("nan")
-    if umec.score_kind is ScoreKind.HOLDOUT:  # the periodic re-scoring, timed on its own
+    if umec.score_kind.needs_holdout:  # the periodic re-scoring, timed on its own
         t = time.perf_counter()
         umec.refresh_holdout()
         sync()
@@ -155,7 +155,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         say(ctx, f"UMEC overhead ratio: {r['ratio_paired']:.3f} (median of adjacent-step ratios), "
                  f"{r['ratio_median']:.3f} (ratio of medians), {r['ratio_total']:.3f} (ratio of totals); "
                  "target <= 1.05")
-        if r["score"] == ScoreKind.HOLDOUT.value:
+        if ScoreKind(r["score"]).needs_holdout:
             per = r["holdout_refresh_ms"] / (r["holdout_every"] * r["plain_step_ms"])
             say(ctx, f"holdout re-scoring on {r['holdout_rows']} validation rows: {r['holdout_refresh_ms']:.0f} ms "
                      f"every {r['holdout_every']} UMEC steps = {100 * per:.1f}% of the plain steps between two "

@@ -41,7 +41,6 @@ from umec_torchrec.train.loop import num_train_steps
 from umec_torchrec.train.metrics import evaluate
 from umec_torchrec.umec.allocation import resources_of_masks
 from umec_torchrec.umec.groups import GroupSpec, discover_groups
-from umec_torchrec.umec.importance import ScoreKind
 from umec_torchrec.umec.latency import latency_report, reported_resources
 from umec_torchrec.umec.masked_optimizer import MaskedOptimizer
 from umec_torchrec.umec.masks import PruningMasks
@@ -125,12 +124,12 @@ HOLDOUT_ROWS = 8192
 def attach_validation(umec: UMECOptimizer, valid: Any, batch_size: int, ctx: DistContext,
                       max_rows: int = HOLDOUT_ROWS) -> None:
     """Give ``umec`` this rank's share of the first ``max_rows`` rows of the validation split
-    (a ``CTRData`` or ``None``) when its score needs it (``holdout``); whole batches only on
+    (a ``CTRData`` or ``None``) when its score needs it (``holdout``, ``mixed``); whole batches only on
     several ranks, so every rank runs as many."""
-    if umec.score_kind is not ScoreKind.HOLDOUT:
+    if not umec.score_kind.needs_holdout:
         return
     if valid is None or len(valid) == 0:
-        raise ValueError("score 'holdout' needs a validation split: set --valid-fraction above 0")
+        raise ValueError(f"score {umec.score_kind.value!r} needs a validation split: set --valid-fraction above 0")
     if len(valid) > max_rows:
         valid = valid.subset(torch.arange(max_rows))
     bs = batch_size

@@ -37,9 +37,11 @@ costs nothing; where the consumer is not linear in it (the DCN cross net) it is 
   (:func:`holdout_scores`), clamped at zero: a group that only memorises training labels
   helps nothing on unseen rows. Where the gate has a cheap ``downstream`` (the feature
   gate: only the over arch runs again) the removal is *measured*; elsewhere (hidden units)
-  it is estimated to second order, :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]`.
+  it is estimated to second order, :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]`;
+* ``mixed``: the feature set as ``holdout`` measures it (validation batches), every unit set
+  as ``fisher`` (training batches).
 
-``fisher`` and ``holdout`` are in units of log loss for every set, so one budget dual can
+``fisher``, ``holdout`` and ``mixed`` are in units of log loss for every set, so one budget dual can
 trade a feature against a neuron; the norm-based kinds are rescaled per set by the
 optimizer. Costs: one ``[B, C] x [C, G]`` product per gate and step (``fisher``), nothing
 but moment updates otherwise; ``holdout`` runs forward and backward (to the gates only,
@@ -79,16 +81,27 @@ class ScoreKind(str, enum.Enum):
     CENTERED = "centered"
     FISHER = "fisher"
     HOLDOUT = "holdout"
+    MIXED = "mixed"
 
     @property
     def loss_scale(self) -> bool:
         """Scores in units of log loss, comparable across sets."""
-        return self in (ScoreKind.FISHER, ScoreKind.HOLDOUT)
+        return self in (ScoreKind.FISHER, ScoreKind.HOLDOUT, ScoreKind.MIXED)
 
     @property
     def folds_mean(self) -> bool:
         """Pruning replaces a group by its mean (folded into the consumer's bias)."""
-        return self in (ScoreKind.CENTERED, ScoreKind.FISHER, ScoreKind.HOLDOUT)
+        return self in (ScoreKind.CENTERED, ScoreKind.FISHER, ScoreKind.HOLDOUT, ScoreKind.MIXED)
+
+    @property
+    def needs_holdout(self) -> bool:
+        """Some set is scored on validation batches (:meth:`UMECOptimizer.attach_holdout`)."""
+        return self in (ScoreKind.HOLDOUT, ScoreKind.MIXED)
+
+    @property
+    def fisher(self) -> bool:
+        """Some set is scored by the group Fisher on training batches."""
+        return self in (ScoreKind.FISHER, ScoreKind.MIXED)
 
     @property
     def needs_stats(self) -> bool:

@@ -88,7 +88,7 @@ from umec_torchrec.umec.activation_stats import ActivationStats
 from umec_torchrec.umec.allocation import BudgetAllocator, SetOrder
 from umec_torchrec.umec.budgets import Budget
 from umec_torchrec.umec.feature_mask import FeatureMask
-from umec_torchrec.umec.groups import GroupSpec, discover_groups
+from umec_torchrec.umec.groups import FEATURES, GroupSpec, discover_groups
 from umec_torchrec.umec.hard_prune import flush_subnormal_, masks_from_pruned, pruned_indicators
 from umec_torchrec.umec.importance import ImportanceTracker, Replace, ScoreKind, fold_mean_, holdout_scores
 from umec_torchrec.umec.masked_optimizer import FixedArchitecture
@@ -134,9 +134,10 @@ class UMECConfig:
             ``docs/design.md``): ``"weight"``
             (the paper's squared norm), ``"activation"`` (feature columns weighted by
             ``E[x^2]`` of their input), ``"centered"`` (weighted by ``Var[x]``), ``"fisher"``
-            (group Fisher of mean replacement on training batches) or ``"holdout"`` (the
+            (group Fisher of mean replacement on training batches), ``"holdout"`` (the
             log-loss increase of each removal on validation batches, measured for the features
-            and estimated to second order for units: needs :meth:`UMECOptimizer.attach_holdout`).
+            and estimated to second order for units: needs :meth:`UMECOptimizer.attach_holdout`)
+            or ``"mixed"`` (the features as ``holdout``, the units as ``fisher``; needs it too).
             With ``centered``, ``fisher`` and ``holdout`` a pruned group is replaced by its
             mean, folded into the consumer's bias.
         holdout_every: UMEC steps between refreshes of the ``holdout`` scores.
@@ -293,7 +294,7 @@ class UMECOptimizer(OptimizerWrapper):
         )
         self._moments: Optional[Dict[str, torch.Tensor]] = None
         self.importance: Optional[ImportanceTracker] = (
-            ImportanceTracker([gs.gate for gs in sets], fisher=kind is ScoreKind.FISHER,
+            ImportanceTracker([gs.gate for gs in sets], fisher=kind.fisher,
                               fisher_rows=self.config.fisher_rows or None) if kind.folds_mean else None
         )
         self._holdout: Optional[Tuple[Callable[[], Iterable[Any]], Callable[[Any], torch.Tensor]]] = None
@@ -402,7 +403,7 @@ class UMECOptimizer(OptimizerWrapper):
     def refresh_holdout(self) -> None:
         """Recompute the ``holdout`` scores (summed over ranks' shares, identical on every rank)."""
         if self._holdout is None:
-            raise ValueError("score='holdout' needs validation batches: pass "
+            raise ValueError(f"score={self.score_kind.value!r} needs validation batches: pass "
                              "UMECOptimizer(..., holdout=lambda: valid_batches) or call attach_holdout(...), "
                              "or choose a training-batch score (UMECConfig(score='fisher'), the default)")
         batches, forward = self._holdout
@@ -432,15 +433,21 @@ class UMECOptimizer(OptimizerWrapper):
 
     def _scores(self) -> List[torch.Tensor]:
         kind = self.score_kind
-        if kind is ScoreKind.FISHER:
-            assert self.importance is not None
-            return [torch.zeros(gs.size, device=self.device) if st.fisher is None else st.fisher.clone()
-                    for gs, st in zip(self.spec.sets, self.importance.stats)]
-        if kind is ScoreKind.HOLDOUT:
+        held: Optional[List[torch.Tensor]] = None
+        if kind.needs_holdout:
             if self._holdout_scores is None:
                 self.refresh_holdout()
             assert self._holdout_scores is not None
-            return [sc.clone() for sc in self._holdout_scores]
+            held = [sc.clone() for sc in self._holdout_scores]
+            if kind is ScoreKind.HOLDOUT:
+                return held
+        if kind.fisher:
+            assert self.importance is not None
+            out = [torch.zeros(gs.size, device=self.device) if st.fisher is None else st.fisher.clone()
+                   for gs, st in zip(self.spec.sets, self.importance.stats)]
+            if held is not None:  # mixed: the feature set measured on validation batches
+                out = [h if gs.kind == FEATURES else f for gs, f, h in zip(self.spec.sets, out, held)]
+            return out
         cache: Dict = {}
         return [gs.scores(cache, self._moments) for gs in self.spec.sets]
 
@@ -473,7 +480,7 @@ class UMECOptimizer(OptimizerWrapper):
         cfg = self.config
         lr = self._prox_lr()
         self._sync_moments()
-        if self.score_kind is ScoreKind.HOLDOUT and self.umec_step_count % cfg.holdout_every == 0:
+        if self.score_kind.needs_holdout and self.umec_step_count % cfg.holdout_every == 0:
             self.refresh_holdout()
         scores = self._scores()
         if self._scale is None:  # fixed per-set unit of the penalty (see the class docstring)
