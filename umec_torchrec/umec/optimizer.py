@@ -408,7 +408,10 @@ class UMECOptimizer(OptimizerWrapper):
                              "or choose a training-batch score (UMECConfig(score='fisher'), the default)")
         batches, forward = self._holdout
         stats = self.importance.synced() if self.importance is not None else []
-        gates = [gs.gate for gs in self.spec.sets]
+        # mixed: only the feature set is scored here (its units take the training Fisher), so
+        # no backward pass to the unit gates
+        mixed = self.score_kind is ScoreKind.MIXED
+        gates = [gs.gate if not mixed or gs.kind == FEATURES else None for gs in self.spec.sets]
         was = self.model.training
         self.model.eval()
         try:
