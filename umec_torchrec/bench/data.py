@@ -112,37 +112,41 @@ def _peak_rss_child(cmd: List[str], env: Optional[Dict[str, str]] = None) -> Dic
     return {"seconds": secs, "stdout": out, "stderr": err, "peak_rss": int(ru.ru_maxrss) * 1024}
 
 
+#: ``/proc/self/status`` fields (kB) -> the keys of :func:`_mem`
+_STATUS = {"RssAnon:": "rss_anon", "RssFile:": "rss_file", "VmHWM:": "hwm"}
+#: ``/proc/self/smaps_rollup`` fields (kB) -> the keys of :func:`_mem`
+_ROLLUP = {"Pss_Anon:": "pss_anon", "Pss_File:": "pss_file"}
+
+
+def _read_kib(path: str, keys: Dict[str, str], out: Dict[str, int]) -> Dict[str, int]:
+    """Set ``out[keys[field]]`` to each ``field``'s value of the ``/proc`` file ``path`` in
+    bytes (left as it is where the file cannot be read); returns ``out``."""
+    try:
+        with open(path) as f:
+            for line in f:
+                k = line.split(None, 1)[0]
+                if k in keys:
+                    out[keys[k]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def _mem() -> Dict[str, int]:
     """This process's memory now (bytes): resident ``rss_anon`` / ``rss_file``, the peak ``hwm``
     and the proportional set sizes ``pss_anon`` / ``pss_file`` (a page mapped by k processes
     counts 1/k in each: the ranks' shared page cache of one prepared directory is split)."""
     out = {"rss_anon": 0, "rss_file": 0, "hwm": 0, "pss_anon": 0, "pss_file": 0}
-    for path, keys in (("/proc/self/status", {"RssAnon:": "rss_anon", "RssFile:": "rss_file", "VmHWM:": "hwm"}),
-                       ("/proc/self/smaps_rollup", {"Pss_Anon:": "pss_anon", "Pss_File:": "pss_file"})):
-        try:
-            with open(path) as f:
-                for line in f:
-                    k = line.split(None, 1)[0]
-                    if k in keys:
-                        out[keys[k]] = int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return out
+    _read_kib("/proc/self/status", _STATUS, out)
+    return _read_kib("/proc/self/smaps_rollup", _ROLLUP, out)
 
 
 def _resident() -> int:
     """This process's resident memory now (bytes, anonymous plus file-backed): from
     ``/proc/self/status`` alone, cheap enough to read between two batches (``smaps_rollup``
     walks every page table: milliseconds, on the step's path)."""
-    out = 0
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(("RssAnon:", "RssFile:")):
-                    out += int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return out
+    got = _read_kib("/proc/self/status", _STATUS, {"rss_anon": 0, "rss_file": 0})
+    return got["rss_anon"] + got["rss_file"]
 
 
 def rank_worker(data_dir: str, steps: int, batch_size: int, warmup: int, out_json: str) -> None:

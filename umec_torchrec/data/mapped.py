@@ -25,10 +25,15 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["PageRelease", "torch_view"]
+__all__ = ["PageRelease", "is_mapped", "torch_view"]
 
 #: unsigned dtype -> (the signed dtype of its width, the mask that widens it back to its value)
 _SIGNED = {np.dtype(np.uint16): (np.int16, 0xFFFF), np.dtype(np.uint32): (np.int32, 0xFFFFFFFF)}
+
+
+def is_mapped(arr: np.ndarray) -> bool:
+    """Whether ``arr`` lies in a memory map (``np.load(..., mmap_mode=...)`` or a view of one)."""
+    return getattr(arr, "_mmap", None) is not None
 
 
 def torch_view(arr: np.ndarray) -> Tuple[torch.Tensor, Optional[int]]:

@@ -56,7 +56,7 @@ from umec_torchrec.data.bundle import DataBundle
 from umec_torchrec.data.dataset import CTRData
 from umec_torchrec.data.errors import DataError
 from umec_torchrec.data.jagged import JaggedIds
-from umec_torchrec.data.mapped import PageRelease, torch_view
+from umec_torchrec.data.mapped import PageRelease, is_mapped, torch_view
 from umec_torchrec.data.options import DataOptions
 from umec_torchrec.data.prefetch import PREFETCH_DEPTH
 from umec_torchrec.data.raw import CHUNK_ROWS, dense_transform
@@ -92,7 +92,7 @@ FAULT_AROUND = 2 << 20
 
 def _map_bytes(a: np.ndarray) -> int:
     """Bytes of ``a``'s map (0 without one: nothing to release)."""
-    return int(a.nbytes) if getattr(a, "_mmap", None) is not None else 0
+    return int(a.nbytes) if is_mapped(a) else 0
 
 
 class ColumnIds:
@@ -130,10 +130,10 @@ class ColumnIds:
         # a mapped column is read by torch (index_select releases the GIL: the step's thread
         # runs while the prefetch thread gathers); another (a multi-hot feature's zero-stride
         # column) by numpy
-        self._views = [torch_view(c) if getattr(c, "_mmap", None) is not None else None for c in self.columns]
+        self._views = [torch_view(c) if is_mapped(c) else None for c in self.columns]
         self._col_release = [PageRelease([c]) for c in self.columns]
         self._other_release = PageRelease(list(maps))
-        self.maps = [a for a in list(columns) + list(maps) if getattr(a, "_mmap", None) is not None]
+        self.maps = [a for a in list(columns) + list(maps) if is_mapped(a)]
         self.resident_cap = resident_cap
         # bytes of each map (id columns, then the others) and how much of it may be resident
         self._sizes = np.array([_map_bytes(c) for c in self.columns] + [_map_bytes(a) for a in maps],
