@@ -268,6 +268,9 @@ def test_mixed_scores_are_holdout_for_features_and_fisher_for_units():
     assert FEATURES in kinds and len(kinds) > 1
     for gs, sc, st, held in zip(opt.spec.sets, got, opt.importance.stats, opt._holdout_scores):
         assert torch.equal(sc, held if gs.kind == FEATURES else st.fisher)
+        # the measured set needs no gradient hook: its Fisher is never estimated
+        assert (st.fisher is None) == (gs.kind == FEATURES)
+    assert "fisher" not in opt.umec_state_dict()["importance"][opt.spec.feature_set.name]
     assert ScoreKind.MIXED.needs_holdout and ScoreKind.MIXED.fisher and ScoreKind.MIXED.folds_mean
     assert not ScoreKind.FISHER.needs_holdout and not ScoreKind.HOLDOUT.fisher
 

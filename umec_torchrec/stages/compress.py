@@ -118,7 +118,7 @@ FINETUNE_MODELS = get_args(FinetuneModel)
 
 #: validation rows the holdout score reads per refresh (the split's first rows; a refresh costs
 #: about (features + 2) forward passes of the over arch over them)
-HOLDOUT_ROWS = 8192
+HOLDOUT_ROWS = 4096
 
 
 def attach_validation(umec: UMECOptimizer, valid: Any, batch_size: int, ctx: DistContext,

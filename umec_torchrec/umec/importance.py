@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -69,6 +69,7 @@ __all__ = [
     "fisher_stride",
     "group_contributions",
     "holdout_scores",
+    "holdout_loss_sums",
     "fold_mean_",
 ]
 
@@ -102,6 +103,15 @@ class ScoreKind(str, enum.Enum):
     def fisher(self) -> bool:
         """Some set is scored by the group Fisher on training batches."""
         return self in (ScoreKind.FISHER, ScoreKind.MIXED)
+
+    def measures(self, features: bool) -> bool:
+        """A set (the feature set when ``features``) is scored on validation batches."""
+        return self is ScoreKind.HOLDOUT or (self is ScoreKind.MIXED and features)
+
+    def fisher_of(self, features: bool) -> bool:
+        """A set (the feature set when ``features``) is scored by its training-batch Fisher;
+        ``mixed`` measures its feature set instead, so that set needs no gradient hook."""
+        return self.fisher and not self.measures(features)
 
     @property
     def needs_stats(self) -> bool:
@@ -245,7 +255,8 @@ class ImportanceTracker:
     Args:
         gates: one :class:`Gate` per group set (``None`` for a set without one).
         momentum: weight of the newest batch in the moving averages.
-        fisher: also track ``E[t^2] / 2`` (one gradient hook per gate and step).
+        fisher: also track ``E[t^2] / 2`` (one gradient hook per gate and step); a sequence
+            gives it per gate.
         fisher_rows: estimate the Fisher on at most about this many rows of each local batch
             (every ``ceil(B / fisher_rows)``-th row, :func:`fisher_stride`; ``None``: all rows).
             It is a mean over samples, so a row subset is an unbiased estimate of it; batches
@@ -260,7 +271,8 @@ class ImportanceTracker:
         stats[0].var, stats[0].fisher
     """
 
-    def __init__(self, gates: Sequence[Optional[Gate]], momentum: float = 0.1, fisher: bool = False,
+    def __init__(self, gates: Sequence[Optional[Gate]], momentum: float = 0.1,
+                 fisher: Union[bool, Sequence[bool]] = False,
                  second_moment: bool = False, fisher_rows: Optional[int] = FISHER_ROWS) -> None:
         if fisher_rows is not None and fisher_rows < 1:
             raise ValueError(f"fisher_rows must be >= 1 or None, got {fisher_rows}")
@@ -268,7 +280,9 @@ class ImportanceTracker:
         self.track_sq = second_moment
         self.gates = list(gates)
         self.momentum = momentum
-        self.track_fisher = fisher
+        self.track_fisher = [fisher] * len(self.gates) if isinstance(fisher, bool) else list(fisher)
+        if len(self.track_fisher) != len(self.gates):
+            raise ValueError(f"fisher has {len(self.track_fisher)} flags for {len(self.gates)} gates")
         self.enabled = True
         self.stats: List[GateStats] = [GateStats() for _ in self.gates]
         self._handles: List = []
@@ -292,7 +306,7 @@ class ImportanceTracker:
                 st.mean = _lerp(st.mean, xd.mean(dim=0), self.momentum)
                 if self.track_sq:
                     st.sq = _lerp(st.sq, xd.pow(2).mean(dim=0), self.momentum)
-            if self.track_fisher and mean is not None and x.requires_grad and torch.is_grad_enabled():
+            if self.track_fisher[i] and mean is not None and x.requires_grad and torch.is_grad_enabled():
 
                 def on_grad(g: torch.Tensor) -> None:
                     with torch.no_grad():
@@ -348,7 +362,24 @@ def holdout_scores(
     gates: Sequence[Optional[Gate]],
     means: Sequence[Optional[torch.Tensor]],
 ) -> List[Optional[torch.Tensor]]:
-    r"""Log-loss increase of removing each group, on held-out batches.
+    r"""Log-loss increase of removing each group, on held-out batches:
+    :func:`holdout_loss_sums` divided by the rows, clamped at zero (a removal that lowers the
+    held-out loss costs nothing: negative scores would turn UMEC's penalty into a reward for
+    pruning). On several ranks, sum the sums and rows over ranks first, then divide and clamp
+    (:meth:`UMECOptimizer.refresh_holdout`), so any split of the rows gives the same scores.
+    """
+    sums, rows = holdout_loss_sums(forward, batches, labels, gates, means)
+    return [None if s is None else (s / max(rows, 1)).clamp(min=0.0) for s in sums]
+
+
+def holdout_loss_sums(
+    forward: Callable[[object], torch.Tensor],
+    batches: Iterable[object],
+    labels: Callable[[object], torch.Tensor],
+    gates: Sequence[Optional[Gate]],
+    means: Sequence[Optional[torch.Tensor]],
+) -> Tuple[List[Optional[torch.Tensor]], int]:
+    r"""Summed log-loss increase of removing each group over held-out batches, and the rows.
 
     For every batch: one forward (``forward(batch) -> logits``). For a gate with a
     ``downstream`` function the removal is *measured*: the loss of the downstream part with
@@ -356,9 +387,7 @@ def holdout_scores(
     chunks). Otherwise it is *estimated* from one backward of the mean BCE loss to the gate
     tensors only (``torch.autograd.grad``: no parameter gradient is written and no fused
     table optimizer runs): :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]` per group
-    (:func:`group_contributions`). Batches are weighted by their size; the result is
-    clamped at zero (a removal that lowers the held-out loss costs nothing: negative
-    scores would turn UMEC's penalty into a reward for pruning).
+    (:func:`group_contributions`). Every row counts once (sums over rows, not batch means).
 
     Args:
         forward: the model's logits for a batch (call the module below any DDP wrapper).
@@ -368,7 +397,7 @@ def holdout_scores(
         means: the replacement means per gate (``[C]``; from training batches).
 
     Returns:
-        one ``[G]`` tensor per gate (or ``None``).
+        one ``[G]`` tensor of summed increases per gate (or ``None``), and the rows read.
     """
     captured: Dict[int, torch.Tensor] = {}
     handles = []
@@ -400,7 +429,7 @@ def holdout_scores(
     finally:
         for h in handles:
             h.remove()
-    return [None if s is None else (s / max(rows, 1)).clamp(min=0.0) for s in sums]
+    return sums, rows
 
 
 def _estimated(gate: Gate, x: torch.Tensor, grad: torch.Tensor, B: int, mean: Optional[torch.Tensor]) -> torch.Tensor:
@@ -412,11 +441,13 @@ def _estimated(gate: Gate, x: torch.Tensor, grad: torch.Tensor, B: int, mean: Op
 @torch.no_grad()
 def _measured(gate: Gate, x: torch.Tensor, y: torch.Tensor, mean: Optional[torch.Tensor],
               max_rows: int = 1 << 16) -> torch.Tensor:
-    """Summed measured loss increase over the batch, ``[G]`` (downstream runs on
+    """Summed measured loss increase over the batch, ``[G]`` float64 (downstream runs on
     ``G x B`` rows, at most ``max_rows`` at a time)."""
     assert gate.downstream is not None
     loss = nn.functional.binary_cross_entropy_with_logits
-    base = loss(gate.downstream(x).flatten().float(), y, reduction="sum")
+    # per-row differences, summed in float64: the increase is a small difference of two losses,
+    # so differencing the batch sums would cancel most of float32's digits
+    base = loss(gate.downstream(x).flatten().float(), y, reduction="none")
     G = x.shape[1] if gate.incidence is None else gate.incidence.shape[1]
     per = max(1, max_rows // max(1, x.shape[0]))
     out = []
@@ -424,7 +455,7 @@ def _measured(gate: Gate, x: torch.Tensor, y: torch.Tensor, mean: Optional[torch
         groups = torch.arange(start, min(G, start + per), device=x.device)
         xs = gate.replaced(x, mean, groups)  # [k, B, C]
         logits = gate.downstream(xs.flatten(0, 1)).float().view(len(groups), -1)
-        out.append(loss(logits, y[None, :].expand_as(logits), reduction="none").sum(dim=1) - base)
+        out.append((loss(logits, y[None, :].expand_as(logits), reduction="none") - base).double().sum(dim=1))
     return torch.cat(out)
 
 

@@ -90,7 +90,7 @@ from umec_torchrec.umec.budgets import Budget
 from umec_torchrec.umec.feature_mask import FeatureMask
 from umec_torchrec.umec.groups import FEATURES, GroupSpec, discover_groups
 from umec_torchrec.umec.hard_prune import flush_subnormal_, masks_from_pruned, pruned_indicators
-from umec_torchrec.umec.importance import ImportanceTracker, Replace, ScoreKind, fold_mean_, holdout_scores
+from umec_torchrec.umec.importance import ImportanceTracker, Replace, ScoreKind, fold_mean_, holdout_loss_sums
 from umec_torchrec.umec.masked_optimizer import FixedArchitecture
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.resources import Resource
@@ -130,8 +130,9 @@ class UMECConfig:
         warmup_steps: wrapped-optimizer steps before the UMEC step starts.
         check_every: steps between cross-rank consistency checks (0 disables).
         score: how groups are ranked, a :class:`~.importance.ScoreKind` value (default
-            ``"fisher"``, chosen with the conditional ``s_step`` on validation splits, see
-            ``docs/design.md``): ``"weight"``
+            ``"mixed"``, chosen with the conditional ``s_step`` on validation splits, see
+            ``docs/results/score_ablation.md``; it needs validation batches,
+            :meth:`UMECOptimizer.attach_holdout`): ``"weight"``
             (the paper's squared norm), ``"activation"`` (feature columns weighted by
             ``E[x^2]`` of their input), ``"centered"`` (weighted by ``Var[x]``), ``"fisher"``
             (group Fisher of mean replacement on training batches), ``"holdout"`` (the
@@ -156,7 +157,7 @@ class UMECConfig:
     prox_lr: Optional[float] = 0.1
     warmup_steps: int = 0
     check_every: int = 100
-    score: str = "fisher"
+    score: str = "mixed"
     holdout_every: int = 25
     s_step: str = "conditional"
     target_every: int = 25
@@ -294,7 +295,7 @@ class UMECOptimizer(OptimizerWrapper):
         )
         self._moments: Optional[Dict[str, torch.Tensor]] = None
         self.importance: Optional[ImportanceTracker] = (
-            ImportanceTracker([gs.gate for gs in sets], fisher=kind.fisher,
+            ImportanceTracker([gs.gate for gs in sets], fisher=[kind.fisher_of(gs.kind == FEATURES) for gs in sets],
                               fisher_rows=self.config.fisher_rows or None) if kind.folds_mean else None
         )
         self._holdout: Optional[Tuple[Callable[[], Iterable[Any]], Callable[[Any], torch.Tensor]]] = None
@@ -405,27 +406,27 @@ class UMECOptimizer(OptimizerWrapper):
         if self._holdout is None:
             raise ValueError(f"score={self.score_kind.value!r} needs validation batches: pass "
                              "UMECOptimizer(..., holdout=lambda: valid_batches) or call attach_holdout(...), "
-                             "or choose a training-batch score (UMECConfig(score='fisher'), the default)")
+                             "or choose a training-batch score (UMECConfig(score='fisher'))")
         batches, forward = self._holdout
         stats = self.importance.synced() if self.importance is not None else []
         # mixed: only the feature set is scored here (its units take the training Fisher), so
         # no backward pass to the unit gates
-        mixed = self.score_kind is ScoreKind.MIXED
-        gates = [gs.gate if not mixed or gs.kind == FEATURES else None for gs in self.spec.sets]
+        gates = [gs.gate if self.score_kind.measures(gs.kind == FEATURES) else None for gs in self.spec.sets]
         was = self.model.training
         self.model.eval()
         try:
-            got = holdout_scores(forward, batches(), lambda b: b.labels, gates, [st.mean for st in stats])
+            sums, rows = holdout_loss_sums(forward, batches(), lambda b: b.labels, gates, [st.mean for st in stats])
         finally:
             self.model.train(was)
-        out = [torch.zeros(gs.size, device=self.device) if g is None else g.to(self.device)
-               for gs, g in zip(self.spec.sets, got)]
+        # sums and rows over ranks, then the mean and the clamp: any split of the rows agrees
+        f64 = torch.float64
+        flat = torch.cat([torch.zeros(gs.size, dtype=f64, device=self.device) if g is None
+                          else g.to(self.device, f64) for gs, g in zip(self.spec.sets, sums)]
+                         + [torch.tensor([float(rows)], dtype=f64, device=self.device)])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flat = torch.cat(out)
             dist.all_reduce(flat)
-            flat /= dist.get_world_size()
-            out = list(flat.split([gs.size for gs in self.spec.sets]))
-        self._holdout_scores = out
+        scores = (flat[:-1] / flat[-1].clamp(min=1.0)).clamp(min=0.0).float()
+        self._holdout_scores = list(scores.split([gs.size for gs in self.spec.sets]))
 
     def _sync_moments(self) -> None:
         """Refresh the activation statistics, identical on every rank (one all-reduce)."""
@@ -802,14 +803,14 @@ def _importance_state(tracker: ImportanceTracker, spec: GroupSpec) -> Dict[str, 
     """``{set: {"mean": [C], "sq": [C], "fisher": [G]}}`` for every gated set (``sq`` / ``fisher``
     only when tracked); a statistic not measured yet is all NaN."""
     out: Dict[str, Dict[str, torch.Tensor]] = {}
-    for gs, st, cg in zip(spec.sets, tracker.stats, _gate_widths(spec)):
+    for gs, st, cg, fisher in zip(spec.sets, tracker.stats, _gate_widths(spec), tracker.track_fisher):
         if cg is None:
             continue
         c, g = cg
         d = {"mean": _cpu_or_nan(st.mean, torch.zeros(c))}
         if tracker.track_sq:
             d["sq"] = _cpu_or_nan(st.sq, torch.zeros(c))
-        if tracker.track_fisher:
+        if fisher:
             d["fisher"] = _cpu_or_nan(st.fisher, torch.zeros(g))
         out[gs.name] = d
     return out

@@ -76,6 +76,9 @@ class SeedContext:
         from umec_torchrec.data import DataOptions
 
         self.cfg, self.seed, self.ctx, self.log = cfg, seed, ctx, log
+        #: UMEC searches' results of this seed, ``{(budgets, config): (masks, steps, extra)}``:
+        #: ``umec_rewind`` reuses the masks of ``umec``'s search (same dense model, same data)
+        self.searches: Dict[Any, Any] = {}
         kw: Dict[str, Any] = {"min_count": cfg.min_count, "test_fraction": cfg.test_fraction, "split_seed": seed}
         if "valid_fraction" in {f for f in DataOptions.__dataclass_fields__}:
             kw["valid_fraction"] = cfg.valid_fraction

@@ -111,6 +111,7 @@ def _umec_search(s: SeedContext, budgets: List[str], umec_cfg: UMECConfig):
           f"{umec.repair_groups} more groups, gave back {umec.restored_groups}")
     if umec.stats is not None:
         umec.stats.remove()
+    s.searches[(tuple(budgets), repr(umec_cfg))] = (masks, int(st["steps"]), dict(extra))
     return dmp, opt, spec, masks, int(st["steps"]), extra
 
 
@@ -129,7 +130,13 @@ def umec(s: SeedContext, budgets: List[str], budget: float) -> MethodResult:
 @register_method("umec_rewind")
 def umec_rewind(s: SeedContext, budgets: List[str], budget: float) -> MethodResult:
     """UMEC's masks on the dense weights, fine-tuned as long as the one-shot baselines."""
-    _, _, _, masks, steps, extra = _umec_search(s, budgets, UMECConfig(**s.cfg.umec))
+    cfg = UMECConfig(**s.cfg.umec)
+    key = (tuple(budgets), repr(cfg))
+    if key not in s.searches:
+        _, _, _, masks, steps, extra = _umec_search(s, budgets, cfg)
+    else:
+        masks, steps, extra = s.searches[key]
+        s.log("    umec_rewind: the masks of umec's search (same dense model, budgets and settings)")
     dmp, opt = s.load_dense()
     r = _one_shot(s, dmp, opt, s.spec(dmp), masks, extra)
     r.steps += steps
