@@ -84,6 +84,8 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrain-from-scratch", action="store_true", default=d.retrain_from_scratch,
                    help="ERASE protocol: after selection every method retrains the kept architecture from the "
                         "dense model's seeded init for the dense epochs, instead of fine-tuning its weights")
+    p.add_argument("--split-valid", action="store_true", default=d.split_valid,
+                   help="scores read the validation split's first half, choices its second half")
     p.add_argument("--out", default="bench-quality", help="output directory (default %(default)s)")
     add_common_args(p)
     p.set_defaults(func=cmd_bench_quality)
@@ -102,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> QualityConfig:
         post_lr_factor=args.post_lr_factor, umec=dataclasses.asdict(umec_config_from_args(args)),
         auto_scores=list(args.auto_scores), lasso_lam=args.lasso_lam, min_count=args.min_count,
         test_fraction=args.test_fraction, valid_fraction=args.valid_fraction,
-        retrain_from_scratch=args.retrain_from_scratch)
+        retrain_from_scratch=args.retrain_from_scratch, split_valid=args.split_valid)
 
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:

@@ -49,6 +49,10 @@ class QualityConfig:
             the kept architecture from a fresh seeded init (the dense model's init and
             training config, masks fixed) for ``dense_epochs`` instead of fine-tuning from
             its compressed weights.
+        split_valid: the validation split's first half is what scores read (``mixed`` /
+            ``holdout`` UMEC scores, ``permutation``), its second half what chooses
+            (``valid_auc``, ``umec_auto``), so a score measured on validation rows is not
+            judged on the same rows; off: both read the whole split.
 
     Example::
 
@@ -81,6 +85,7 @@ class QualityConfig:
     valid_fraction: float = field(default_factory=lambda: float(getattr(DataOptions(), "valid_fraction", 0.1)))
     eval_batch_size: int = 4096
     retrain_from_scratch: bool = False
+    split_valid: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad setting."""

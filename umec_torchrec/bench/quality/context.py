@@ -91,6 +91,13 @@ class SeedContext:
             k = max(1, int(round(n * cfg.valid_fraction)))
             valid, self.train = self.train.subset(perm[n - k:]), self.train.subset(perm[:n - k].sort().values)
         self.valid = valid if valid is not None and len(valid) > 0 else None
+        #: the rows validation-measured scores read (``cfg.split_valid``: the first half, and
+        #: ``valid``, which chooses, keeps the second half)
+        self.score_valid = self.valid
+        if cfg.split_valid and self.valid is not None and len(self.valid) >= 2:
+            half = len(self.valid) // 2
+            self.score_valid = self.valid.subset(torch.arange(half))
+            self.valid = self.valid.subset(torch.arange(half, len(self.valid)))
         self.truth = {k: self.bundle.info[k] for k in ("signal_fields", "noise_fields", "pair_fields")
                       if k in self.bundle.info}
         self.model_cfg = make_model_config(self.train, cfg.model)

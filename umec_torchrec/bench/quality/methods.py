@@ -101,7 +101,7 @@ def _umec_search(s: SeedContext, budgets: List[str], umec_cfg: UMECConfig):
     dmp, opt = s.load_dense()
     spec = s.spec(dmp)
     umec = UMECOptimizer(opt, dmp, budgets, umec_cfg, groups=spec)
-    attach_validation(umec, s.valid, s.cfg.batch_size, s.ctx)
+    attach_validation(umec, s.score_valid, s.cfg.batch_size, s.ctx)
     st = fit(dmp, umec, s.train, s.post_tc(1, s.cfg.compress_epochs), s.ctx, progress=False,
              batch_transform=lambda b: umec.feature_mask(b))
     masks = umec.finalize()
@@ -226,7 +226,7 @@ def permutation(s: SeedContext, budgets: List[str], budget: float) -> MethodResu
         raise ValueError("permutation scores on the validation split; set valid_fraction > 0")
     dmp, opt = s.load_dense()
     spec = s.spec(dmp)
-    scores = permutation_field_scores(dmp, spec, s.valid, s.cfg.eval_batch_size, seed=7919 * s.seed + 1)
+    scores = permutation_field_scores(dmp, spec, s.score_valid, s.cfg.eval_batch_size, seed=7919 * s.seed + 1)
     return _one_shot(s, dmp, opt, spec, budget_masks(spec, budgets, scores))
 
 
