@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -70,6 +70,8 @@ __all__ = [
     "group_contributions",
     "holdout_scores",
     "holdout_loss_sums",
+    "HoldoutSums",
+    "shrink_toward",
     "fold_mean_",
 ]
 
@@ -83,35 +85,37 @@ class ScoreKind(str, enum.Enum):
     FISHER = "fisher"
     HOLDOUT = "holdout"
     MIXED = "mixed"
+    SHRUNK = "shrunk"
 
     @property
     def loss_scale(self) -> bool:
         """Scores in units of log loss, comparable across sets."""
-        return self in (ScoreKind.FISHER, ScoreKind.HOLDOUT, ScoreKind.MIXED)
+        return self in (ScoreKind.FISHER, ScoreKind.HOLDOUT, ScoreKind.MIXED, ScoreKind.SHRUNK)
 
     @property
     def folds_mean(self) -> bool:
         """Pruning replaces a group by its mean (folded into the consumer's bias)."""
-        return self in (ScoreKind.CENTERED, ScoreKind.FISHER, ScoreKind.HOLDOUT, ScoreKind.MIXED)
+        return self in (ScoreKind.CENTERED, ScoreKind.FISHER, ScoreKind.HOLDOUT, ScoreKind.MIXED, ScoreKind.SHRUNK)
 
     @property
     def needs_holdout(self) -> bool:
         """Some set is scored on validation batches (:meth:`UMECOptimizer.attach_holdout`)."""
-        return self in (ScoreKind.HOLDOUT, ScoreKind.MIXED)
+        return self in (ScoreKind.HOLDOUT, ScoreKind.MIXED, ScoreKind.SHRUNK)
 
     @property
     def fisher(self) -> bool:
         """Some set is scored by the group Fisher on training batches."""
-        return self in (ScoreKind.FISHER, ScoreKind.MIXED)
+        return self in (ScoreKind.FISHER, ScoreKind.MIXED, ScoreKind.SHRUNK)
 
     def measures(self, features: bool) -> bool:
         """A set (the feature set when ``features``) is scored on validation batches."""
-        return self is ScoreKind.HOLDOUT or (self is ScoreKind.MIXED and features)
+        return self is ScoreKind.HOLDOUT or (self in (ScoreKind.MIXED, ScoreKind.SHRUNK) and features)
 
     def fisher_of(self, features: bool) -> bool:
-        """A set (the feature set when ``features``) is scored by its training-batch Fisher;
-        ``mixed`` measures its feature set instead, so that set needs no gradient hook."""
-        return self.fisher and not self.measures(features)
+        """A set (the feature set when ``features``) needs its training-batch Fisher:
+        ``mixed`` measures its feature set instead, so that set needs no gradient hook;
+        ``shrunk`` shrinks the measurement toward it (:func:`shrink_toward`)."""
+        return self.fisher and (not self.measures(features) or self is ScoreKind.SHRUNK)
 
     @property
     def needs_stats(self) -> bool:
@@ -368,8 +372,17 @@ def holdout_scores(
     pruning). On several ranks, sum the sums and rows over ranks first, then divide and clamp
     (:meth:`UMECOptimizer.refresh_holdout`), so any split of the rows gives the same scores.
     """
-    sums, rows = holdout_loss_sums(forward, batches, labels, gates, means)
-    return [None if s is None else (s / max(rows, 1)).clamp(min=0.0) for s in sums]
+    got = holdout_loss_sums(forward, batches, labels, gates, means)
+    return [None if s is None else (s / max(got.rows, 1)).clamp(min=0.0) for s in got.sums]
+
+
+class HoldoutSums(NamedTuple):
+    """Per-gate sums over held-out rows of each group's loss increase and of its square
+    (``[G]`` float64 each, ``None`` for a gate without a score), and the rows read."""
+
+    sums: List[Optional[torch.Tensor]]
+    squares: List[Optional[torch.Tensor]]
+    rows: int
 
 
 def holdout_loss_sums(
@@ -378,8 +391,9 @@ def holdout_loss_sums(
     labels: Callable[[object], torch.Tensor],
     gates: Sequence[Optional[Gate]],
     means: Sequence[Optional[torch.Tensor]],
-) -> Tuple[List[Optional[torch.Tensor]], int]:
-    r"""Summed log-loss increase of removing each group over held-out batches, and the rows.
+) -> "HoldoutSums":
+    r"""Summed log-loss increase of removing each group over held-out batches (and of its
+    square, for the standard error of the mean), and the rows.
 
     For every batch: one forward (``forward(batch) -> logits``). For a gate with a
     ``downstream`` function the removal is *measured*: the loss of the downstream part with
@@ -397,7 +411,7 @@ def holdout_loss_sums(
         means: the replacement means per gate (``[C]``; from training batches).
 
     Returns:
-        one ``[G]`` tensor of summed increases per gate (or ``None``), and the rows read.
+        :class:`HoldoutSums`.
     """
     captured: Dict[int, torch.Tensor] = {}
     handles = []
@@ -408,6 +422,7 @@ def holdout_loss_sums(
                     captured[i] = args[0]
             handles.append(gate.module.register_forward_pre_hook(hook))
     sums: List[Optional[torch.Tensor]] = [None] * len(gates)
+    squares: List[Optional[torch.Tensor]] = [None] * len(gates)
     rows = 0
     try:
         for batch in batches:
@@ -423,26 +438,29 @@ def holdout_loss_sums(
             for i in sorted(captured):
                 if gates[i].downstream is not None:
                     parts[i] = _measured(gates[i], captured[i].detach(), y, means[i])
-            for i, part in parts.items():
+            for i, (part, sq) in parts.items():
                 sums[i] = part if sums[i] is None else sums[i] + part
+                squares[i] = sq if squares[i] is None else squares[i] + sq
             rows += B
     finally:
         for h in handles:
             h.remove()
-    return sums, rows
+    return HoldoutSums(sums, squares, rows)
 
 
-def _estimated(gate: Gate, x: torch.Tensor, grad: torch.Tensor, B: int, mean: Optional[torch.Tensor]) -> torch.Tensor:
-    """Summed second-order estimate over the batch, ``[G]``."""
+def _estimated(gate: Gate, x: torch.Tensor, grad: torch.Tensor, B: int,
+               mean: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Summed second-order estimate over the batch and its summed square, ``[G]`` each."""
     t = gate.contributions(x.detach().float(), grad.float() * B, mean)
-    return (t + 0.5 * t.pow(2)).sum(dim=0)
+    d = (t + 0.5 * t.pow(2)).double()
+    return d.sum(dim=0), d.square().sum(dim=0)
 
 
 @torch.no_grad()
 def _measured(gate: Gate, x: torch.Tensor, y: torch.Tensor, mean: Optional[torch.Tensor],
-              max_rows: int = 1 << 16) -> torch.Tensor:
-    """Summed measured loss increase over the batch, ``[G]`` float64 (downstream runs on
-    ``G x B`` rows, at most ``max_rows`` at a time)."""
+              max_rows: int = 1 << 16) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Summed measured loss increase over the batch and its summed square, ``[G]`` float64
+    each (downstream runs on ``G x B`` rows, at most ``max_rows`` at a time)."""
     assert gate.downstream is not None
     loss = nn.functional.binary_cross_entropy_with_logits
     # per-row differences, summed in float64: the increase is a small difference of two losses,
@@ -450,13 +468,43 @@ def _measured(gate: Gate, x: torch.Tensor, y: torch.Tensor, mean: Optional[torch
     base = loss(gate.downstream(x).flatten().float(), y, reduction="none")
     G = x.shape[1] if gate.incidence is None else gate.incidence.shape[1]
     per = max(1, max_rows // max(1, x.shape[0]))
-    out = []
+    out, sq = [], []
     for start in range(0, G, per):
         groups = torch.arange(start, min(G, start + per), device=x.device)
         xs = gate.replaced(x, mean, groups)  # [k, B, C]
         logits = gate.downstream(xs.flatten(0, 1)).float().view(len(groups), -1)
-        out.append((loss(logits, y[None, :].expand_as(logits), reduction="none") - base).double().sum(dim=1))
-    return torch.cat(out)
+        d = (loss(logits, y[None, :].expand_as(logits), reduction="none") - base).double()
+        out.append(d.sum(dim=1))
+        sq.append(d.square().sum(dim=1))
+    return torch.cat(out), torch.cat(sq)
+
+
+def shrink_toward(measured: torch.Tensor, se2: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    r"""Empirical-Bayes shrinkage of noisy measured scores toward a prior estimate.
+
+    Model: :math:`h_g = \theta_g + \epsilon_g`, :math:`\epsilon_g \sim N(0, se_g^2)` (the
+    measurement noise, known from the rows) and :math:`\theta_g \sim N(f_g, \tau^2)` (the
+    prior estimate, here the training-batch Fisher, off by :math:`\tau`). :math:`\tau^2` is
+    estimated by moments over the groups, :math:`\max(0, \overline{(h - f)^2} - \overline{se^2})`,
+    and each group's posterior mean is
+
+    .. math:: f_g + \frac{\tau^2}{\tau^2 + se_g^2} (h_g - f_g)
+
+    A precise measurement (or a prior far off on average, as for fields that memorise
+    training labels) keeps the measurement; a noisy one moves toward the prior.
+
+    Args:
+        measured: ``[G]`` measured scores :math:`h`.
+        se2: ``[G]`` squared standard errors of ``measured``.
+        prior: ``[G]`` prior estimates :math:`f`.
+
+    Returns:
+        ``[G]`` shrunk scores, clamped at zero.
+    """
+    d = measured - prior
+    tau2 = (d.square().mean() - se2.mean()).clamp(min=0.0)
+    w = tau2 / (tau2 + se2).clamp(min=torch.finfo(d.dtype).tiny)
+    return (prior + w * d).clamp(min=0.0)
 
 
 @torch.no_grad()

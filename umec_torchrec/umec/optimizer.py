@@ -90,7 +90,14 @@ from umec_torchrec.umec.budgets import Budget
 from umec_torchrec.umec.feature_mask import FeatureMask
 from umec_torchrec.umec.groups import FEATURES, GroupSpec, discover_groups
 from umec_torchrec.umec.hard_prune import flush_subnormal_, masks_from_pruned, pruned_indicators
-from umec_torchrec.umec.importance import ImportanceTracker, Replace, ScoreKind, fold_mean_, holdout_loss_sums
+from umec_torchrec.umec.importance import (
+    ImportanceTracker,
+    Replace,
+    ScoreKind,
+    fold_mean_,
+    holdout_loss_sums,
+    shrink_toward,
+)
 from umec_torchrec.umec.masked_optimizer import FixedArchitecture
 from umec_torchrec.umec.masks import PruningMasks
 from umec_torchrec.umec.resources import Resource
@@ -415,17 +422,26 @@ class UMECOptimizer(OptimizerWrapper):
         was = self.model.training
         self.model.eval()
         try:
-            sums, rows = holdout_loss_sums(forward, batches(), lambda b: b.labels, gates, [st.mean for st in stats])
+            got = holdout_loss_sums(forward, batches(), lambda b: b.labels, gates, [st.mean for st in stats])
         finally:
             self.model.train(was)
-        # sums and rows over ranks, then the mean and the clamp: any split of the rows agrees
+        # sums, squares and rows over ranks, then the mean and the clamp: any split of the rows agrees
         f64 = torch.float64
-        flat = torch.cat([torch.zeros(gs.size, dtype=f64, device=self.device) if g is None
-                          else g.to(self.device, f64) for gs, g in zip(self.spec.sets, sums)]
-                         + [torch.tensor([float(rows)], dtype=f64, device=self.device)])
+        sizes = [gs.size for gs in self.spec.sets]
+        flat = torch.cat([torch.zeros(n, dtype=f64, device=self.device) if g is None else g.to(self.device, f64)
+                          for part in (got.sums, got.squares) for n, g in zip(sizes, part)]
+                         + [torch.tensor([float(got.rows)], dtype=f64, device=self.device)])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flat)
-        scores = (flat[:-1] / flat[-1].clamp(min=1.0)).clamp(min=0.0).float()
+        n = flat[-1].clamp(min=1.0)
+        mean, sq = (flat[:-1] / n).split([sum(sizes), sum(sizes)])
+        scores = list(mean.split(sizes))
+        if self.score_kind is ScoreKind.SHRUNK:  # the measured features shrunk toward their Fisher
+            se2 = list(((sq - mean.square()).clamp(min=0.0) / n).split(sizes))
+            for i, (gs, st) in enumerate(zip(self.spec.sets, stats)):
+                if gs.kind == FEATURES and st.fisher is not None:
+                    scores[i] = shrink_toward(scores[i], se2[i], st.fisher.to(self.device, f64))
+        scores = torch.cat(scores).clamp(min=0.0).float()
         self._holdout_scores = list(scores.split([gs.size for gs in self.spec.sets]))
 
     def _sync_moments(self) -> None:
@@ -449,7 +465,7 @@ class UMECOptimizer(OptimizerWrapper):
             assert self.importance is not None
             out = [torch.zeros(gs.size, device=self.device) if st.fisher is None else st.fisher.clone()
                    for gs, st in zip(self.spec.sets, self.importance.stats)]
-            if held is not None:  # mixed: the feature set measured on validation batches
+            if held is not None:  # mixed, shrunk: the feature set measured on validation batches
                 out = [h if gs.kind == FEATURES else f for gs, f, h in zip(self.spec.sets, out, held)]
             return out
         cache: Dict = {}
