@@ -137,7 +137,7 @@ class UMECConfig:
         warmup_steps: wrapped-optimizer steps before the UMEC step starts.
         check_every: steps between cross-rank consistency checks (0 disables).
         score: how groups are ranked, a :class:`~.importance.ScoreKind` value (default
-            ``"mixed"``, chosen with the conditional ``s_step`` on validation splits, see
+            ``"shrunk"``, chosen with the conditional ``s_step`` on validation splits, see
             ``docs/results/score_ablation.md``; it needs validation batches,
             :meth:`UMECOptimizer.attach_holdout`): ``"weight"``
             (the paper's squared norm), ``"activation"`` (feature columns weighted by
@@ -145,7 +145,9 @@ class UMECConfig:
             (group Fisher of mean replacement on training batches), ``"holdout"`` (the
             log-loss increase of each removal on validation batches, measured for the features
             and estimated to second order for units: needs :meth:`UMECOptimizer.attach_holdout`)
-            or ``"mixed"`` (the features as ``holdout``, the units as ``fisher``; needs it too).
+            ``"mixed"`` (the features as ``holdout``, the units as ``fisher``; needs it too) or
+            ``"shrunk"`` (as ``mixed``, each measured feature score shrunk toward the feature's
+            training Fisher by its standard error, :func:`~.importance.shrink_toward`).
             With ``centered``, ``fisher`` and ``holdout`` a pruned group is replaced by its
             mean, folded into the consumer's bias.
         holdout_every: UMEC steps between refreshes of the ``holdout`` scores.
@@ -164,7 +166,7 @@ class UMECConfig:
     prox_lr: Optional[float] = 0.1
     warmup_steps: int = 0
     check_every: int = 100
-    score: str = "mixed"
+    score: str = "shrunk"
     holdout_every: int = 25
     s_step: str = "conditional"
     target_every: int = 25
