@@ -124,6 +124,18 @@ def test_memorising_field_scores_below_signal_on_holdout():
     (hold,) = holdout_scores(lambda b: model(b[0]), batches, lambda b: b[1], [measured], [train_st.mean])
     assert hold[1] < 0.05 * hold[0]
     assert hold[0] > 0.1
+    # shrunk (the default): the measurement's standard error from the same rows, shrunk toward
+    # the training Fisher, which is fooled (it sees the memorised training labels); the
+    # measurement is precise here, so field 1 stays far below field 0
+    from umec_torchrec.umec.importance import holdout_loss_sums, shrink_toward
+
+    got = holdout_loss_sums(lambda b: model(b[0]), batches, lambda b: b[1], [measured], [train_st.mean])
+    mean = got.sums[0] / got.rows
+    se2 = (got.squares[0] / got.rows - mean.square()).clamp(min=0) / got.rows
+    torch.testing.assert_close(mean.clamp(min=0), hold)
+    shrunk = shrink_toward(mean, se2, train_st.fisher.double())
+    assert shrunk[1] < 0.05 * shrunk[0]
+    assert train_st.fisher[1] > 0.2 * train_st.fisher[0]  # the prior alone rates the memoriser
     # the measured loss increase of field 0 equals a direct evaluation
     x = torch.cat([model.tables[0](ids[n:, 0]), model.tables[1](ids[n:, 1])], dim=1).detach()
     bce = nn.functional.binary_cross_entropy_with_logits
@@ -245,7 +257,7 @@ def discover_like(model, spec):
     return discover_groups(model, prune_features=fi is not None, prune_dense=spec.dense_is_group).sets
 
 
-@pytest.mark.parametrize("score", ["centered", "fisher", "holdout", "mixed"])
+@pytest.mark.parametrize("score", ["centered", "fisher", "holdout", "mixed", "shrunk"])
 def test_loss_scores_meet_the_budget(score):
     """Generated data: every score kind runs inside UMEC and the budget holds after finalize."""
     model, cfg, opt, data = _umec_run("cat", score)
@@ -273,6 +285,24 @@ def test_mixed_scores_are_holdout_for_features_and_fisher_for_units():
     assert "fisher" not in opt.umec_state_dict()["importance"][opt.spec.feature_set.name]
     assert ScoreKind.MIXED.needs_holdout and ScoreKind.MIXED.fisher and ScoreKind.MIXED.folds_mean
     assert not ScoreKind.FISHER.needs_holdout and not ScoreKind.HOLDOUT.fisher
+
+
+def test_shrink_toward_known_answers():
+    """Constructed scores: exact measurements (se = 0) are kept; measurements whose spread
+    around the prior is all noise (mean (h - f)^2 <= mean se^2) become the prior; otherwise
+    tau^2 = mean (h - f)^2 - mean se^2 and each score moves toward the prior by
+    se^2 / (tau^2 + se^2); never below zero."""
+    from umec_torchrec.umec.importance import shrink_toward
+
+    f = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    h = torch.tensor([0.0, 2.5, 3.0, 6.0], dtype=torch.float64)
+    assert torch.equal(shrink_toward(h, torch.zeros(4, dtype=torch.float64), f), h)
+    big = torch.full((4,), 10.0, dtype=torch.float64)  # mean (h - f)^2 = 1.3125 < 10
+    assert torch.equal(shrink_toward(h, big, f), f)
+    se2 = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)  # mean 0.4375 -> tau^2 = 0.875
+    w = 0.875 / (0.875 + se2)
+    torch.testing.assert_close(shrink_toward(h, se2, f), f + w * (h - f))
+    assert shrink_toward(torch.tensor([-5.0, 0.0]), torch.zeros(2), torch.zeros(2)).min() == 0
 
 
 @pytest.mark.parametrize("kind, blocks", [("cat", True), ("dcn", True), ("dot", False)])

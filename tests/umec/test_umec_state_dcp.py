@@ -18,6 +18,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
+from umec_torchrec.umec.importance import ScoreKind
+
 from helpers.data import random_data
 from helpers.models import small_model
 from helpers.mp import run_multiprocess
@@ -71,7 +73,7 @@ def _build(ctx, seed: int):
     tc = TrainConfig(batch_size=BATCH, sharding="table_wise", seed=seed, log_every=0,
                      embedding_optimizer="rowwise_adagrad", dense_optimizer="adagrad", emb_lr=0.05, dense_lr=0.02)
     dmp, opt = build_training(cfg, tc, ctx)
-    # the default score (mixed) reads validation batches: this rank's slices of 4 global batches
+    # the default score (shrunk) reads validation batches: this rank's slices of 4 global batches
     valid = planted_ctr(4 * BATCH, SIZES, n_dense=4, seed=1, bias=0.0)
     return dmp, UMECOptimizer(opt, dmp, ["flops=0.4"], UMECConfig(s_lr=0.05, check_every=5),
                               holdout=lambda: valid.batches(BATCH, rank=ctx.rank, world_size=ctx.world_size))
@@ -128,7 +130,7 @@ def test_dcp_round_trip_into_fresh_optimizer_on_two_ranks(tmp_path):
 
 
 @pytest.mark.parametrize("cfg", [dict(score="fisher"), dict(score="activation"), dict(score="centered"),
-                                 dict(score="holdout"), dict(score="mixed"),
+                                 dict(score="holdout"), dict(score="mixed"), dict(score="shrunk"),
                                  dict(score="weight", s_step="gradient")])
 def test_state_layout_is_fixed_for_every_score_and_loads_with_dcp(tmp_path, cfg):
     """One process, every score kind: the state of a fresh optimizer, one mid-search and one
@@ -139,7 +141,7 @@ def test_state_layout_is_fixed_for_every_score_and_loads_with_dcp(tmp_path, cfg)
     def build(seed):
         model, _ = small_model("dcn" if cfg["score"] == "activation" else "cat", data, seed=seed)
         inner = torch.optim.Adagrad(model.parameters(), lr=0.05)
-        holdout = (lambda: data.batches(128)) if cfg["score"] in ("holdout", "mixed") else None
+        holdout = (lambda: data.batches(128)) if ScoreKind(cfg["score"]).needs_holdout else None
         return model, UMECOptimizer(inner, model, ["flops=0.4"], UMECConfig(check_every=0, **cfg), holdout=holdout)
 
     model, umec = build(0)

@@ -230,8 +230,9 @@ def add_umec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--score", choices=[k.value for k in ScoreKind], default=d.score,
                    help="group score: weight (the paper's norm), activation (E[x^2]-weighted), centered "
                         "(Var[x]-weighted), fisher (group Fisher on training batches), holdout (loss increase of "
-                        "each removal on the validation split), mixed (the features as holdout, the units as fisher) "
-                        "(default %(default)s)")
+                        "each removal on the validation split), mixed (the features as holdout, the units as fisher), "
+                        "shrunk (as mixed, each measured feature cost shrunk toward its fisher by its standard "
+                        "error) (default %(default)s)")
     g.add_argument("--holdout-every", type=int, default=d.holdout_every,
                    help="UMEC steps between refreshes of the holdout scores (default %(default)s)")
     from umec_torchrec.umec.optimizer import SStep

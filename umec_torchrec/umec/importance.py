@@ -39,9 +39,12 @@ costs nothing; where the consumer is not linear in it (the DCN cross net) it is 
   gate: only the over arch runs again) the removal is *measured*; elsewhere (hidden units)
   it is estimated to second order, :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]`;
 * ``mixed``: the feature set as ``holdout`` measures it (validation batches), every unit set
-  as ``fisher`` (training batches).
+  as ``fisher`` (training batches);
+* ``shrunk`` (the default): as ``mixed``, each measured feature cost shrunk toward that
+  feature's ``fisher`` by its standard error over the validation rows
+  (:func:`shrink_toward`, empirical Bayes).
 
-``fisher``, ``holdout`` and ``mixed`` are in units of log loss for every set, so one budget dual can
+``fisher``, ``holdout``, ``mixed`` and ``shrunk`` are in units of log loss for every set, so one budget dual can
 trade a feature against a neuron; the norm-based kinds are rescaled per set by the
 optimizer. Costs: one ``[B, C] x [C, G]`` product per gate and step (``fisher``), nothing
 but moment updates otherwise; ``holdout`` runs forward and backward (to the gates only,
