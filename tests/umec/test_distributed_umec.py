@@ -226,10 +226,11 @@ def test_compression_on_two_ranks_equals_one_rank(two_rank, ctx1, sharding):
 def test_default_score_on_two_ranks_equals_one_rank(two_rank, ctx1):
     """The default score (``shrunk``: features measured on validation batches, each rank its
     share of every batch, and their standard errors): both ranks hold identical scores and
-    state, and the masks, the state and the logits equal the 1-rank run's. The duals carry the scores' relative float error: a
-    measured increase is a difference of float32 row losses (~1e-7 x 0.7 each) that the
-    64-row and 32-row forward passes round differently, against increases of ~1e-4 per row
-    in this barely trained model, so the state agrees to 1e-4 (the fisher runs above: 1e-5)."""
+    state, and the masks, the state and the logits equal the 1-rank run's. The duals carry
+    the scores' relative float error: a measured increase is a difference of float32 row
+    losses (~1e-7 x 0.7 each) that the 64-row and 32-row forward passes round differently,
+    against increases of ~1e-4 per row in this barely trained model, so the state agrees
+    to 1e-4 (the fisher runs above: 1e-5)."""
     r0, r1 = (r["default_score"] for r in two_rank["ranks"])
     assert UMECConfig().score == "shrunk"
     ref = _compress(ctx1, "table_wise", score=UMECConfig().score)

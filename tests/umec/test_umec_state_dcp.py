@@ -18,8 +18,6 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from umec_torchrec.umec.importance import ScoreKind
-
 from helpers.data import random_data
 from helpers.models import small_model
 from helpers.mp import run_multiprocess
@@ -28,6 +26,7 @@ from umec_torchrec.data.testing import planted_ctr
 from umec_torchrec.distributed import init_distributed
 from umec_torchrec.models import ModelConfig
 from umec_torchrec.train import TrainConfig, build_training
+from umec_torchrec.umec.importance import ScoreKind
 from umec_torchrec.umec.optimizer import UMECConfig, UMECOptimizer
 
 SIZES = [1000, 1200, 1000, 1500]
