@@ -1,7 +1,7 @@
 """Nothing is chosen from the test split: flipping every test label leaves the dense
-training, the UMEC masks (with the default score, ``mixed``, which measures the features
-on the validation split, and with ``fisher``, training batches only) and the fine-tuned
-weights unchanged; only the reported test metrics move.
+training, the UMEC masks (with ``shrunk``, which measures the features on the validation
+split, and with the default, ``fisher``, training batches only) and the fine-tuned weights
+unchanged; only the reported test metrics move.
 Generated Criteo-format data (``umec_torchrec.data.testing``), no real data."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _pipeline(tmp, data: str, score: str) -> dict:
             "ft_loss": read(f, "metrics.json")["train"]["loss"], "test_auc": read(f, "metrics.json")["test"]["auc"]}
 
 
-@pytest.mark.parametrize("score", ["mixed", "fisher"])  # the default, and training batches only
+@pytest.mark.parametrize("score", ["shrunk", "fisher"])  # validation-measured, and the default
 def test_flipping_test_labels_changes_no_choice(tmp_path, score):
     lines = criteo_lines(ROWS, seed=3)
     opts = DataOptions()

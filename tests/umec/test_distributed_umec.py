@@ -7,7 +7,7 @@ results to ``tmp_path`` with ``torch.save``; the tests compare them with 1-rank 
 test process (a 1-rank gloo group):
 
 * compression for every CPU sharding type (TW, CW, TWCW, DP): same masks, logits within 1e-5;
-* the same with the default score (``shrunk``: validation batches split over the ranks);
+* the same with a validation-measured score (``shrunk``: validation batches split over the ranks);
 * a pruned feature's ids never reach the rank that owns its table (input dist inspected);
 * the consistency check raises on every rank when one rank's state is desynchronised;
 * a checkpoint written mid-search on 2 ranks resumes on 2 ranks and on 1 rank.
@@ -44,8 +44,8 @@ SAVE_AT = 12  # the checkpoint test saves mid-search
 # cut are well apart (far above float noise from the 1- vs 2-rank reduction order)
 BUDGETS = ["flops=0.4"]
 # fisher scores (statistics of training batches, all-reduced) and the conditional s step: the
-# sharding equivalence is about the distributed plumbing. The default score also reads validation
-# batches (per-rank loss sums, summed): test_default_score_on_two_ranks_equals_one_rank.
+# sharding equivalence is about the distributed plumbing. The measured scores read validation
+# batches (per-rank loss sums, summed): test_measured_score_on_two_ranks_equals_one_rank.
 UCFG = dict(s_lr=0.05, check_every=5, score="fisher")
 
 
@@ -174,7 +174,7 @@ def _two_rank_worker(rank: int, world_size: int, out: str) -> None:
     res: Dict[str, Any] = {}
     for sharding in SHARDINGS:
         res[sharding] = _compress(ctx, sharding)
-    res["default_score"] = _compress(ctx, "table_wise", score=UMECConfig().score)
+    res["measured_score"] = _compress(ctx, "table_wise", score="shrunk")
     res["saved"] = _compress(ctx, "table_wise", ckpt=f"{out}/ckpt")
     res["resumed_2"] = _resume(ctx, f"{out}/ckpt")
     # input distribution on a TW model: compress, then look at what each rank receives
@@ -223,17 +223,16 @@ def test_compression_on_two_ranks_equals_one_rank(two_rank, ctx1, sharding):
     torch.testing.assert_close(r0["state"], ref["state"], rtol=1e-5, atol=1e-6)
 
 
-def test_default_score_on_two_ranks_equals_one_rank(two_rank, ctx1):
-    """The default score (``shrunk``: features measured on validation batches, each rank its
-    share of every batch, and their standard errors): both ranks hold identical scores and
+def test_measured_score_on_two_ranks_equals_one_rank(two_rank, ctx1):
+    """A validation-measured score (``shrunk``: features measured on validation batches, each
+    rank its share of every batch, and their standard errors): both ranks hold identical scores and
     state, and the masks, the state and the logits equal the 1-rank run's. The duals carry
     the scores' relative float error: a measured increase is a difference of float32 row
     losses (~1e-7 x 0.7 each) that the 64-row and 32-row forward passes round differently,
     against increases of ~1e-4 per row in this barely trained model, so the state agrees
     to 1e-4 (the fisher runs above: 1e-5)."""
-    r0, r1 = (r["default_score"] for r in two_rank["ranks"])
-    assert UMECConfig().score == "shrunk"
-    ref = _compress(ctx1, "table_wise", score=UMECConfig().score)
+    r0, r1 = (r["measured_score"] for r in two_rank["ranks"])
+    ref = _compress(ctx1, "table_wise", score="shrunk")
     assert r0["masks"] == r1["masks"] == ref["masks"]
     assert set(FEATURES) - set(ref["masks"]["kept_features"]), ref["masks"]  # features were pruned
     torch.testing.assert_close(r0["state"], r1["state"], rtol=0, atol=0)

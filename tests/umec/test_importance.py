@@ -124,7 +124,7 @@ def test_memorising_field_scores_below_signal_on_holdout():
     (hold,) = holdout_scores(lambda b: model(b[0]), batches, lambda b: b[1], [measured], [train_st.mean])
     assert hold[1] < 0.05 * hold[0]
     assert hold[0] > 0.1
-    # shrunk (the default): the measurement's standard error from the same rows, shrunk toward
+    # shrunk: the measurement's standard error from the same rows, shrunk toward
     # the training Fisher, which is fooled (it sees the memorised training labels); the
     # measurement is precise here, so field 1 stays far below field 0
     from umec_torchrec.umec.importance import holdout_loss_sums, shrink_toward

@@ -72,7 +72,7 @@ def _build(ctx, seed: int):
     tc = TrainConfig(batch_size=BATCH, sharding="table_wise", seed=seed, log_every=0,
                      embedding_optimizer="rowwise_adagrad", dense_optimizer="adagrad", emb_lr=0.05, dense_lr=0.02)
     dmp, opt = build_training(cfg, tc, ctx)
-    # the default score (shrunk) reads validation batches: this rank's slices of 4 global batches
+    # validation batches for the measured scores: this rank's slices of 4 global batches
     valid = planted_ctr(4 * BATCH, SIZES, n_dense=4, seed=1, bias=0.0)
     return dmp, UMECOptimizer(opt, dmp, ["flops=0.4"], UMECConfig(s_lr=0.05, check_every=5),
                               holdout=lambda: valid.batches(BATCH, rank=ctx.rank, world_size=ctx.world_size))

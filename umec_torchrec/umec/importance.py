@@ -40,7 +40,7 @@ costs nothing; where the consumer is not linear in it (the DCN cross net) it is 
   it is estimated to second order, :math:`E_n[t_{ng} + \tfrac12 t_{ng}^2]`;
 * ``mixed``: the feature set as ``holdout`` measures it (validation batches), every unit set
   as ``fisher`` (training batches);
-* ``shrunk`` (the default): as ``mixed``, each measured feature cost shrunk toward that
+* ``shrunk``: as ``mixed``, each measured feature cost shrunk toward that
   feature's ``fisher`` by its standard error over the validation rows
   (:func:`shrink_toward`, empirical Bayes).
 

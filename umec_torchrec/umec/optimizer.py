@@ -137,8 +137,8 @@ class UMECConfig:
         warmup_steps: wrapped-optimizer steps before the UMEC step starts.
         check_every: steps between cross-rank consistency checks (0 disables).
         score: how groups are ranked, a :class:`~.importance.ScoreKind` value (default
-            ``"shrunk"``, chosen with the conditional ``s_step`` on validation splits, see
-            ``docs/results/score_ablation.md``; it needs validation batches,
+            ``"fisher"``, chosen with the conditional ``s_step`` on validation splits, see
+            ``docs/design.md``; the validation-measured kinds need
             :meth:`UMECOptimizer.attach_holdout`): ``"weight"``
             (the paper's squared norm), ``"activation"`` (feature columns weighted by
             ``E[x^2]`` of their input), ``"centered"`` (weighted by ``Var[x]``), ``"fisher"``
@@ -166,7 +166,7 @@ class UMECConfig:
     prox_lr: Optional[float] = 0.1
     warmup_steps: int = 0
     check_every: int = 100
-    score: str = "shrunk"
+    score: str = "fisher"
     holdout_every: int = 25
     s_step: str = "conditional"
     target_every: int = 25
