@@ -148,8 +148,8 @@ class UMECConfig:
             ``"mixed"`` (the features as ``holdout``, the units as ``fisher``; needs it too) or
             ``"shrunk"`` (as ``mixed``, each measured feature score shrunk toward the feature's
             training Fisher by its standard error, :func:`~.importance.shrink_toward`).
-            With ``centered``, ``fisher`` and ``holdout`` a pruned group is replaced by its
-            mean, folded into the consumer's bias.
+            With every kind but ``weight`` and ``activation`` a pruned group is replaced by
+            its mean, folded into the consumer's bias.
         holdout_every: UMEC steps between refreshes of the ``holdout`` scores.
         s_step: how ``s`` moves, a :class:`SStep` value: ``"conditional"`` (default, chosen on
             the validation splits, see ``docs/design.md``) or ``"gradient"`` (the paper's).
@@ -418,8 +418,8 @@ class UMECOptimizer(OptimizerWrapper):
                              "or choose a training-batch score (UMECConfig(score='fisher'))")
         batches, forward = self._holdout
         stats = self.importance.synced() if self.importance is not None else []
-        # mixed: only the feature set is scored here (its units take the training Fisher), so
-        # no backward pass to the unit gates
+        # mixed, shrunk: only the feature set is measured here (its units take the training
+        # Fisher), so no backward pass to the unit gates
         gates = [gs.gate if self.score_kind.measures(gs.kind == FEATURES) else None for gs in self.spec.sets]
         was = self.model.training
         self.model.eval()
@@ -444,7 +444,7 @@ class UMECOptimizer(OptimizerWrapper):
                 if gs.kind == FEATURES and st.fisher is not None:
                     scores[i] = shrink_toward(scores[i], se2[i], st.fisher.to(self.device, f64))
         scores = torch.cat(scores).clamp(min=0.0).float()
-        self._holdout_scores = list(scores.split([gs.size for gs in self.spec.sets]))
+        self._holdout_scores = list(scores.split(sizes))
 
     def _sync_moments(self) -> None:
         """Refresh the activation statistics, identical on every rank (one all-reduce)."""
@@ -468,7 +468,7 @@ class UMECOptimizer(OptimizerWrapper):
             out = [torch.zeros(gs.size, device=self.device) if st.fisher is None else st.fisher.clone()
                    for gs, st in zip(self.spec.sets, self.importance.stats)]
             if held is not None:  # mixed, shrunk: the feature set measured on validation batches
-                out = [h if gs.kind == FEATURES else f for gs, f, h in zip(self.spec.sets, out, held)]
+                out = [h if kind.measures(gs.kind == FEATURES) else f for gs, f, h in zip(self.spec.sets, out, held)]
             return out
         cache: Dict = {}
         return [gs.scores(cache, self._moments) for gs in self.spec.sets]

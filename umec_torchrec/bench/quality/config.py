@@ -49,8 +49,8 @@ class QualityConfig:
             the kept architecture from a fresh seeded init (the dense model's init and
             training config, masks fixed) for ``dense_epochs`` instead of fine-tuning from
             its compressed weights.
-        split_valid: the validation split's first half is what scores read (``mixed`` /
-            ``holdout`` UMEC scores, ``permutation``), its second half what chooses
+        split_valid: the validation split's first half is what scores read (the
+            validation-measured UMEC scores, ``permutation``), its second half what chooses
             (``valid_auc``, ``umec_auto``), so a score measured on validation rows is not
             judged on the same rows; off: both read the whole split.
 

@@ -46,7 +46,7 @@ Adding a method::
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 from umec_torchrec.baselines import (
     GroupLassoOptimizer,
@@ -111,8 +111,13 @@ def _umec_search(s: SeedContext, budgets: List[str], umec_cfg: UMECConfig):
           f"{umec.repair_groups} more groups, gave back {umec.restored_groups}")
     if umec.stats is not None:
         umec.stats.remove()
-    s.searches[(tuple(budgets), repr(umec_cfg))] = (masks, int(st["steps"]), dict(extra))
+    s.searches[_search_key(budgets, umec_cfg)] = (masks, int(st["steps"]), dict(extra))
     return dmp, opt, spec, masks, int(st["steps"]), extra
+
+
+def _search_key(budgets: List[str], umec_cfg: UMECConfig) -> Tuple[Tuple[str, ...], str]:
+    """What makes two searches of one seed the same (:attr:`SeedContext.searches`)."""
+    return tuple(budgets), repr(umec_cfg)
 
 
 def _umec_continue(s: SeedContext, budgets: List[str], umec_cfg: UMECConfig) -> MethodResult:
@@ -131,11 +136,11 @@ def umec(s: SeedContext, budgets: List[str], budget: float) -> MethodResult:
 def umec_rewind(s: SeedContext, budgets: List[str], budget: float) -> MethodResult:
     """UMEC's masks on the dense weights, fine-tuned as long as the one-shot baselines."""
     cfg = UMECConfig(**s.cfg.umec)
-    key = (tuple(budgets), repr(cfg))
-    if key not in s.searches:
+    found = s.searches.get(_search_key(budgets, cfg))
+    if found is None:
         _, _, _, masks, steps, extra = _umec_search(s, budgets, cfg)
     else:
-        masks, steps, extra = s.searches[key]
+        masks, steps, extra = found
         s.log("    umec_rewind: the masks of umec's search (same dense model, budgets and settings)")
     dmp, opt = s.load_dense()
     r = _one_shot(s, dmp, opt, s.spec(dmp), masks, extra)
